@@ -1,0 +1,58 @@
+"""The `compress` entry point: registers one command per module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # typer >= 0.2x vendors its own click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import ClickException
+
+from compressor.cli.distill import distill
+from compressor.cli.evaluate import evaluate
+from compressor.cli.export import export
+from compressor.cli.prune import prune
+from compressor.cli.report import report
+from compressor.cli.run import run
+from compressor.cli.select import select
+from compressor.cli.teach import teach
+
+app = typer.Typer(
+    name="compress",
+    help="Turn a big image classifier into a small, fast one: teach -> select -> distill -> prune -> export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("teach")(teach)
+app.command("select")(select)
+app.command("distill")(distill)
+app.command("prune")(prune)
+app.command("export")(export)
+app.command("eval")(evaluate)
+app.command("run")(run)
+app.command("report")(report)
+
+
+def main() -> None:
+    """Console script: usage errors become one line (`error: ...`) and exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see 'compress {ctx.info_name} --help')" if ctx is not None and ctx.parent else ""
+        print(f"error: {e.format_message().replace('Value error, ', '')}{hint}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

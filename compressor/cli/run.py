@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from compressor.cli.common import guarded, runtime, stdout
+from compressor.cli.options import DeviceOpt, JsonOpt, QuietOpt, WorkersOpt
+from compressor.recipe import load_recipe, run_recipe
+from compressor.report import summary_rows, summary_table
+
+
+@guarded
+def run(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML: name, seed, data and the stages to run.")],
+    out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default: runs/<recipe name>); one subdirectory per stage.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip stages whose artifact is complete and whose inputs are unchanged.")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", help="Override the recipe's device: auto, cpu or cuda.")] = None,
+    workers: WorkersOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a recipe's stages in order (validated in full first) and print a summary table."""
+    runtime(quiet, workers)
+    r = load_recipe(recipe)
+    run_dir = Path(out or Path("runs") / r.name)
+    run_recipe(r, run_dir, resume=resume, device=device)
+    rows = summary_rows(run_dir)
+    if json_:
+        print(json.dumps({"run_dir": str(run_dir), "stages": rows}, indent=2))
+    else:
+        stdout.print(summary_table(rows, f"{r.name}: {run_dir}"))

@@ -1,0 +1,337 @@
+"""Dataset names -> in-memory splits and fast, deterministic batch loaders.
+
+Every dataset is held as uint8 tensors (N, C, H, W). Batches are augmented and normalized on the
+fly, vectorized per batch. Augmentation is a pure function of (seed, epoch, index), so a run is
+repeatable on CPU and a teacher's outputs for a given (epoch, index) are always for the same crop.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from compressor import CompressorError
+
+DATA_NAMES = ("synthetic", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+SPLIT_SEED = 20240601  # the validation split is fixed, independent of --seed, so stages agree on it
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class DataBundle:
+    """Train/val/test splits of one dataset plus what a model needs to know about its input."""
+
+    name: str
+    root: str | None
+    num_classes: int
+    class_names: list[str]
+    train: Split
+    val: Split
+    test: Split
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    flip: bool = True
+    identity: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [int(self.train.images.shape[1]), self.image_size, self.image_size]
+
+    def loader(self, split: str, batch_size: int = 128, *, train: bool = False, seed: int = 0,
+               limit: int | None = None) -> BatchLoader:
+        """A loader over `split`; `train=True` shuffles and augments (deterministically by seed)."""
+        data = getattr(self, split)
+        if limit is not None and limit < len(data):
+            data = data.subset(torch.arange(limit))
+        return BatchLoader(data, batch_size, mean=self.mean, std=self.std, image_size=self.image_size,
+                           shuffle=train, augment=train, flip=self.flip, seed=seed)
+
+    def use_normalization(self, mean: list[float], std: list[float]) -> None:
+        """Normalize as an upstream model was trained (its model.json), not by this data's stats."""
+        if len(mean) != len(self.mean):
+            raise CompressorError(
+                f"the model expects {len(mean)} input channel(s) but data '{self.name}' has {len(self.mean)}")
+        self.mean, self.std = list(mean), list(std)
+
+
+class BatchLoader:
+    """Yields (normalized float images, labels). Call `set_epoch` before each epoch."""
+
+    def __init__(self, data: Split, batch_size: int, *, mean, std, image_size: int, shuffle: bool,
+                 augment: bool, flip: bool, seed: int) -> None:
+        self.data, self.batch_size = data, batch_size
+        self.shuffle, self.augment, self.flip, self.seed = shuffle, augment, flip, seed
+        self.image_size = image_size
+        c = data.images.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+        self.epoch = 0
+        h = data.images.shape[2]
+        self.pad = 4 if h >= 32 else 2
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.data) / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.data)
+
+    def order(self) -> torch.Tensor:
+        n = len(self.data)
+        if not self.shuffle:
+            return torch.arange(n)
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0))
+        return torch.randperm(n, generator=g)
+
+    def augmentation(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Crop offsets (dy, dx) and flip flags for the given sample indices at this epoch.
+
+        A pure function of (seed, epoch, index): the same sample gets the same crop in every run.
+        """
+        g = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, 7])
+        n = len(self.data)
+        table = g.integers(0, 2 * self.pad + 1, size=(n, 2))
+        flips = g.random(n) < 0.5 if self.flip else np.zeros(n, dtype=bool)
+        idx = index.numpy()
+        return (torch.from_numpy(table[idx, 0]), torch.from_numpy(table[idx, 1]),
+                torch.from_numpy(flips[idx]))
+
+    def __iter__(self):
+        order = self.order()
+        aug = None
+        if self.augment:
+            aug = self.augmentation(torch.arange(len(self.data)))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            x = self.data.images[index].float().div_(255.0)
+            if aug is not None:
+                x = _crop_flip(x, aug[0][index], aug[1][index], aug[2][index], self.pad)
+            if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                  align_corners=False, antialias=x.shape[-1] > self.image_size)
+            x = (x - self.mean) / self.std
+            yield x, self.data.labels[index]
+
+
+def _mix(*values: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) + 0x9E3779B9 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFF
+    return h
+
+
+def _crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int):
+    """Random crop with zero padding and horizontal flip, vectorized over the batch."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    rows = dy.view(b, 1) + torch.arange(h).view(1, h)  # (B, H)
+    cols = dx.view(b, 1) + torch.arange(w).view(1, w)  # (B, W)
+    cols = torch.where(flip.view(b, 1), cols.flip(1), cols)
+    bi = torch.arange(b).view(b, 1, 1)
+    out = xp.permute(0, 2, 3, 1)[bi, rows.view(b, h, 1), cols.view(b, 1, w)]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0:
+        raise CompressorError(f"{path} is not an IDX file (MNIST format)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise CompressorError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for folder in (root, root / "FashionMNIST" / "raw", root / "raw"):
+        for name in (stem, stem + ".gz"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _fashion_mnist(root: Path, download: bool):
+    if download:
+        from torchvision.datasets import FashionMNIST
+
+        try:
+            FashionMNIST(str(root), train=True, download=True)
+            FashionMNIST(str(root), train=False, download=True)
+        except Exception as e:  # noqa: BLE001 - the network is the usual cause
+            raise CompressorError(f"could not download Fashion-MNIST into {root}: {e}") from None
+    splits = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        img, lab = _find_idx(root, f"{prefix}-images-idx3-ubyte"), _find_idx(root, f"{prefix}-labels-idx1-ubyte")
+        if img is None or lab is None:
+            raise CompressorError(
+                f"no Fashion-MNIST files ({prefix}-images-idx3-ubyte[.gz]) under {root}; "
+                "install them with 'apt-get install dataset-fashion-mnist' or pass --download")
+        splits[split] = Split(torch.from_numpy(_read_idx(img).copy()).unsqueeze(1),
+                              torch.from_numpy(_read_idx(lab).astype(np.int64)))
+    return splits["train"], splits["test"], FASHION_CLASSES, True
+
+
+def _cifar(root: Path, download: bool, hundred: bool):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR100 if hundred else CIFAR10
+    out = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=download)
+        except RuntimeError as e:
+            hint = "" if download else " (pass --download to fetch it)"
+            raise CompressorError(f"{cls.__name__} not found under {root}{hint}: {e}") from None
+        except Exception as e:  # noqa: BLE001
+            raise CompressorError(f"could not read {cls.__name__} under {root}: {e}") from None
+        out.append(Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                         torch.tensor(ds.targets, dtype=torch.int64)))
+    return out[0], out[1], list(ds.classes), True
+
+
+def _imagefolder(root: Path, image_size: int | None):
+    from PIL import Image
+
+    splits, classes = {}, None
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise CompressorError(f"imagefolder root {root} has no '{split}/' folder of class folders")
+        names = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        if classes is None:
+            classes = names
+        elif names != classes:
+            raise CompressorError(f"{folder} has classes {names} but train/ has {classes}")
+        size = image_size or 64
+        images, labels = [], []
+        for label, name in enumerate(names):
+            for f in sorted((folder / name).iterdir()):
+                if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                with Image.open(f) as im:
+                    im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                    images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+                labels.append(label)
+        if not images:
+            raise CompressorError(f"{folder} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        splits[split] = Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
+    return splits["train"], splits["val"], classes, True
+
+
+def synthetic_splits(num_classes: int = 10, channels: int = 3, size: int = 16, train: int = 2000,
+                     test: int = 400) -> tuple[Split, Split]:
+    """A deterministic, class-structured dataset: each class is a smooth random pattern plus noise.
+
+    Learnable to high accuracy in one epoch by a small CNN; small enough for fast tests.
+    """
+    g = torch.Generator().manual_seed(12345)
+    protos = torch.rand(num_classes, channels, 4, 4, generator=g)
+    protos = F.interpolate(protos, size=(size, size), mode="bilinear", align_corners=False)
+
+    def make(n: int) -> Split:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=g)]
+        noise = torch.randn(n, channels, size, size, generator=g) * 0.3
+        gain = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g)
+        x = (protos[labels] - 0.5) * gain + 0.5 + noise
+        return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), labels.long())
+
+    return make(train), make(test)
+
+
+def load_data(name: str, root: str | os.PathLike | None = None, *, image_size: int | None = None,
+              download: bool = False, val_fraction: float = 0.1, train_size: int | None = None) -> DataBundle:
+    """Load a dataset by name into train/val/test splits.
+
+    Args:
+        name: one of DATA_NAMES.
+        root: the local directory holding the data (Fashion-MNIST defaults to the Debian package's).
+        image_size: resize images to this square size on the fly (default: the native size).
+        download: allow torchvision to download the data into `root`.
+        val_fraction: share of the training set held out, with a fixed seed, for validation.
+        train_size: keep only this many training images (after the validation split).
+    """
+    if name not in DATA_NAMES:
+        raise CompressorError(f"unknown data '{name}'; choose one of {', '.join(DATA_NAMES)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise CompressorError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if image_size is not None and image_size < 8:
+        raise CompressorError(f"--image-size must be at least 8, got {image_size}")
+    flip = True
+    if name == "synthetic":
+        train, test = synthetic_splits()
+        classes, flip, root = [f"class{i}" for i in range(10)], False, None
+    else:
+        if root is None:
+            if name == "fashion-mnist" and Path(FASHION_MNIST_DEFAULT_ROOT).is_dir():
+                root = FASHION_MNIST_DEFAULT_ROOT
+            else:
+                raise CompressorError(f"data '{name}' needs --data-root (the directory that holds it)")
+        rpath = Path(root).expanduser()
+        if not rpath.is_dir() and not download:
+            raise CompressorError(f"data root {rpath} does not exist (data '{name}')")
+        rpath.mkdir(parents=True, exist_ok=True)
+        if name == "fashion-mnist":
+            train, test, classes, flip = _fashion_mnist(rpath, download)
+        elif name in ("cifar10", "cifar100"):
+            train, test, classes, flip = _cifar(rpath, download, name == "cifar100")
+        else:
+            train, test, classes, flip = _imagefolder(rpath, image_size)
+        root = str(rpath)
+    num_classes = len(classes)
+    if len(train) == 0 or len(test) == 0:
+        raise CompressorError(f"data '{name}' has an empty split (train {len(train)}, test {len(test)})")
+    bad = ((train.labels < 0) | (train.labels >= num_classes)).sum() + ((test.labels < 0) | (test.labels >= num_classes)).sum()
+    if bad:
+        raise CompressorError(f"data '{name}' has {int(bad)} label(s) outside 0..{num_classes - 1}")
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    perm = torch.randperm(len(train), generator=g)
+    n_val = max(1, int(round(len(train) * val_fraction)))
+    val, train = train.subset(perm[:n_val].sort().values), train.subset(perm[n_val:].sort().values)
+    if train_size is not None:
+        if train_size < 1:
+            raise CompressorError(f"--train-size must be positive, got {train_size}")
+        train = train.subset(torch.arange(min(train_size, len(train))))
+    x = train.images.float().div(255.0)
+    mean = x.mean(dim=(0, 2, 3)).tolist()
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    size = image_size or int(train.images.shape[-1])
+    identity = {"name": name, "root": root, "train": len(train), "val": len(val), "test": len(test),
+                "image_size": size, "train_size": train_size, "val_fraction": val_fraction}
+    return DataBundle(name=name, root=root, num_classes=num_classes, class_names=list(classes), train=train,
+                      val=val, test=test, mean=[round(m, 6) for m in mean], std=[round(s, 6) for s in std],
+                      image_size=size, flip=flip, identity=identity)

@@ -1,0 +1,134 @@
+"""Model factory: any timm model name, plus small built-in students registered the same way.
+
+A model is described by a spec (the `model.json` of its artifact) and rebuilt from it alone.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from compressor import CompressorError
+
+_BUILTIN: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a built-in model factory under its function name (as timm's @register_model)."""
+    _BUILTIN[fn.__name__] = fn
+    return fn
+
+
+def list_builtin() -> list[str]:
+    return sorted(_BUILTIN)
+
+
+class ConvNet(nn.Module):
+    """Conv blocks (conv3x3 -> BN -> ReLU, then 2x max-pool), then two fully connected layers.
+
+    Exposes timm-style `feature_info` (one entry per block: the output just before it is pooled),
+    `forward_features`, `forward_head(pre_logits=...)` and `get_classifier`.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), hidden: int = 256, num_classes: int = 10,
+                 in_chans: int = 3, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.num_classes, self.num_features = num_classes, hidden
+        blocks, c, self.feature_info = [], in_chans, []
+        for i, w in enumerate(widths):
+            blocks.append(nn.Sequential(nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
+                                        nn.ReLU(inplace=True)))
+            self.feature_info.append({"num_chs": w, "reduction": 2 ** i, "module": f"blocks.{i}"})
+            c = w
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = nn.MaxPool2d(2)
+        self.global_pool = nn.AdaptiveAvgPool2d(2)
+        self.fc1 = nn.Linear(c * 4, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i < len(self.blocks) - 1:
+                x = self.pool(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.act(self.fc1(torch.flatten(self.global_pool(x), 1)))
+        return x if pre_logits else self.fc(self.drop(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def convtiny(num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
+    """Three conv blocks (32, 64, 128 channels) and two FC layers (256 hidden)."""
+    return ConvNet((32, 64, 128), 256, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model
+def convverytiny(num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
+    """ConvTiny with half the widths: (16, 32, 64) channels, 128 hidden."""
+    return ConvNet((16, 32, 64), 128, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def create_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool = False,
+                 **kwargs) -> nn.Module:
+    """Build a model by name: a built-in student or any timm model. `None` kwargs are dropped."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if name in _BUILTIN:
+        if pretrained:
+            raise CompressorError(f"built-in model '{name}' has no pretrained weights; drop --pretrained")
+        return _BUILTIN[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    import timm
+
+    if not timm.is_model(name):
+        raise CompressorError(f"unknown model '{name}': not a built-in ({', '.join(list_builtin())}) "
+                              "nor a timm model (see timm.list_models())")
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        if pretrained:
+            raise CompressorError(f"could not load pretrained weights for '{name}' (offline? the weights "
+                                  f"come from the Hugging Face hub): {type(e).__name__}: {str(e)[:200]}") from None
+        raise CompressorError(f"could not build timm model '{name}': {e}") from None
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    """Rebuild a model from a model.json spec (no weights)."""
+    try:
+        return create_model(spec["architecture"], num_classes=spec["num_classes"],
+                            in_chans=spec["input_shape"][0], **spec.get("kwargs", {}))
+    except KeyError as e:
+        raise CompressorError(f"model.json lacks the key {e}") from None
+
+
+def feature_info(model: nn.Module) -> list[dict]:
+    """timm-style feature metadata: one dict per stage with num_chs, reduction and module name."""
+    info = getattr(model, "feature_info", None)
+    if info is None:
+        raise CompressorError(f"{type(model).__name__} has no feature_info; name its layers explicitly")
+    return [dict(i) for i in info]  # timm's FeatureInfo iterates as dicts too
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """The module name of the classification head (timm's default_cfg 'classifier', or 'fc')."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("classifier")
+    if isinstance(name, (list, tuple)):
+        name = name[0]
+    if name:
+        return name
+    return "fc" if hasattr(model, "fc") else None
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,252 @@
+"""Recipes: a YAML file naming the stages to run, validated in full before anything runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from compressor import CompressorError
+from compressor.artifacts import METRICS_FILE, atomic_write_json, read_json
+from compressor.console import log
+from compressor.data import DATA_NAMES
+
+Optim = Literal["sgd", "adam"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataCfg(_Strict):
+    name: Literal[DATA_NAMES]  # type: ignore[valid-type]
+    root: Optional[str] = None
+    image_size: Optional[int] = Field(None, ge=8)
+    train_size: Optional[int] = Field(None, ge=1)
+    download: bool = False
+
+
+class _TrainCfg(_Strict):
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(0.05, gt=0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Optim = "sgd"
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class TeachCfg(_TrainCfg):
+    model: str
+    pretrained: bool = False
+    init: Optional[str] = None
+    trainable: Optional[str] = None
+
+
+class SelectCfg(_Strict):
+    top_k: int = Field(ge=1)
+    layers: Union[str, list[str]] = "auto"
+    samples: int = Field(5000, ge=2)
+
+
+class DistillCfg(_TrainCfg):
+    student: str
+    teacher: Optional[str] = None  # an artifact dir; default: the recipe's teach stage
+    method: Literal["kd", "mse", "fitnet", "at", "rkd", "vid", "l2tww"] = "kd"
+    scheme: Literal["offline", "online", "self"] = "offline"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    control: bool = False
+    epochs: int = Field(5, ge=0)
+
+
+class PruneCfg(_Strict):
+    sparsity: float = Field(ge=0, lt=1)
+    structured: bool = False
+    finetune_epochs: int = Field(1, ge=0)
+    teacher: bool = False  # fine-tune while distilling from the recipe's teach stage
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Optim = "sgd"
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class ExportCfg(_Strict):
+    int8: bool = False
+    calibration_batches: int = Field(8, ge=1)
+    max_drop: Optional[float] = Field(None, ge=0)
+    latency_batch: int = Field(64, ge=1)
+
+
+STAGES: dict[str, type[_Strict]] = {"teach": TeachCfg, "select": SelectCfg, "distill": DistillCfg,
+                                    "prune": PruneCfg, "export": ExportCfg}
+MODEL_STAGES = ("teach", "distill", "prune")
+
+
+class Recipe(BaseModel):
+    name: str
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataCfg
+    stages: list[tuple[str, _Strict]]
+
+
+def _fmt(loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and validate a recipe; every problem is reported at once, with its dotted path."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CompressorError(f"recipe {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise CompressorError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_recipe(raw, str(p))
+
+
+def parse_recipe(raw, source: str = "recipe") -> Recipe:
+    errors: list[str] = []
+    if not isinstance(raw, dict):
+        raise CompressorError(f"{source}: a recipe is a mapping with name, data and stages")
+    allowed = {"name", "seed", "device", "data", "stages"}
+    errors += [f"{k}: unknown key (allowed: {', '.join(sorted(allowed))})" for k in raw if k not in allowed]
+    for key in ("name", "data", "stages"):
+        if key not in raw:
+            errors.append(f"{key}: missing")
+    top = {}
+    try:
+        top = {k: v for k, v in raw.items() if k in ("name", "seed", "device")}
+        top.setdefault("name", "recipe")
+        Recipe.model_validate({**top, "data": {"name": "synthetic"}, "stages": []})
+    except ValidationError as e:
+        errors += [f"{_fmt(err['loc'])}: {err['msg']}" for err in e.errors()]
+    data = None
+    if "data" in raw:
+        try:
+            data = DataCfg.model_validate(raw["data"])
+        except ValidationError as e:
+            errors += [f"data.{_fmt(err['loc'])}: {_msg(err)}" for err in e.errors()]
+    stages: list[tuple[str, _Strict]] = []
+    raw_stages = raw.get("stages", [])
+    if not isinstance(raw_stages, list) or ("stages" in raw and not raw_stages):
+        errors.append("stages: a non-empty list of {stage: {options}} items")
+        raw_stages = []
+    seen: list[str] = []
+    for i, item in enumerate(raw_stages):
+        if not isinstance(item, dict) or len(item) != 1:
+            errors.append(f"stages.{i}: each stage is one key ({', '.join(STAGES)}) mapping to its options")
+            continue
+        (kind, opts), = item.items()
+        if kind not in STAGES:
+            errors.append(f"stages.{i}.{kind}: unknown stage (choose {', '.join(STAGES)})")
+            continue
+        try:
+            cfg = STAGES[kind].model_validate(opts or {})
+            stages.append((kind, cfg))
+        except ValidationError as e:
+            errors += [f"stages.{i}.{kind}.{_fmt(err['loc'])}: {_msg(err)}" for err in e.errors()]
+            cfg = None
+        errors += [f"stages.{i}.{kind}: {m}" for m in _dependency_problems(kind, cfg, seen)]
+        seen.append(kind)
+    if errors:
+        n = len(errors)
+        raise CompressorError(f"{source} has {n} problem{'s' if n > 1 else ''}: " + "; ".join(errors))
+    return Recipe(name=top["name"], seed=top.get("seed", 0), device=top.get("device", "auto"), data=data, stages=stages)
+
+
+def _msg(err) -> str:
+    return "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+
+
+def _dependency_problems(kind: str, cfg, seen: list[str]) -> list[str]:
+    has_model = any(s in MODEL_STAGES for s in seen)
+    if kind in ("select", "prune", "export") and not has_model:
+        return [f"reads a model, but no earlier stage (teach, distill, prune) writes one"]
+    if kind == "distill" and "teach" not in seen and (cfg is None or cfg.teacher is None):
+        return ["needs a teacher: put a teach stage before it or set teacher: DIR"]
+    if kind == "prune" and cfg is not None and cfg.teacher and "teach" not in seen:
+        return ["teacher: true needs a teach stage before it"]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device: str | None = None) -> list[dict]:
+    """Run the stages in order, each reading what the previous ones wrote. Returns one row per stage.
+
+    With `resume`, a stage whose artifact is complete and whose inputs (settings, data, seed,
+    upstream stages) are unchanged is skipped.
+    """
+    from compressor.stages import distill, export, prune, select, teach
+    from compressor.stages.common import DataOptions
+    from compressor.training import TrainConfig
+
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.json"
+    state = read_json(state_path) if (resume and state_path.is_file()) else {}
+    dev = device or recipe.device
+    d = recipe.data
+    data = DataOptions(name=d.name, root=d.root, image_size=d.image_size, download=d.download, train_size=d.train_size)
+    paths: dict[str, Path] = {}
+    last_model: Path | None = None
+    upstream = _hash({"data": d.model_dump(), "seed": recipe.seed})
+    rows = []
+    counts: dict[str, int] = {}
+    for kind, cfg in recipe.stages:
+        counts[kind] = counts.get(kind, 0) + 1
+        name = kind if counts[kind] == 1 else f"{kind}-{counts[kind]}"
+        stage_dir = out / name
+        key = _hash({"upstream": upstream, "cfg": cfg.model_dump(), "kind": kind})
+        t0 = time.time()
+        if resume and state.get(name) == key and (stage_dir / METRICS_FILE).is_file():
+            log(f"run: {name}: unchanged, skipped (--resume)")
+            skipped = True
+        else:
+            skipped = False
+            log(f"run: {name} -> {stage_dir}")
+            c = cfg.model_dump()
+            train_keys = ("epochs", "lr", "batch_size", "optimizer", "weight_decay")
+            if kind == "teach":
+                teach(data=data, model=c["model"], out=stage_dir, pretrained=c["pretrained"], init=c["init"],
+                      trainable=c["trainable"], train=TrainConfig(seed=recipe.seed, **{k: c[k] for k in train_keys}),
+                      device=dev)
+            elif kind == "select":
+                select(last_model, data=data, out=stage_dir, top_k=c["top_k"], layers=c["layers"],
+                       samples=c["samples"], seed=recipe.seed, device=dev)
+            elif kind == "distill":
+                distill(teacher=c["teacher"] or paths["teach"], student=c["student"], data=data, out=stage_dir,
+                        method=c["method"], scheme=c["scheme"], temperature=c["temperature"], alpha=c["alpha"],
+                        channels=str(paths["select"]) if "select" in paths else None, control=c["control"],
+                        train=TrainConfig(seed=recipe.seed, **{k: c[k] for k in train_keys}), device=dev)
+            elif kind == "prune":
+                prune(last_model, data=data, out=stage_dir, sparsity=c["sparsity"], structured=c["structured"],
+                      finetune_epochs=c["finetune_epochs"], teacher=str(paths["teach"]) if c["teacher"] else None,
+                      temperature=c["temperature"], alpha=c["alpha"],
+                      train=TrainConfig(seed=recipe.seed, epochs=c["finetune_epochs"],
+                                        **{k: c[k] for k in train_keys if k != "epochs"}), device=dev)
+            elif kind == "export":
+                export(last_model, data=data, out=stage_dir, int8=c["int8"],
+                       calibration_batches=c["calibration_batches"], max_drop=c["max_drop"],
+                       latency_batch=c["latency_batch"], seed=recipe.seed, device=dev)
+            state[name] = key
+            atomic_write_json(state_path, state)
+        paths[kind] = stage_dir
+        if kind in MODEL_STAGES:
+            last_model = stage_dir
+        upstream = key
+        rows.append({"stage": name, "dir": str(stage_dir), "skipped": skipped, "seconds": round(time.time() - t0, 1)})
+    return rows

@@ -1,0 +1,85 @@
+"""Summaries of a run directory: one row per stage with accuracy, params, zipped size, latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compressor import CompressorError
+from compressor.artifacts import METRICS_FILE, MODEL_FILE, read_json
+from compressor.export import zipped_size
+
+ORDER = ("teach", "select", "distill", "prune", "export")
+
+
+def stage_dirs(run_dir: str | Path) -> list[Path]:
+    run = Path(run_dir).expanduser()
+    if not run.is_dir():
+        raise CompressorError(f"run directory {run} does not exist")
+    dirs = [d for d in run.iterdir() if d.is_dir() and (d / METRICS_FILE).is_file() and not d.name.startswith(".")]
+    if not dirs:
+        raise CompressorError(f"{run} holds no complete stage artifacts (directories with {METRICS_FILE})")
+
+    def rank(d: Path):
+        base = d.name.split("-")[0]
+        return (ORDER.index(base) if base in ORDER else len(ORDER), d.name)
+
+    return sorted(dirs, key=rank)
+
+
+def summary_rows(run_dir: str | Path) -> list[dict]:
+    rows = []
+    for d in stage_dirs(run_dir):
+        m = read_json(d / METRICS_FILE)
+        row = {"stage": d.name, "accuracy": m.get("accuracy"), "params": m.get("params"),
+               "teacher_accuracy": m.get("teacher_accuracy"), "agreement": m.get("agreement"),
+               "control_accuracy": m.get("control_accuracy"), "sparsity": m.get("sparsity"),
+               "zipped_bytes": None, "accuracy_int8": m.get("accuracy_int8"),
+               "latency_ms_fp32": m.get("latency_ms_fp32"), "latency_ms_int8": m.get("latency_ms_int8"),
+               "status": m.get("status", "ok")}
+        if "zipped_bytes_int8" in m:
+            row["zipped_bytes"] = m["zipped_bytes_int8"]
+        elif "zipped_bytes_fp32" in m:
+            row["zipped_bytes"] = m["zipped_bytes_fp32"]
+        elif (d / MODEL_FILE).is_file() and not d.name.startswith("select"):
+            row["zipped_bytes"] = zipped_size(d / MODEL_FILE)
+        rows.append(row)
+    return rows
+
+
+def summary_table(rows: list[dict], title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("stage", "accuracy", "params", "zipped size", "int8 accuracy", "int8 latency (ms, b64)",
+                "fp32 latency (ms, b64)", "notes"):
+        t.add_column(col, justify="left" if col in ("stage", "notes") else "right")
+
+    def f(v, fmt):
+        return "" if v is None else fmt.format(v)
+
+    for r in rows:
+        notes = []
+        if r["agreement"] is not None:
+            notes.append(f"agreement {r['agreement']:.4f}")
+        if r["control_accuracy"] is not None:
+            notes.append(f"student alone {r['control_accuracy']:.4f}")
+        if r["sparsity"] is not None:
+            notes.append(f"sparsity {r['sparsity']:.3f}")
+        if r["status"] != "ok":
+            notes.append(str(r["status"]).upper())
+        if r["stage"].startswith("export") and r["zipped_bytes"] is not None:
+            notes.append("size: int8 onnx")
+        t.add_row(r["stage"], f(r["accuracy"], "{:.4f}"), f(r["params"], "{:,}"), _size(r["zipped_bytes"]),
+                  f(r["accuracy_int8"], "{:.4f}"), f(r["latency_ms_int8"], "{:.2f}"), f(r["latency_ms_fp32"], "{:.2f}"),
+                  "; ".join(notes))
+    return t
+
+
+def _size(n) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

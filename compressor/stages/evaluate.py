@@ -1,0 +1,41 @@
+"""eval: accuracy of an artifact directory or an .onnx file on the test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from compressor import CompressorError
+from compressor.artifacts import SPEC_FILE, load_artifact, read_json
+from compressor.export import ort_predict, session
+from compressor.stages.common import DataOptions, check_data_matches, test_logits
+from compressor.training import resolve_device
+
+
+def evaluate(target: str | Path, *, data: DataOptions, teacher: str | None = None, device: str = "auto") -> dict:
+    """Test accuracy of a model (artifact dir or .onnx beside its model.json); agreement with a teacher."""
+    dev = resolve_device(device)
+    p = Path(target).expanduser()
+    if p.suffix == ".onnx":
+        if not p.is_file():
+            raise CompressorError(f"ONNX file {p} does not exist")
+        if not (p.parent / SPEC_FILE).is_file():
+            raise CompressorError(f"no {SPEC_FILE} beside {p}: it says how inputs are normalized")
+        spec = read_json(p.parent / SPEC_FILE)
+        bundle = data.load(spec)
+        logits, labels = ort_predict(session(p), bundle.loader("test", 256))
+        pred = logits.argmax(1)
+    else:
+        art = load_artifact(p)
+        bundle = data.load(art.spec)
+        lg, lb = test_logits(art.model.to(dev), bundle, dev)
+        pred, labels = lg.argmax(1).numpy(), lb.numpy()
+    out = {"model": str(p), "accuracy": float((pred == labels).mean()), "samples": int(len(labels))}
+    if teacher:
+        t = load_artifact(teacher)
+        check_data_matches(t.spec, bundle)
+        tl, _ = test_logits(t.model.to(dev), bundle, dev)
+        out["teacher_accuracy"] = float((tl.argmax(1).numpy() == labels).mean())
+        out["agreement"] = float((np.asarray(pred) == tl.argmax(1).numpy()).mean())
+    return out

@@ -1,0 +1,103 @@
+"""teach: fine-tune a teacher (any timm model, pretrained or from a checkpoint) on the user's data."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from compressor import CompressorError
+from compressor.artifacts import ArtifactWriter, base_metrics, check_finite, load_state_dict
+from compressor.console import log
+from compressor.models import classifier_name, count_params, create_model
+from compressor.stages.common import DataOptions, make_spec, test_accuracy
+from compressor.training import Supervised, TrainConfig, fit, resolve_device, seed_everything
+
+
+def load_init(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read user weights: safetensors, or a .pt/.pth with torch.load(weights_only=True) (never unsafely)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CompressorError(f"--init file {p} does not exist")
+    if p.suffix == ".safetensors":
+        return load_state_dict(p)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any refusal is final: we never retry with weights_only=False
+        raise CompressorError(f"--init {p} could not be read safely as plain weights "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CompressorError(f"--init {p} does not hold a state dict of tensors")
+    check_finite(obj, p)
+    return obj
+
+
+def apply_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> list[str]:
+    """Load matching weights; tensors whose shape differs (e.g. another head) are skipped and named."""
+    own = model.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    usable = {k: v for k, v in state.items() if k in own and k not in skipped}
+    if not usable:
+        raise CompressorError(f"--init {source} shares no weights with this model (different architecture?)")
+    model.load_state_dict(usable, strict=False)
+    return skipped
+
+
+def set_trainable(model: torch.nn.Module, pattern: str | None) -> int:
+    """Only parameters whose names match `pattern` (re.search) train; the classifier always trains."""
+    if pattern is None:
+        return sum(p.numel() for p in model.parameters())
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise CompressorError(f"--trainable '{pattern}' is not a valid regular expression ({e})") from None
+    head = classifier_name(model) or ""
+    matched = 0
+    for name, p in model.named_parameters():
+        on = bool(rx.search(name)) or (head and name.startswith(head + "."))
+        p.requires_grad_(on)
+        matched += bool(rx.search(name))
+    if not matched:
+        some = ", ".join(n for n, _ in list(model.named_parameters())[:3])
+        raise CompressorError(f"--trainable '{pattern}' matches no parameter (names look like {some})")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def teach(*, data: DataOptions, model: str, out: str | Path, pretrained: bool = False, init: str | None = None,
+          trainable: str | None = None, train: TrainConfig | None = None, device: str = "auto") -> dict:
+    """Fine-tune a teacher and write its artifact directory. Returns metrics.json's content."""
+    started = time.time()
+    train = train or TrainConfig(epochs=1)
+    train.validate()
+    if pretrained and init:
+        raise CompressorError("pass either --pretrained or --init, not both")
+    dev = resolve_device(device)
+    seed_everything(train.seed)
+    bundle = data.load()
+    with ArtifactWriter(out) as writer:
+        net = create_model(model, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0], pretrained=pretrained)
+        skipped = []
+        if init:
+            skipped = apply_init(net, load_init(init), init)
+            if skipped:
+                log(f"teach: --init shapes differ for {', '.join(skipped)}; those start fresh")
+        n_train = set_trainable(net, trainable)
+        log(f"teach: {model} ({count_params(net):,} params, {n_train:,} trainable) on {bundle.name} "
+            f"({len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test)")
+        result = fit(Supervised(net), bundle, train, device=dev, desc="teach", stage="teach")
+        for p in net.parameters():
+            p.requires_grad_(True)
+        acc = test_accuracy(net, bundle, dev)
+        settings = {"model": model, "pretrained": pretrained, "init": init, "trainable": trainable,
+                    "init_skipped": skipped, **vars(train)}
+        writer.save_model(net, make_spec(model, bundle, stage="teach", settings=settings))
+        metrics = {"accuracy": acc, "params": count_params(net), "trainable_params": n_train,
+                   "val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+                   "history": result.history, **base_metrics(train.seed, started)}
+        writer.commit(metrics)
+    log(f"teach: test accuracy {acc:.4f} -> {Path(out)}")
+    return metrics

@@ -1,0 +1,192 @@
+"""The one training loop every stage uses: optimizer, cosine schedule, per-epoch validation,
+best and last weights, progress, seeding, and a stop on non-finite loss.
+
+What is trained is a *task*: an nn.Module with `forward_train(x, y) -> (logits, {name: loss})`
+and a `model` attribute (what is evaluated and saved). The loop sums the named losses and logs
+them; it never branches on the method.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from compressor import CompressorError
+from compressor.console import log, progress
+from compressor.data import BatchLoader, DataBundle
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CompressorError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise CompressorError(f"--device must be auto, cpu or cuda, got '{device}'")
+    return torch.device(device)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise CompressorError(f"--epochs must be 0 or more, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise CompressorError(f"--lr must be a positive number, got {self.lr}")
+        if self.batch_size < 1:
+            raise CompressorError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise CompressorError(f"--optimizer must be sgd or adam, got '{self.optimizer}'")
+
+
+class Supervised(nn.Module):
+    """The plain task: cross-entropy on the hard labels."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward_train(self, x, y):
+        logits = self.model(x)
+        return logits, {"loss_ce": F.cross_entropy(logits, y)}
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_accuracy: float = 0.0
+    last_state: dict | None = None
+    wall_time_s: float = 0.0
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: BatchLoader, device: torch.device | str = "cpu",
+            desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels for every sample of a (non-shuffled) loader."""
+    was_training = model.training
+    model.eval()
+    outs, labels = [], []
+    ctx = progress(desc, len(loader)) if desc else None
+    task = ctx.__enter__() if ctx else None
+    try:
+        for x, y in loader:
+            outs.append(model(x.to(device)).float().cpu())
+            labels.append(y)
+            if task:
+                task.advance()
+    finally:
+        if ctx:
+            ctx.__exit__(None, None, None)
+        model.train(was_training)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
+
+
+def fit(task: nn.Module, data: DataBundle, cfg: TrainConfig, *, device: torch.device | str = "cpu",
+        desc: str = "train", params: list[nn.Parameter] | None = None,
+        after_step: Callable[[], None] | None = None, stage: str = "train",
+        train_step: Callable | None = None) -> FitResult:
+    """Train `task` for cfg.epochs, validating each epoch; leave the best weights in `task.model`.
+
+    Args:
+        task: module with forward_train(x, y) -> (logits, {name: loss}) and a `model` attribute.
+        params: what the optimizer updates (default: every parameter of `task` that requires grad).
+        after_step: called after each optimizer step (e.g. to re-apply pruning masks).
+        train_step: replaces the default step (for methods with several updates per batch);
+            called as train_step(x, y, optimizer) -> (logits, {name: loss tensor}).
+    """
+    cfg.validate()
+    seed_everything(cfg.seed)
+    device = torch.device(device)
+    task.to(device)
+    model = task.model
+    if params is None:
+        params = [p for p in task.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg)
+    train_loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed)
+    val_loader = data.loader("val", 512)
+    steps = max(1, cfg.epochs * len(train_loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    result = FitResult()
+    best_state, t_start = None, time.time()
+    for epoch in range(1, cfg.epochs + 1):
+        task.train()
+        train_loader.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        correct, seen, t0 = 0, 0, time.time()
+        with progress(f"{desc} epoch {epoch}/{cfg.epochs}", len(train_loader)) as bar:
+            for step, (x, y) in enumerate(train_loader, 1):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if train_step is not None:
+                    logits, losses = train_step(x, y, optimizer)
+                else:
+                    logits, losses = task.forward_train(x, y)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise CompressorError(f"{stage}: loss became non-finite ({float(loss)}) at epoch {epoch} "
+                                          f"step {step}; lower --lr (now {cfg.lr})")
+                if train_step is None:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+                if after_step is not None:
+                    after_step()
+                n = len(y)
+                seen += n
+                correct += int((logits.detach().argmax(1) == y).sum())
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+                bar.advance(1, f"loss {float(loss.detach()):.4f}")
+        val_logits, val_labels = predict(model, val_loader, device)
+        val_acc = accuracy(val_logits, val_labels)
+        row = {"epoch": epoch, "train_loss": sum(sums.values()) / max(seen, 1),
+               **{k: v / max(seen, 1) for k, v in sums.items()},
+               "train_accuracy": correct / max(seen, 1), "val_accuracy": val_acc,
+               "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": round(time.time() - t0, 2),
+               "images_per_s": round(seen / max(time.time() - t0, 1e-9), 1)}
+        result.history.append(row)
+        log(f"{desc} epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
+            f"train acc {row['train_accuracy']:.4f}  val acc {val_acc:.4f}  ({row['images_per_s']:.0f} img/s)")
+        if best_state is None or val_acc > result.best_val_accuracy:
+            result.best_val_accuracy, result.best_epoch = val_acc, epoch
+            best_state = copy.deepcopy(model.state_dict())
+    result.last_state = copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.wall_time_s = round(time.time() - t_start, 2)
+    model.eval()
+    return result

@@ -1,0 +1,53 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compressor.distill.functional import kd_loss, kd_terms
+
+
+def _softmax(row, T):
+    e = [math.exp(v / T) for v in row]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def test_kd_loss_matches_formula_on_hand_made_tensors():
+    s = torch.tensor([[2.0, 1.0, 0.1], [0.5, 0.5, 3.0]])
+    t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 1.0, 2.0]])
+    y = torch.tensor([0, 2])
+    T, alpha = 3.0, 0.25
+    # by hand: alpha * CE + (1 - alpha) * T^2 * mean_b sum_k p_t log(p_t / p_s)
+    ce = -(math.log(_softmax(s[0].tolist(), 1)[0]) + math.log(_softmax(s[1].tolist(), 1)[2])) / 2
+    kl = 0.0
+    for b in range(2):
+        ps, pt = _softmax(s[b].tolist(), T), _softmax(t[b].tolist(), T)
+        kl += sum(q * math.log(q / p) for p, q in zip(ps, pt))
+    kl /= 2
+    expected = alpha * ce + (1 - alpha) * T**2 * kl
+    assert kd_loss(s, t, y, temperature=T, alpha=alpha).item() == pytest.approx(expected, rel=1e-5)
+    ce_term, kd_term = kd_terms(s, t, y, T, alpha)
+    assert ce_term.item() == pytest.approx(alpha * ce, rel=1e-5)
+    assert kd_term.item() == pytest.approx((1 - alpha) * T**2 * kl, rel=1e-5)
+
+
+def test_kd_alpha_one_is_plain_cross_entropy_and_ignores_teacher():
+    s, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    a = kd_loss(s, torch.randn(5, 4), y, alpha=1.0)
+    b = kd_loss(s, torch.randn(5, 4) * 10, y, alpha=1.0)
+    assert a.item() == pytest.approx(F.cross_entropy(s, y).item())
+    assert a.item() == pytest.approx(b.item())
+
+
+def test_kd_is_zero_when_student_equals_teacher_and_alpha_zero():
+    s = torch.randn(3, 5)
+    assert kd_loss(s, s.clone(), torch.tensor([0, 1, 2]), alpha=0.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_gradient_reaches_student_not_teacher():
+    s = torch.randn(4, 3, requires_grad=True)
+    t = torch.randn(4, 3, requires_grad=True)
+    kd_loss(s, t, torch.tensor([0, 1, 2, 0])).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None

@@ -1,0 +1,127 @@
+import importlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compressor import CompressorError
+from compressor.artifacts import load_artifact
+from compressor.distill.kd import KD
+from compressor.export import convs_wrapped_in_qdq
+from compressor.models import create_model
+from compressor.stages import evaluate, export, prune, select, teach
+from compressor.training import TrainConfig
+
+from conftest import SYN
+
+BASE_KEYS = {"accuracy", "params", "seed", "versions", "wall_time_s"}
+
+
+def _metrics(d):
+    return json.loads((d / "metrics.json").read_text())
+
+
+def test_teach_timm_model_writes_complete_artifact(workdir):
+    out = workdir / "timm-teacher"
+    m = teach(data=SYN, model="resnet18", out=out, train=TrainConfig(epochs=1, lr=0.05),
+              trainable=r"conv2|bn", device="cpu")
+    assert BASE_KEYS <= set(m) and 0.0 <= m["accuracy"] <= 1.0
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["architecture"] == "resnet18" and spec["input_shape"] == [3, 16, 16]
+    assert len(spec["mean"]) == 3 and spec["num_classes"] == 10 and len(spec["class_names"]) == 10
+    assert m["trainable_params"] < m["params"]  # --trainable froze the other convs
+    art = load_artifact(out)  # rebuilt from model.json + safetensors alone
+    assert isinstance(art.model, torch.nn.Module)
+    assert not any(p.name.startswith(".") for p in workdir.iterdir()), "staging directory left behind"
+
+
+def test_teach_trainable_freezes_unmatched_but_trains_head(workdir):
+    from compressor.stages.teach import set_trainable
+
+    net = create_model("resnet18", num_classes=10, in_chans=3)
+    set_trainable(net, r"layer4\.1\.conv2")
+    on = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert on == {"layer4.1.conv2.weight", "fc.weight", "fc.bias"}
+    with pytest.raises(CompressorError, match="matches no parameter"):
+        set_trainable(net, "nothing_like_this")
+
+
+def test_teach_init_from_safetensors_and_pt(workdir, teacher_dir, tmp_path):
+    art = load_artifact(teacher_dir)
+    sd = art.model.state_dict()
+    torch.save(sd, tmp_path / "w.pt")
+    out = workdir / "from-init"
+    m = teach(data=SYN, model="convtiny", out=out, init=str(tmp_path / "w.pt"), train=TrainConfig(epochs=0), device="cpu")
+    assert m["accuracy"] == pytest.approx(_metrics(teacher_dir)["accuracy"])
+
+
+def test_select_writes_channels(workdir, teacher_dir):
+    out = workdir / "select"
+    select(teacher_dir, data=SYN, out=out, top_k=16, device="cpu")
+    ch = json.loads((out / "channels.json").read_text())
+    assert [l["name"] for l in ch["layers"]] == ["blocks.0", "blocks.1", "blocks.2"]
+    for layer in ch["layers"]:
+        assert len(layer["kept"]) == min(16, layer["channels"]) == layer["top_k"]
+        assert len(layer["scores"]) == layer["channels"]
+        worst_kept = min(layer["scores"][i] for i in layer["kept"])
+        dropped = [s for i, s in enumerate(layer["scores"]) if i not in set(layer["kept"])]
+        assert all(s <= worst_kept for s in dropped)
+    assert {"accuracy", "params"} <= set(_metrics(out))
+
+
+def test_distill_metrics_and_frozen_teacher(workdir, teacher_dir, student_dir):
+    m = _metrics(student_dir)
+    assert {"accuracy", "params", "agreement", "teacher_accuracy"} <= set(m)
+    assert m["teacher_accuracy"] == pytest.approx(_metrics(teacher_dir)["accuracy"])
+    assert 0 <= m["agreement"] <= 1
+    teacher, student = load_artifact(teacher_dir).model, create_model("convverytiny", num_classes=10, in_chans=3)
+    d = KD(student, teacher)
+    d.train()
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    _, losses = d.forward_train(x, y)
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None for p in student.parameters())
+
+
+def test_prune_measured_sparsity_in_saved_file(workdir, student_dir):
+    out = workdir / "pruned"
+    m = prune(student_dir, data=SYN, out=out, sparsity=0.7, finetune_epochs=1, device="cpu")
+    state = load_file(str(out / "model.safetensors"))
+    weights = [v for k, v in state.items() if k.endswith(".weight") and v.dim() in (2, 4)]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros >= 0.7 and m["sparsity"] == pytest.approx(zeros)
+    assert set(state) == set(load_file(str(student_dir / "model.safetensors")))  # no masks, no extra tensors
+
+
+def test_export_int8_verified(workdir, student_dir):
+    out = workdir / "export"
+    m = export(student_dir, data=SYN, out=out, int8=True, calibration_batches=4, device="cpu")
+    for k in ("accuracy_fp32", "accuracy_int8", "latency_ms_fp32", "latency_ms_int8", "size_bytes_fp32",
+              "size_bytes_int8", "zipped_bytes_fp32", "zipped_bytes_int8"):
+        assert k in m
+    assert m["max_abs_diff_fp32"] < 1e-3
+    assert convs_wrapped_in_qdq(out / "model.int8.onnx")
+    assert m["size_bytes_int8"] < m["size_bytes_fp32"]
+    import onnx
+
+    onnx.checker.check_model(str(out / "model.int8.onnx"))
+    again = evaluate(out / "model.onnx", data=SYN)
+    assert again["accuracy"] == pytest.approx(m["accuracy_fp32"])
+
+
+def test_export_max_drop_gate_marks_failed(workdir, student_dir, monkeypatch):
+    """A badly calibrated int8 model (inputs x1000 during calibration) must trip the CI gate."""
+    from compressor import export as ex
+
+    stage_module = importlib.import_module("compressor.stages.export")  # the module, not the function
+    real = ex.quantize_int8
+    monkeypatch.setattr(stage_module, "quantize_int8",
+                        lambda f, q, calib, **kw: real(f, q, [c * 1000 for c in calib], **kw))
+    out = workdir / "export-gated"
+    with pytest.raises(CompressorError, match="max-drop"):
+        export(student_dir, data=SYN, out=out, int8=True, calibration_batches=2, max_drop=1.0, device="cpu")
+    m = _metrics(out)
+    assert m["status"] == "failed" and m["accuracy_drop_points"] > 1.0 and "max-drop" in m["failure"]
