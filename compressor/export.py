@@ -25,9 +25,13 @@ def export_onnx(model: nn.Module, path: Path, input_shape: list[int]) -> None:
     dummy = torch.zeros(2, *input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (dummy,), str(path), input_names=["input"], output_names=["logits"],
-                          opset_version=OPSET, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          dynamo=False, do_constant_folding=True)
+        try:
+            torch.onnx.export(model, (dummy,), str(path), input_names=["input"], output_names=["logits"],
+                              opset_version=OPSET, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              dynamo=False, do_constant_folding=True)
+        except Exception as e:  # noqa: BLE001 - the exporter's errors are long; keep the first line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CompressorError(f"ONNX export of {type(model).__name__} failed: {first[:300]}") from None
     import onnx
 
     onnx.checker.check_model(str(path), full_check=True)

@@ -44,8 +44,8 @@ class ConvNet(nn.Module):
             c = w
         self.blocks = nn.ModuleList(blocks)
         self.pool = nn.MaxPool2d(2)
-        self.global_pool = nn.AdaptiveAvgPool2d(2)
-        self.fc1 = nn.Linear(c * 4, hidden)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(c, hidden)
         self.act = nn.ReLU(inplace=True)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(hidden, num_classes)
@@ -93,13 +93,42 @@ def create_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool
     if not timm.is_model(name):
         raise CompressorError(f"unknown model '{name}': not a built-in ({', '.join(list_builtin())}) "
                               "nor a timm model (see timm.list_models())")
+    offline = pretrained and not _hub_reachable()
+    if offline:
+        _force_hub_offline()  # use the local cache if it has the weights; fail at once if not (no retries)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except Exception as e:  # noqa: BLE001
+        if offline:
+            raise CompressorError(f"could not load pretrained weights for '{name}': the Hugging Face hub is "
+                                  "unreachable (offline?) and they are not in the local cache; use --init FILE "
+                                  "or drop --pretrained") from None
         if pretrained:
-            raise CompressorError(f"could not load pretrained weights for '{name}' (offline? the weights "
-                                  f"come from the Hugging Face hub): {type(e).__name__}: {str(e)[:200]}") from None
+            raise CompressorError(f"could not load pretrained weights for '{name}': "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         raise CompressorError(f"could not build timm model '{name}': {e}") from None
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _force_hub_offline() -> None:
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as c
+
+        c.HF_HUB_OFFLINE = True
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def build_from_spec(spec: dict) -> nn.Module:

@@ -125,3 +125,12 @@ def test_export_max_drop_gate_marks_failed(workdir, student_dir, monkeypatch):
         export(student_dir, data=SYN, out=out, int8=True, calibration_batches=2, max_drop=1.0, device="cpu")
     m = _metrics(out)
     assert m["status"] == "failed" and m["accuracy_drop_points"] > 1.0 and "max-drop" in m["failure"]
+
+
+def test_pretrained_offline_is_one_clear_error(monkeypatch):
+    from compressor import models
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)  # as on a machine with no network
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-cache")
+    with pytest.raises(CompressorError, match="unreachable"):
+        models.create_model("resnet18", num_classes=10, in_chans=3, pretrained=True)

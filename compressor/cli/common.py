@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
+from dataclasses import dataclass
 
 import torch
 import typer
@@ -12,14 +14,17 @@ from rich.console import Console
 from rich.table import Table
 
 from compressor import CompressorError
+from compressor.cli import options as opt
 from compressor.console import set_quiet
 from compressor.stages.common import DataOptions
 from compressor.training import TrainConfig
 
 stdout = Console(highlight=False)
+if not stdout.is_terminal:  # logs and CI: wide enough for the summary tables
+    stdout = Console(highlight=False, width=140)
 
 
-def runtime(quiet: bool, workers: int | None) -> None:
+def _apply_runtime(quiet: bool, workers: int | None) -> None:
     set_quiet(quiet)
     if workers is not None:
         if workers < 1:
@@ -27,33 +32,81 @@ def runtime(quiet: bool, workers: int | None) -> None:
         torch.set_num_threads(workers)
 
 
-def data_options(data: str, data_root, image_size, download: bool, train_size) -> DataOptions:
-    return DataOptions(name=data, root=data_root, image_size=image_size, download=download, train_size=train_size)
-
-
-def train_config(epochs: int, lr: float, batch_size: int, optimizer, weight_decay: float, seed: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=getattr(optimizer, "value", optimizer),
-                       weight_decay=weight_decay, seed=seed)
-
-
 def fail(message: str, code: int = 1) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise typer.Exit(code)
 
 
-def guarded(fn):
-    """Turn user errors into one line on stderr and a non-zero exit; Ctrl-C into exit 130."""
+# Option groups shared by the commands: (parameter name, annotated type, default).
+GROUPS = {
+    "data": [("data_root", opt.DataRootOpt, None), ("image_size", opt.ImageSizeOpt, None),
+             ("download", opt.DownloadOpt, False), ("train_size", opt.TrainSizeOpt, None)],
+    "train": [("lr", opt.LrOpt, 0.05), ("batch_size", opt.BatchOpt, 128), ("optimizer", opt.OptimOpt, opt.Optim.sgd),
+              ("weight_decay", opt.WeightDecayOpt, 5e-4)],
+    "runtime": [("seed", opt.SeedOpt, 0), ("device", opt.DeviceOpt, opt.Device.auto), ("workers", opt.WorkersOpt, None),
+                ("json_", opt.JsonOpt, False), ("quiet", opt.QuietOpt, False)],
+}
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+
+@dataclass
+class Shared:
+    """The shared options a command was called with, grouped as the library wants them."""
+
+    values: dict
+
+    def __getattr__(self, name):
         try:
-            return fn(*args, **kwargs)
-        except CompressorError as e:
-            fail(str(e))
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
-    return wrapper
+    @property
+    def device_name(self) -> str:
+        return getattr(self.values.get("device", "auto"), "value", self.values.get("device", "auto"))
+
+    def data(self, name: str) -> DataOptions:
+        v = self.values
+        return DataOptions(name=name, root=v.get("data_root"), image_size=v.get("image_size"),
+                           download=v.get("download", False), train_size=v.get("train_size"))
+
+    def train(self, epochs: int) -> TrainConfig:
+        v = self.values
+        return TrainConfig(epochs=epochs, lr=v["lr"], batch_size=v["batch_size"],
+                           optimizer=getattr(v["optimizer"], "value", v["optimizer"]),
+                           weight_decay=v["weight_decay"], seed=v.get("seed", 0))
+
+
+def command(*groups: str, **defaults):
+    """Give a command the shared option groups ('data', 'train', 'runtime') as one `shared` argument.
+
+    Also turns user errors into one line on stderr with a non-zero exit, and Ctrl-C into exit 130.
+    """
+
+    def decorate(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "shared"]
+        names = [n for g in groups for n, _, _ in GROUPS[g]]
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(n, d), annotation=a)
+                 for g in groups for n, a, d in GROUPS[g]]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            shared = Shared({n: kwargs.pop(n) for n in names if n in kwargs})
+            try:
+                if "runtime" in groups:
+                    _apply_runtime(shared.quiet, shared.workers)
+                return fn(*args, shared=shared, **kwargs) if "shared" in sig.parameters else fn(*args, **kwargs)
+            except CompressorError as e:
+                fail(str(e))
+            except KeyboardInterrupt:
+                fail("interrupted", 130)
+
+        wrapper.__signature__ = sig.replace(parameters=own + extra)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
+        del wrapper.__wrapped__
+        return wrapper
+
+    return decorate
 
 
 SUMMARY_KEYS = [("accuracy", "accuracy", "{:.4f}"), ("teacher_accuracy", "teacher acc", "{:.4f}"),

@@ -1,16 +1,13 @@
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer
 
-from compressor.cli.common import data_options, guarded, runtime, show
-from compressor.cli.options import (DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, ImageSizeOpt, JsonOpt, ModelDirArg,
-                                    OutOpt, QuietOpt, SeedOpt, TrainSizeOpt, WorkersOpt)
+from compressor.cli.common import Shared, command, show
+from compressor.cli.options import DataOpt, ModelDirArg, OutOpt
 from compressor.stages import export as run_export
 
 
-@guarded
+@command("data", "runtime")
 def export(
     model_dir: ModelDirArg,
     data: DataOpt,
@@ -20,19 +17,11 @@ def export(
     calibration_batches: Annotated[int, typer.Option("--calibration-batches", help="Training batches (64 images) used to calibrate int8.")] = 8,
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Fail (exit 1, artifact marked failed) if int8 loses more than this many accuracy points.")] = None,
     latency_batch: Annotated[int, typer.Option("--latency-batch", help="Batch size for the latency measurement.")] = 64,
-    data_root: DataRootOpt = None,
-    image_size: ImageSizeOpt = None,
-    download: DownloadOpt = False,
-    train_size: TrainSizeOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    workers: WorkersOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    shared: Shared,
 ) -> None:
     """Export to ONNX (and int8), check against PyTorch, measure accuracy, size and latency."""
-    runtime(quiet, workers)
-    metrics = run_export(model_dir, data=data_options(data, data_root, image_size, download, train_size), out=out,
-                         onnx=onnx, int8=int8, calibration_batches=calibration_batches, max_drop=max_drop,
-                         latency_batch=latency_batch, seed=seed, device=getattr(device, "value", device))
-    show(metrics, json_, f"export -> {out}")
+    metrics = run_export(model_dir, data=shared.data(data), out=out, onnx=onnx, int8=int8,
+                         calibration_batches=calibration_batches, max_drop=max_drop, latency_batch=latency_batch,
+                         seed=shared.seed, device=shared.device_name)
+    show(metrics, shared.json_, f"export -> {out}")

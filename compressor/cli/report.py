@@ -1,16 +1,14 @@
-from __future__ import annotations
-
 import json
 from typing import Annotated
 
 import typer
 
-from compressor.cli.common import guarded, stdout
+from compressor.cli.common import command, stdout
 from compressor.cli.options import JsonOpt
 from compressor.report import summary_rows, summary_table
 
 
-@guarded
+@command()
 def report(
     run_dir: Annotated[str, typer.Argument(help="A run directory written by `compress run`.")],
     json_: JsonOpt = False,

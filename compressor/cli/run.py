@@ -1,18 +1,16 @@
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from compressor.cli.common import guarded, runtime, stdout
-from compressor.cli.options import DeviceOpt, JsonOpt, QuietOpt, WorkersOpt
+from compressor.cli.common import _apply_runtime, command, stdout
+from compressor.cli.options import JsonOpt, QuietOpt, WorkersOpt
 from compressor.recipe import load_recipe, run_recipe
 from compressor.report import summary_rows, summary_table
 
 
-@guarded
+@command()
 def run(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML: name, seed, data and the stages to run.")],
     out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default: runs/<recipe name>); one subdirectory per stage.")] = None,
@@ -23,7 +21,7 @@ def run(
     quiet: QuietOpt = False,
 ) -> None:
     """Run a recipe's stages in order (validated in full first) and print a summary table."""
-    runtime(quiet, workers)
+    _apply_runtime(quiet, workers)
     r = load_recipe(recipe)
     run_dir = Path(out or Path("runs") / r.name)
     run_recipe(r, run_dir, resume=resume, device=device)

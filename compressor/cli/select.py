@@ -1,16 +1,13 @@
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
 
-from compressor.cli.common import data_options, guarded, runtime, show
-from compressor.cli.options import (DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, ImageSizeOpt, JsonOpt, ModelDirArg,
-                                    OutOpt, QuietOpt, SeedOpt, TrainSizeOpt, WorkersOpt)
+from compressor.cli.common import Shared, command, show, stdout
+from compressor.cli.options import DataOpt, ModelDirArg, OutOpt
 from compressor.stages import select as run_select
 
 
-@guarded
+@command("data", "runtime")
 def select(
     model_dir: ModelDirArg,
     data: DataOpt,
@@ -18,26 +15,16 @@ def select(
     out: OutOpt,
     layers: Annotated[str, typer.Option("--layers", help="'auto' (each stage's output before a downsampling, from timm feature_info) or comma-separated module names.")] = "auto",
     samples: Annotated[int, typer.Option("--samples", help="Training images used to score channels (no augmentation).")] = 5000,
-    data_root: DataRootOpt = None,
-    image_size: ImageSizeOpt = None,
-    download: DownloadOpt = False,
-    train_size: TrainSizeOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    workers: WorkersOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    shared: Shared,
 ) -> None:
     """Rank each feature map of chosen layers by class discriminability; keep the top k.
 
     Score = std across classes of the class-mean activation, averaged over positions.
     """
-    runtime(quiet, workers)
-    metrics = run_select(model_dir, data=data_options(data, data_root, image_size, download, train_size), out=out,
-                         top_k=top_k, layers=layers, samples=samples, seed=seed, device=getattr(device, "value", device))
-    show(metrics, json_, f"select -> {out}")
-    if not json_:
-        from compressor.cli.common import stdout
-
+    metrics = run_select(model_dir, data=shared.data(data), out=out, top_k=top_k, layers=layers, samples=samples,
+                         seed=shared.seed, device=shared.device_name)
+    show(metrics, shared.json_, f"select -> {out}")
+    if not shared.json_:
         for name, v in metrics["layers"].items():
             stdout.print(f"  {name}: kept {v['kept']} of {v['channels']} channels")
