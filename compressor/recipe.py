@@ -32,6 +32,7 @@ class DataCfg(_Strict):
 
 
 class _TrainCfg(_Strict):
+    train_size: Optional[int] = Field(None, ge=1)  # overrides data.train_size for this stage
     epochs: int = Field(3, ge=0)
     lr: float = Field(0.05, gt=0)
     batch_size: int = Field(128, ge=1)
@@ -65,6 +66,7 @@ class DistillCfg(_TrainCfg):
 
 class PruneCfg(_Strict):
     sparsity: float = Field(ge=0, lt=1)
+    train_size: Optional[int] = Field(None, ge=1)
     structured: bool = False
     finetune_epochs: int = Field(1, ge=0)
     teacher: bool = False  # fine-tune while distilling from the recipe's teach stage
@@ -200,7 +202,6 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device:
     state = read_json(state_path) if (resume and state_path.is_file()) else {}
     dev = device or recipe.device
     d = recipe.data
-    data = DataOptions(name=d.name, root=d.root, image_size=d.image_size, download=d.download, train_size=d.train_size)
     paths: dict[str, Path] = {}
     last_model: Path | None = None
     upstream = _hash({"data": d.model_dump(), "seed": recipe.seed})
@@ -219,6 +220,8 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device:
             skipped = False
             log(f"run: {name} -> {stage_dir}")
             c = cfg.model_dump()
+            data = DataOptions(name=d.name, root=d.root, image_size=d.image_size, download=d.download,
+                               train_size=c.get("train_size") or d.train_size)
             train_keys = ("epochs", "lr", "batch_size", "optimizer", "weight_decay")
             if kind == "teach":
                 teach(data=data, model=c["model"], out=stage_dir, pretrained=c["pretrained"], init=c["init"],
