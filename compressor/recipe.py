@@ -60,6 +60,16 @@ class DistillCfg(_TrainCfg):
     scheme: Literal["offline", "online", "self"] = "offline"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
+    beta: Optional[float] = Field(None, ge=0)
+    layers: Optional[str] = None
+    pairs: Literal["matched", "all"] = "matched"
+    hint_epochs: int = Field(1, ge=0)
+    chunk_size: int = Field(1800, ge=1)
+    buffer_chunks: int = Field(5, ge=1)
+    epochs_per_buffer: int = Field(2, ge=1)
+    distill_after: int = Field(5, ge=0)
+    trainable: Optional[str] = None
+    teacher_lr: float = Field(1e-3, gt=0)
     control: bool = False
     epochs: int = Field(5, ge=0)
 
@@ -172,7 +182,7 @@ def _dependency_problems(kind: str, cfg, seen: list[str]) -> list[str]:
     has_model = any(s in MODEL_STAGES for s in seen)
     if kind in ("select", "prune", "export") and not has_model:
         return [f"reads a model, but no earlier stage (teach, distill, prune) writes one"]
-    if kind == "distill" and "teach" not in seen and (cfg is None or cfg.teacher is None):
+    if kind == "distill" and "teach" not in seen and (cfg is None or (cfg.teacher is None and cfg.scheme != "self")):
         return ["needs a teacher: put a teach stage before it or set teacher: DIR"]
     if kind == "prune" and cfg is not None and cfg.teacher and "teach" not in seen:
         return ["teacher: true needs a teach stage before it"]
@@ -192,6 +202,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device:
     With `resume`, a stage whose artifact is complete and whose inputs (settings, data, seed,
     upstream stages) are unchanged is skipped.
     """
+    from compressor.distill.online import OnlineConfig
     from compressor.stages import distill, export, prune, select, teach
     from compressor.stages.common import DataOptions
     from compressor.training import TrainConfig
@@ -231,8 +242,12 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device:
                 select(last_model, data=data, out=stage_dir, top_k=c["top_k"], layers=c["layers"],
                        samples=c["samples"], seed=recipe.seed, device=dev)
             elif kind == "distill":
-                distill(teacher=c["teacher"] or paths["teach"], student=c["student"], data=data, out=stage_dir,
+                online = OnlineConfig(**{k: c[k] for k in ("chunk_size", "buffer_chunks", "epochs_per_buffer",
+                                                            "distill_after", "trainable", "teacher_lr")})
+                distill(teacher=c["teacher"] or paths.get("teach"), student=c["student"], data=data, out=stage_dir,
+                        online=online,
                         method=c["method"], scheme=c["scheme"], temperature=c["temperature"], alpha=c["alpha"],
+                        beta=c["beta"], layers=c["layers"], pairs=c["pairs"], hint_epochs=c["hint_epochs"],
                         channels=str(paths["select"]) if "select" in paths else None, control=c["control"],
                         train=TrainConfig(seed=recipe.seed, **{k: c[k] for k in train_keys}), device=dev)
             elif kind == "prune":

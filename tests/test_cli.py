@@ -80,6 +80,6 @@ def test_bad_inputs_give_one_clear_line_and_leave_nothing(tmp_path, teacher_dir,
 
 
 def test_unimplemented_method_is_refused(teacher_dir, tmp_path):
-    res = _cli("distill", "--teacher", teacher_dir, "--student", "convtiny", "--data", "synthetic", "--method", "vid",
+    res = _cli("distill", "--teacher", teacher_dir, "--student", "convtiny", "--data", "synthetic", "--method", "l2tww",
                "--out", tmp_path / "x")
     _assert_one_line_error(res, "not implemented yet")

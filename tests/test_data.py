@@ -11,10 +11,10 @@ from compressor.data import FASHION_MNIST_DEFAULT_ROOT, load_data
 def test_synthetic_is_deterministic_and_split():
     a, b = load_data("synthetic"), load_data("synthetic")
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.val.labels, b.val.labels)
-    assert len(a.train) + len(a.val) == 2000 and len(a.test) == 400
+    assert len(a.train) + len(a.val) == 4000 and len(a.test) == 400
     assert a.num_classes == 10 and a.input_shape == [3, 16, 16]
     # validation indices never appear in training: split is disjoint
-    assert len(a.val) == 200
+    assert len(a.val) == 400
 
 
 def test_augmentation_is_a_function_of_seed_epoch_index():

@@ -37,6 +37,11 @@ class Scheme(str, Enum):
     self = "self"
 
 
+class PairMode(str, Enum):
+    matched = "matched"
+    all = "all"
+
+
 DataOpt = Annotated[str, typer.Option("--data", help=f"Dataset name: {', '.join(DATA_NAMES)}.")]
 DataRootOpt = Annotated[Optional[str], typer.Option(
     "--data-root", help="Directory holding the data (fashion-mnist defaults to /usr/share/datasets/fashion-mnist; "

@@ -1,15 +1,23 @@
-"""Distillation methods, one per file, each a Distiller returning a dict of named losses."""
+"""Distillation methods, one per file, each a Distiller returning a dict of named losses.
+
+The pure losses live in `compressor.distill.functional`.
+"""
 
 from __future__ import annotations
 
 from compressor import CompressorError
-from compressor.distill.base import Distiller
+from compressor.distill.at import AT
+from compressor.distill.base import Distiller, FeatureDistiller
+from compressor.distill.fitnet import FitNet
 from compressor.distill.kd import KD
+from compressor.distill.mse import MSE
+from compressor.distill.rkd import RKD
+from compressor.distill.vid import VID
 
 METHOD_NAMES = ("kd", "mse", "fitnet", "at", "rkd", "vid", "l2tww")
 SCHEME_NAMES = ("offline", "online", "self")
-METHODS: dict[str, type[Distiller]] = {"kd": KD}
-SCHEMES = ("offline",)
+METHODS: dict[str, type[Distiller]] = {"kd": KD, "mse": MSE, "fitnet": FitNet, "at": AT, "rkd": RKD, "vid": VID}
+SCHEMES = ("offline", "online", "self")
 
 
 def get_method(name: str) -> type[Distiller]:

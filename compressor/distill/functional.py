@@ -28,3 +28,81 @@ def kd_terms(student_logits, teacher_logits, targets, temperature: float = 4.0, 
     else:
         soft = zero
     return ce, soft
+
+
+def logit_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between student and teacher logits (logit regression)."""
+    return F.mse_loss(student_logits, teacher_logits.detach())
+
+
+def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool the larger of two (N, C, H, W) maps to the smaller one's height and width."""
+    ha, wa, hb, wb = a.shape[-2], a.shape[-1], b.shape[-2], b.shape[-1]
+    if (ha, wa) == (hb, wb):
+        return a, b
+    if ha * wa > hb * wb:
+        return F.adaptive_avg_pool2d(a, (hb, wb)), b
+    return a, F.adaptive_avg_pool2d(b, (ha, wa))
+
+
+def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Zagoruyko & Komodakis: mean over channels of |A|^p, flattened and L2-normalized: (N, H*W)."""
+    return F.normalize(feature.abs().pow(p).mean(1).flatten(1), dim=1)
+
+
+def attention_transfer_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
+                            p: float = 2.0) -> torch.Tensor:
+    """Sum over layer pairs of the mean squared difference of attention maps (unweighted).
+
+    Maps of different spatial size are pooled to the smaller one before normalizing.
+    """
+    if len(student_features) != len(teacher_features):
+        raise ValueError(f"{len(student_features)} student features but {len(teacher_features)} teacher features")
+    total = student_features[0].new_zeros(())
+    for s, t in zip(student_features, teacher_features):
+        ms, mt = s.abs().pow(p).mean(1, keepdim=True), t.detach().abs().pow(p).mean(1, keepdim=True)
+        ms, mt = match_spatial(ms, mt)
+        total = total + (F.normalize(ms.flatten(1), dim=1) - F.normalize(mt.flatten(1), dim=1)).pow(2).mean()
+    return total
+
+
+def _pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    prod = e @ e.t()
+    sq = prod.diag()
+    d = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * prod).clamp(min=eps).sqrt()
+    return d * (1 - torch.eye(len(e), device=e.device, dtype=e.dtype))
+
+
+def rkd_distance_potential(e: torch.Tensor) -> torch.Tensor:
+    """psi_D: pairwise Euclidean distances divided by their mean over distinct pairs (mu)."""
+    d = _pairwise_distances(e)
+    n = len(e)
+    mu = d.sum() / max(n * (n - 1), 1)
+    return d / mu.clamp_min(1e-12)
+
+
+def rkd_angle_potential(e: torch.Tensor) -> torch.Tensor:
+    """psi_A: cosine of the angle at j formed by every triplet (i, j, k), flattened."""
+    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)  # (j, i, D): unit vectors j -> i
+    return torch.bmm(diff, diff.transpose(1, 2)).flatten()
+
+
+def rkd_loss(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, distance_weight: float = 25.0,
+             angle_weight: float = 50.0) -> torch.Tensor:
+    """Park et al. relational KD: Huber (smooth L1) loss between distance-wise and angle-wise potentials.
+
+    Independent of the embedding dimensions of student and teacher.
+    """
+    s, t = student_embeddings.flatten(1), teacher_embeddings.detach().flatten(1)
+    loss = s.new_zeros(())
+    if distance_weight:
+        loss = loss + distance_weight * F.smooth_l1_loss(rkd_distance_potential(s), rkd_distance_potential(t))
+    if angle_weight:
+        loss = loss + angle_weight * F.smooth_l1_loss(rkd_angle_potential(s), rkd_angle_potential(t))
+    return loss
+
+
+def gaussian_nll(mean: torch.Tensor, variance: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-log q(t | s) up to a constant for a Gaussian with per-channel variance (VID), averaged."""
+    var = variance.view(1, -1, *([1] * (target.dim() - 2)))
+    return 0.5 * ((mean - target.detach()).pow(2) / var + var.log()).mean()

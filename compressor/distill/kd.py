@@ -7,8 +7,8 @@ from compressor.distill.functional import kd_terms
 
 
 class KD(Distiller):
-    def __init__(self, student, teacher, temperature: float = 4.0, alpha: float = 0.5, **_) -> None:
-        super().__init__(student, teacher)
+    def __init__(self, student, teacher, temperature: float = 4.0, alpha: float = 0.5, **kw) -> None:
+        super().__init__(student, teacher, **kw)
         self.temperature, self.alpha = temperature, alpha
 
     def forward_train(self, x, y):

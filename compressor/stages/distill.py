@@ -1,26 +1,45 @@
-"""distill: train a student from a teacher's knowledge."""
+"""distill: train a student from a teacher's knowledge (offline, online or self-distillation)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from compressor import CompressorError
 from compressor.artifacts import ArtifactWriter, base_metrics, load_artifact
 from compressor.console import log
-from compressor.distill import check_scheme, get_method
+from compressor.distill import FeatureDistiller, check_scheme, get_method
+from compressor.distill.features import pair_layers, parse_layer_pairs
+from compressor.distill.online import OnlineConfig, train_online
+from compressor.distill.self_distill import SelfDistiller
 from compressor.models import count_params, create_model
 from compressor.stages.common import DataOptions, check_fraction, make_spec, test_logits
+from compressor.stages.select import read_channels, stage_layers
 from compressor.training import Supervised, TrainConfig, accuracy, fit, resolve_device, seed_everything
 
 
-def distill(*, teacher: str | Path, student: str, data: DataOptions, out: str | Path, method: str = "kd",
-            scheme: str = "offline", temperature: float = 4.0, alpha: float = 0.5, channels: str | None = None,
-            control: bool = False, train: TrainConfig | None = None, device: str = "auto") -> dict:
+def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out: str | Path, method: str = "kd",
+            scheme: str = "offline", temperature: float = 4.0, alpha: float = 0.5, beta: float | None = None,
+            channels: str | None = None, layers: str | None = None, pairs: str = "matched", hint_epochs: int = 1,
+            online: OnlineConfig | None = None, control: bool = False, train: TrainConfig | None = None,
+            device: str = "auto") -> dict:
     """Distill `teacher` (an artifact dir) into a fresh `student`; write the student's artifact.
 
-    With `control`, the same student is also trained alone (alpha = 1, same seed and budget) and
-    its accuracy is reported as `control_accuracy`: the number distillation has to beat.
+    Args:
+        method: kd, mse, fitnet, at, rkd, vid (see compressor.distill); offline scheme only, the
+            online and self schemes use kd.
+        scheme: offline (frozen teacher), online (teacher trains too, from a stream of chunks:
+            see `online`), self (the student teaches its own auxiliary heads; `teacher` optional,
+            used only for the comparison metrics).
+        beta: the method's feature-loss weight (at: 1000; vid: task weight 0.5) when None.
+        channels: a select artifact; feature methods see only the teacher channels it kept.
+        layers: explicit 'teacher_layer:student_layer,...' pairs for feature methods
+            (default: each stage's output before a downsampling, paired by `pairs`).
+        pairs: matched (stage by stage) or all (every teacher layer with every student layer).
+        hint_epochs: fitnet's stage one (hint loss only, up to the guided layer) before kd.
+        control: also train the same student alone (alpha = 1, same seed and budget) and
+            report its accuracy as `control_accuracy`: the number distillation has to beat.
     """
     started = time.time()
     train = train or TrainConfig(epochs=1)
@@ -30,46 +49,91 @@ def distill(*, teacher: str | Path, student: str, data: DataOptions, out: str | 
     check_fraction("--alpha", alpha)
     if not temperature > 0:
         raise CompressorError(f"--temperature must be positive, got {temperature}")
-    if channels is not None:
-        from compressor.stages.select import read_channels
-
-        read_channels(channels)  # validated now; feature methods use it
+    if hint_epochs < 0:
+        raise CompressorError(f"--hint-epochs must be 0 or more, got {hint_epochs}")
+    if scheme != "offline" and method != "kd":
+        raise CompressorError(f"scheme '{scheme}' distills with kd; --method {method} works with --scheme offline")
+    if teacher is None and scheme != "self":
+        raise CompressorError(f"scheme '{scheme}' needs --teacher (only --scheme self trains without one)")
+    kept = read_channels(channels) if channels is not None else None
     dev = resolve_device(device)
-    t_art = load_artifact(teacher)
-    bundle = data.load(t_art.spec)
-    t_logits, labels = test_logits(t_art.model.to(dev), bundle, dev)
-    teacher_acc = accuracy(t_logits, labels)
-    t_pred = t_logits.argmax(1)
+    t_art = load_artifact(teacher) if teacher is not None else None
+    bundle = data.load(t_art.spec if t_art else None)
+    labels = bundle.test.labels
+    t_pred = None
+    if t_art is not None:
+        t_logits, labels = test_logits(t_art.model.to(dev), bundle, dev)
+        t_pred = t_logits.argmax(1)
     with ArtifactWriter(out) as writer:
         def build():
             seed_everything(train.seed)
             return create_model(student, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0])
 
         net = build()
-        log(f"distill: {t_art.spec['architecture']} ({count_params(t_art.model):,} params, test acc "
-            f"{teacher_acc:.4f}) -> {student} ({count_params(net):,} params), method {method}, T={temperature}, "
-            f"alpha={alpha}")
-        task = method_cls(net, t_art.model, temperature=temperature, alpha=alpha)
-        result = fit(task, bundle, train, device=dev, desc=f"distill[{method}]", stage="distill")
+        log(f"distill: {_describe(t_art, t_pred, labels)} -> {student} ({count_params(net):,} params), "
+            f"scheme {scheme}, method {method}, T={temperature}, alpha={alpha}")
+        extra: dict = {}
+        if scheme == "online":
+            history = train_online(net, t_art.model, bundle, train, replace(online or OnlineConfig(),
+                                   temperature=temperature, alpha=alpha), dev)
+            t_logits, _ = test_logits(t_art.model, bundle, dev)  # the teacher has learned too
+            t_pred = t_logits.argmax(1)
+            extra["chunks"] = history
+            extra["val_accuracy"] = history[-1]["student_val_accuracy"] if history else None
+        else:
+            if scheme == "self":
+                task = SelfDistiller(net, stages=stage_layers(net), input_shape=bundle.input_shape,
+                                     num_classes=bundle.num_classes, temperature=temperature, alpha=alpha)
+            else:
+                kw = {"temperature": temperature, "alpha": alpha, "beta": beta, "input_shape": bundle.input_shape}
+                if issubclass(method_cls, FeatureDistiller):
+                    kw["pairs"] = parse_layer_pairs(layers) if layers else pair_layers(
+                        stage_layers(t_art.model), stage_layers(net), pairs)
+                    kw["channels"] = kept
+                task = method_cls(net, t_art.model, **kw)
+            if getattr(task, "pairs", None):
+                log(f"distill: layer pairs (teacher, student): {task.pairs}")
+            try:
+                if method == "fitnet" and hint_epochs:
+                    fit(task, bundle, replace(train, epochs=hint_epochs), device=dev, desc="distill[fitnet hints]",
+                        stage="distill")
+                    task.phase = "kd"
+                result = fit(task, bundle, train, device=dev, desc=f"distill[{method}]", stage="distill")
+            finally:
+                task.close()
+            extra.update({"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+                          "history": result.history})
         s_logits, _ = test_logits(net, bundle, dev)
         acc = accuracy(s_logits, labels)
-        metrics = {"accuracy": acc, "params": count_params(net), "teacher_accuracy": teacher_acc,
-                   "agreement": float((s_logits.argmax(1) == t_pred).float().mean()),
-                   "teacher_params": count_params(t_art.model), "val_accuracy": result.best_val_accuracy,
-                   "best_epoch": result.best_epoch, "history": result.history}
+        metrics = {"accuracy": acc, "params": count_params(net)}
+        if t_pred is not None:
+            metrics.update({"teacher_accuracy": float((t_pred == labels).float().mean()),
+                            "agreement": float((s_logits.argmax(1) == t_pred).float().mean()),
+                            "teacher_params": count_params(t_art.model)})
+        metrics.update(extra)
         if control:
             alone = build()
             res_alone = fit(Supervised(alone), bundle, train, device=dev, desc="control (alpha=1)", stage="distill")
             c_logits, _ = test_logits(alone, bundle, dev)
-            metrics.update({"control_accuracy": accuracy(c_logits, labels),
-                            "control_agreement": float((c_logits.argmax(1) == t_pred).float().mean()),
-                            "control_history": res_alone.history})
+            metrics.update({"control_accuracy": accuracy(c_logits, labels), "control_history": res_alone.history})
+            if t_pred is not None:
+                metrics["control_agreement"] = float((c_logits.argmax(1) == t_pred).float().mean())
             log(f"distill: student alone (alpha=1) test accuracy {metrics['control_accuracy']:.4f}")
-        settings = {"teacher": str(Path(teacher).absolute()), "student": student, "method": method,
-                    "scheme": scheme, "temperature": temperature, "alpha": alpha, "channels": channels,
-                    "control": control, **vars(train)}
+        settings = {"teacher": str(Path(teacher).absolute()) if teacher else None, "student": student,
+                    "method": method, "scheme": scheme, "temperature": temperature, "alpha": alpha, "beta": beta,
+                    "channels": channels, "layers": layers, "pairs": pairs, "hint_epochs": hint_epochs,
+                    "online": vars(online) if online and scheme == "online" else None, "control": control,
+                    **vars(train)}
         writer.save_model(net, make_spec(student, bundle, stage="distill", settings=settings))
         metrics.update(base_metrics(train.seed, started))
         writer.commit(metrics)
-    log(f"distill: test accuracy {acc:.4f}, agreement {metrics['agreement']:.4f} -> {Path(out)}")
+    log(f"distill: test accuracy {acc:.4f}" + (f", agreement {metrics['agreement']:.4f}" if t_pred is not None else "")
+        + f" -> {Path(out)}")
     return metrics
+
+
+def _describe(t_art, t_pred, labels) -> str:
+    if t_art is None:
+        return "no teacher (self-distillation)"
+    acc = float((t_pred == labels).float().mean())
+    return f"{t_art.spec['architecture']} ({count_params(t_art.model):,} params, test acc {acc:.4f})"

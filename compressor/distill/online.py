@@ -1,0 +1,113 @@
+"""Online distillation from a stream: teacher and student train together.
+
+As in the study we follow: the training set is cut into chunks; a sliding buffer holds the last
+few chunks; both models train several epochs per buffer (the student's last epoch at a tenth of
+its learning rate); distillation switches on once the teacher has seen `distill_after` chunks;
+only the teacher parameters matching `trainable` train. Accuracy of both models on the validation
+split is recorded after every chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from compressor import CompressorError
+from compressor.console import log, progress
+from compressor.data import BatchLoader, DataBundle
+from compressor.distill.functional import kd_terms
+from compressor.training import TrainConfig, accuracy, make_optimizer, predict, seed_everything
+
+
+@dataclass
+class OnlineConfig:
+    chunk_size: int = 1800
+    buffer_chunks: int = 5
+    epochs_per_buffer: int = 2
+    distill_after: int = 5
+    trainable: str | None = None
+    teacher_lr: float = 1e-3
+    temperature: float = 3.0
+    alpha: float = 0.5
+
+    def validate(self, n_train: int) -> None:
+        if self.chunk_size < 1 or self.chunk_size > n_train:
+            raise CompressorError(f"--chunk-size must be between 1 and the {n_train} training images, got {self.chunk_size}")
+        if self.buffer_chunks < 1:
+            raise CompressorError(f"--buffer-chunks must be at least 1, got {self.buffer_chunks}")
+        if self.epochs_per_buffer < 1:
+            raise CompressorError(f"--epochs-per-buffer must be at least 1, got {self.epochs_per_buffer}")
+        if self.distill_after < 0:
+            raise CompressorError(f"--distill-after must be 0 or more chunks, got {self.distill_after}")
+
+
+def train_online(student: nn.Module, teacher: nn.Module, data: DataBundle, train: TrainConfig, cfg: OnlineConfig,
+                 device: torch.device) -> list[dict]:
+    """Train both models over the stream; returns one record per chunk."""
+    from compressor.stages.teach import set_trainable
+
+    n = len(data.train)
+    cfg.validate(n)
+    seed_everything(train.seed)
+    set_trainable(teacher, cfg.trainable)
+    teacher_params = [p for p in teacher.parameters() if p.requires_grad]
+    t_opt = torch.optim.Adam(teacher_params, lr=cfg.teacher_lr)
+    s_opt = make_optimizer(student.parameters(), train)
+    student.to(device), teacher.to(device)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(train.seed))
+    chunks = [order[i:i + cfg.chunk_size] for i in range(0, n - cfg.chunk_size + 1, cfg.chunk_size)]
+    val = data.loader("val", 512)
+    history = []
+    for c in range(len(chunks)):
+        buffer = torch.cat(chunks[max(0, c - cfg.buffer_chunks + 1):c + 1])
+        loader = BatchLoader(data.train.subset(buffer), train.batch_size, mean=data.mean, std=data.std,
+                             image_size=data.image_size, shuffle=True, augment=True, flip=data.flip,
+                             seed=train.seed + c)
+        distilling = c >= cfg.distill_after
+        with progress(f"online chunk {c + 1}/{len(chunks)}", cfg.epochs_per_buffer * len(loader)) as bar:
+            for epoch in range(cfg.epochs_per_buffer):
+                lr = train.lr / 10 if epoch == cfg.epochs_per_buffer - 1 and cfg.epochs_per_buffer > 1 else train.lr
+                for group in s_opt.param_groups:
+                    group["lr"] = lr
+                loader.set_epoch(epoch)
+                student.train(), _train_unfrozen(teacher)
+                for x, y in loader:
+                    x, y = x.to(device), y.to(device)
+                    t_logits = teacher(x)
+                    t_loss = F.cross_entropy(t_logits, y)
+                    t_opt.zero_grad(set_to_none=True)
+                    t_loss.backward()
+                    t_opt.step()
+                    s_logits = student(x)
+                    if distilling:
+                        ce, soft = kd_terms(s_logits, t_logits.detach(), y, cfg.temperature, cfg.alpha)
+                        s_loss = ce + soft
+                    else:
+                        s_loss = F.cross_entropy(s_logits, y)
+                    if not (torch.isfinite(s_loss) and torch.isfinite(t_loss)):
+                        raise CompressorError(f"distill (online): loss became non-finite at chunk {c + 1}; lower --lr")
+                    s_opt.zero_grad(set_to_none=True)
+                    s_loss.backward()
+                    s_opt.step()
+                    bar.advance(1, f"student {float(s_loss):.3f} teacher {float(t_loss):.3f}")
+        row = {"chunk": c + 1, "buffer_images": len(buffer), "distilling": distilling,
+               "student_val_accuracy": accuracy(*predict(student, val, device)),
+               "teacher_val_accuracy": accuracy(*predict(teacher, val, device))}
+        history.append(row)
+        log(f"online chunk {c + 1}/{len(chunks)}: student {row['student_val_accuracy']:.4f} teacher "
+            f"{row['teacher_val_accuracy']:.4f}{' (distilling)' if distilling else ''}")
+    student.eval(), teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(True)
+    return history
+
+
+def _train_unfrozen(model: nn.Module) -> None:
+    """Train mode, except batch norms whose parameters are frozen: their running stats stay put."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()

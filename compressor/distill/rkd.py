@@ -1,0 +1,36 @@
+"""Relational KD (Park et al.): distance- and angle-wise potentials on penultimate embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from compressor import CompressorError
+from compressor.distill.base import Distiller
+from compressor.distill.features import FeatureTap
+from compressor.distill.functional import rkd_loss
+from compressor.models import classifier_name
+
+
+class RKD(Distiller):
+    def __init__(self, student, teacher, distance_weight: float = 25.0, angle_weight: float = 50.0, **kw) -> None:
+        super().__init__(student, teacher, **kw)
+        self.distance_weight, self.angle_weight = distance_weight, angle_weight
+        heads = classifier_name(student), classifier_name(teacher)
+        if None in heads:
+            raise CompressorError("rkd needs the classifier layer of both models to read their embeddings")
+        self._s_tap = FeatureTap(student, [heads[0]], capture="input")
+        self._t_tap = FeatureTap(teacher, [heads[1]], capture="input", detach=True)
+
+    def forward_train(self, x, y):
+        with torch.no_grad():
+            self.teacher(x)
+        (t_emb,) = self._t_tap.pop().values()
+        logits = self.model(x)
+        (s_emb,) = self._s_tap.pop().values()
+        return logits, {"loss_ce": F.cross_entropy(logits, y),
+                        "loss_rkd": rkd_loss(s_emb, t_emb, self.distance_weight, self.angle_weight)}
+
+    def close(self) -> None:
+        self._s_tap.remove()
+        self._t_tap.remove()

@@ -1,0 +1,183 @@
+import itertools
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compressor.distill import METHODS, VID, AT, FitNet
+from compressor.distill.features import pair_layers
+from compressor.distill.functional import (attention_map, attention_transfer_loss, gaussian_nll, logit_mse_loss,
+                                           rkd_loss)
+from compressor.models import ConvNet, create_model
+from compressor.stages import distill
+from compressor.training import TrainConfig
+
+from conftest import SYN
+
+
+def test_logit_mse_matches_formula():
+    s = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    t = torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    assert logit_mse_loss(s, t).item() == pytest.approx((1 + 0 + 1 + 4) / 4)
+
+
+def test_attention_map_by_hand():
+    f = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])  # (1, 2 channels, 1, 2)
+    # mean over channels of |A|^2: [(1 + 9) / 2, (4 + 0) / 2] = [5, 2], then L2-normalized
+    assert attention_map(f).tolist()[0] == pytest.approx([5 / math.sqrt(29), 2 / math.sqrt(29)])
+
+
+def test_attention_transfer_loss_by_hand_with_pooling():
+    s1 = torch.tensor([[[[1.0, 0.0]]]])  # map [1, 0]
+    t1 = torch.tensor([[[[0.0, 2.0]]]])  # map [0, 4] -> normalized [0, 1]
+    # pair 2: student 1x2, teacher 2x2 pooled to 1x2 (mean of columns of its |A|^2 map)
+    s2 = torch.tensor([[[[1.0, 1.0]]]])  # normalized [.7071, .7071]
+    t2 = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])  # |A|^2 pooled -> [1, 0]
+    expected = ((1 - 0) ** 2 + (0 - 1) ** 2) / 2 + ((1 / math.sqrt(2) - 1) ** 2 + (1 / math.sqrt(2)) ** 2) / 2
+    assert attention_transfer_loss([s1, s2], [t1, t2]).item() == pytest.approx(expected, rel=1e-6)
+
+
+def _rkd_reference(s, t, wd, wa):
+    """Loop-by-loop reading of Park et al.: potentials, then Huber loss (smooth L1, beta 1)."""
+    n = len(s)
+
+    def dist(e):
+        d = [[float(torch.dist(e[i], e[j])) for j in range(n)] for i in range(n)]
+        mu = sum(d[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+        return [d[i][j] / mu for i in range(n) for j in range(n)]
+
+    def angle(e):
+        out = []
+        for j, i, k in itertools.product(range(n), repeat=3):
+            a, b = e[i] - e[j], e[k] - e[j]
+            na, nb = float(a.norm()), float(b.norm())
+            out.append(0.0 if na == 0 or nb == 0 else float(a @ b) / (na * nb))
+        return out
+
+    def huber(x, y):
+        v = [abs(p - q) for p, q in zip(x, y)]
+        return sum(0.5 * d * d if d < 1 else d - 0.5 for d in v) / len(v)
+
+    return wd * huber(dist(s), dist(t)) + wa * huber(angle(s), angle(t))
+
+
+def test_rkd_loss_against_its_formula():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, 3, generator=g), torch.randn(5, 7, generator=g)  # dimensions may differ
+    assert rkd_loss(s, t, 25.0, 50.0).item() == pytest.approx(_rkd_reference(s, t, 25.0, 50.0), rel=1e-4)
+
+
+def test_rkd_is_invariant_to_scale():
+    s = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    assert rkd_loss(s, 2 * s).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gaussian_nll():
+    mean, t = torch.zeros(1, 2, 1, 1), torch.ones(1, 2, 1, 1)
+    var = torch.tensor([1.0, 4.0])
+    expected = 0.5 * ((1 / 1 + math.log(1)) + (1 / 4 + math.log(4))) / 2
+    assert gaussian_nll(mean, var, t).item() == pytest.approx(expected)
+
+
+def test_pairs_all_builds_t_times_s_pairs_for_4_stage_teacher_and_3_stage_student():
+    teacher = ConvNet((8, 16, 32, 64), 32, num_classes=10, in_chans=3)  # 4 stages
+    student = create_model("convverytiny", num_classes=10, in_chans=3)  # 3 stages
+    t_layers = [i["module"] for i in teacher.feature_info]
+    s_layers = [i["module"] for i in student.feature_info]
+    pairs = pair_layers(t_layers, s_layers, "all")
+    assert len(pairs) == 12 and set(pairs) == set(itertools.product(t_layers, s_layers))
+    vid = VID(student, teacher, pairs=pairs, input_shape=[3, 16, 16])
+    assert len(vid.regressors) == 12
+    _, losses = vid.forward_train(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
+    assert torch.isfinite(losses["loss_vid"])
+    matched = pair_layers(t_layers, s_layers, "matched")
+    assert len(matched) == 3 and matched[-1] == (t_layers[-1], s_layers[-1])
+
+
+def test_channels_really_shrink_teacher_features():
+    teacher = ConvNet((8, 16, 32), 32, num_classes=10, in_chans=3)
+    student = create_model("convverytiny", num_classes=10, in_chans=3)
+    pairs = [("blocks.2", "blocks.2")]
+    keep = {"blocks.2": [0, 5, 7]}
+    at = AT(student, teacher, pairs=pairs, input_shape=[3, 16, 16], channels=keep)
+    _, _, _, t = at.features(torch.randn(2, 3, 16, 16))
+    full = teacher.blocks[2](teacher.pool(teacher.blocks[1](teacher.pool(teacher.blocks[0](torch.randn(1, 3, 16, 16))))))
+    assert t["blocks.2"].shape[1] == 3 < full.shape[1]
+    vid = VID(student, teacher, pairs=pairs, input_shape=[3, 16, 16], channels=keep)
+    assert vid.regressors[0].mean[-1].out_channels == 3
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_offline_on_synthetic(method, workdir, teacher_dir):
+    out = workdir / f"method-{method}"
+    m = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=out, method=method,
+                channels=None, train=TrainConfig(epochs=1, lr=0.05), device="cpu")
+    assert {"accuracy", "agreement", "teacher_accuracy"} <= set(m)
+    assert m["accuracy"] > 0.2, m  # well above chance (0.1) after one epoch
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["settings"]["method"] == method
+
+
+def test_feature_methods_leave_teacher_frozen_and_in_eval():
+    teacher = ConvNet((8, 16, 32), 32, num_classes=10, in_chans=3)
+    student = create_model("convverytiny", num_classes=10, in_chans=3)
+    pairs = pair_layers(["blocks.0", "blocks.1", "blocks.2"], ["blocks.0", "blocks.1", "blocks.2"])
+    for cls in (AT, VID, FitNet):
+        d = cls(student, teacher, pairs=pairs, input_shape=[3, 16, 16])
+        d.train()
+        assert not teacher.training
+        _, losses = d.forward_train(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
+        sum(losses.values()).backward()
+        assert all(p.grad is None for p in teacher.parameters())
+        d.close()
+        student.zero_grad(set_to_none=True)
+
+
+def test_online_scheme_trains_both_and_reports_per_chunk(workdir, teacher_dir):
+    from compressor.artifacts import load_artifact
+    from compressor.distill.online import OnlineConfig
+
+    before = {k: v.clone() for k, v in load_artifact(teacher_dir).model.state_dict().items()}
+    out = workdir / "online"
+    m = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=out, scheme="online",
+                online=OnlineConfig(chunk_size=400, buffer_chunks=2, epochs_per_buffer=1, distill_after=2,
+                                    trainable=r"blocks\.2"),
+                train=TrainConfig(lr=0.05), device="cpu")
+    chunks = m["chunks"]
+    assert len(chunks) == 3600 // 400
+    assert [c["distilling"] for c in chunks] == [False, False] + [True] * 7
+    assert all(0 <= c["teacher_val_accuracy"] <= 1 and 0 <= c["student_val_accuracy"] <= 1 for c in chunks)
+    assert {"accuracy", "agreement", "teacher_accuracy"} <= set(m)
+    # the saved teacher artifact is untouched; only the in-memory copy trained
+    assert all(torch.equal(before[k], v) for k, v in load_artifact(teacher_dir).model.state_dict().items())
+
+
+def test_online_trains_only_matching_teacher_params(teacher_dir):
+    from compressor.artifacts import load_artifact
+    from compressor.data import load_data
+    from compressor.distill.online import OnlineConfig, train_online
+
+    teacher = load_artifact(teacher_dir).model
+    before = {k: v.clone() for k, v in teacher.named_parameters()}
+    student = create_model("convverytiny", num_classes=10, in_chans=3)
+    train_online(student, teacher, load_data("synthetic"), TrainConfig(lr=0.05),
+                 OnlineConfig(chunk_size=1800, buffer_chunks=1, epochs_per_buffer=1, distill_after=0,
+                              trainable=r"^fc\."), torch.device("cpu"))
+    changed = {k for k, v in teacher.named_parameters() if not torch.equal(before[k], v)}
+    assert changed and all(k.startswith("fc.") or k.startswith("fc1.") for k in changed), changed
+    assert "blocks.0.0.weight" not in changed
+
+
+def test_self_scheme_needs_no_teacher_and_drops_heads(workdir):
+    out = workdir / "self"
+    m = distill(teacher=None, student="convverytiny", data=SYN, out=out, scheme="self",
+                train=TrainConfig(epochs=1, lr=0.05), device="cpu")
+    assert m["accuracy"] > 0.2 and "agreement" not in m
+    from safetensors.torch import load_file
+
+    saved = set(load_file(str(out / "model.safetensors")))
+    plain = set(create_model("convverytiny", num_classes=10, in_chans=3).state_dict())
+    assert saved == plain  # auxiliary heads are not part of the exported student
+    assert any("loss_aux_kd" in row for row in m["history"])
