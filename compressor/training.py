@@ -41,6 +41,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def peak_memory_mb(device: torch.device | str = "cpu") -> float:
+    """Peak memory of this process: CUDA allocations on a GPU, resident set size on the CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 1

@@ -79,7 +79,10 @@ def test_bad_inputs_give_one_clear_line_and_leave_nothing(tmp_path, teacher_dir,
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "staging directory left behind"
 
 
-def test_unimplemented_method_is_refused(teacher_dir, tmp_path):
-    res = _cli("distill", "--teacher", teacher_dir, "--student", "convtiny", "--data", "synthetic", "--method", "l2tww",
-               "--out", tmp_path / "x")
+def test_impossible_combinations_are_refused(teacher_dir, student_dir, tmp_path):
+    res = _cli("distill", "--teacher", teacher_dir, "--student", "convtiny", "--data", "synthetic", "--method", "at",
+               "--scheme", "online", "--out", tmp_path / "x")
+    _assert_one_line_error(res, "--scheme offline")
+    res = _cli("prune", student_dir, "--data", "synthetic", "--sparsity", "0.5", "--structured", "--out", tmp_path / "y")
     _assert_one_line_error(res, "not implemented yet")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

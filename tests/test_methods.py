@@ -181,3 +181,25 @@ def test_self_scheme_needs_no_teacher_and_drops_heads(workdir):
     plain = set(create_model("convverytiny", num_classes=10, in_chans=3).state_dict())
     assert saved == plain  # auxiliary heads are not part of the exported student
     assert any("loss_aux_kd" in row for row in m["history"])
+
+
+def test_l2tww_updates_meta_networks_and_reports_cost(workdir, teacher_dir):
+    from compressor.artifacts import load_artifact
+    from compressor.distill import L2TWW
+
+    teacher = load_artifact(teacher_dir).model
+    student = create_model("convverytiny", num_classes=10, in_chans=3)
+    pairs = pair_layers(["blocks.0", "blocks.1", "blocks.2"], ["blocks.0", "blocks.1", "blocks.2"], "all")
+    d = L2TWW(student, teacher, pairs=pairs, input_shape=[3, 16, 16])
+    assert len(d.meta) == 9
+    before = [p.clone() for p in d.meta.parameters()]
+    opt = torch.optim.SGD(d.student_parameters(), lr=0.05)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    _, losses = d.train_step(x, y, opt)
+    assert set(losses) == {"loss_ce", "loss_wfm"} and all(torch.isfinite(v) for v in losses.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, d.meta.parameters())), "meta-networks did not move"
+    assert all(p.grad is None for p in teacher.parameters())
+    d.close()
+    m = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=workdir / "l2tww-cost", method="l2tww",
+                pairs="all", train=TrainConfig(epochs=1, lr=0.05), device="cpu")
+    assert m["cost"]["seconds_per_step"] > 0 and m["cost"]["peak_memory_mb"] > 0 and m["cost"]["steps"] > 0

@@ -134,3 +134,21 @@ def test_pretrained_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-cache")
     with pytest.raises(CompressorError, match="unreachable"):
         models.create_model("resnet18", num_classes=10, in_chans=3, pretrained=True)
+
+
+@pytest.mark.parametrize("name", __import__("compressor.models", fromlist=["list_builtin"]).list_builtin())
+def test_every_builtin_model_builds_taps_and_exports(name, tmp_path):
+    """Registry-driven smoke test: every built-in model runs, has feature_info, and exports to ONNX."""
+    from compressor.distill.features import probe_shapes
+    from compressor.export import export_onnx, session
+
+    m = create_model(name, num_classes=7, in_chans=1).eval()
+    for size in (28, 32):
+        assert m(torch.randn(2, 1, size, size)).shape == (2, 7)
+    layers = [i["module"] for i in m.feature_info]
+    shapes = probe_shapes(m, layers, [1, 28, 28])
+    assert [s[0] for s in shapes.values()] == [i["num_chs"] for i in m.feature_info]
+    export_onnx(m, tmp_path / "m.onnx", [1, 28, 28])
+    x = torch.randn(3, 1, 28, 28)
+    out = session(tmp_path / "m.onnx").run(["logits"], {"input": x.numpy()})[0]
+    assert abs(out - m(x).detach().numpy()).max() < 1e-4

@@ -10,13 +10,15 @@ from compressor.distill.at import AT
 from compressor.distill.base import Distiller, FeatureDistiller
 from compressor.distill.fitnet import FitNet
 from compressor.distill.kd import KD
+from compressor.distill.l2tww import L2TWW
 from compressor.distill.mse import MSE
 from compressor.distill.rkd import RKD
 from compressor.distill.vid import VID
 
 METHOD_NAMES = ("kd", "mse", "fitnet", "at", "rkd", "vid", "l2tww")
 SCHEME_NAMES = ("offline", "online", "self")
-METHODS: dict[str, type[Distiller]] = {"kd": KD, "mse": MSE, "fitnet": FitNet, "at": AT, "rkd": RKD, "vid": VID}
+METHODS: dict[str, type[Distiller]] = {"kd": KD, "mse": MSE, "fitnet": FitNet, "at": AT, "rkd": RKD, "vid": VID,
+                                      "l2tww": L2TWW}
 SCHEMES = ("offline", "online", "self")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -11,12 +12,13 @@ from compressor.artifacts import ArtifactWriter, base_metrics, load_artifact
 from compressor.console import log
 from compressor.distill import FeatureDistiller, check_scheme, get_method
 from compressor.distill.features import pair_layers, parse_layer_pairs
+from compressor.distill.l2tww import L2TWW
 from compressor.distill.online import OnlineConfig, train_online
 from compressor.distill.self_distill import SelfDistiller
 from compressor.models import count_params, create_model
 from compressor.stages.common import DataOptions, check_fraction, make_spec, test_logits
 from compressor.stages.select import read_channels, stage_layers
-from compressor.training import Supervised, TrainConfig, accuracy, fit, resolve_device, seed_everything
+from compressor.training import Supervised, TrainConfig, accuracy, fit, peak_memory_mb, resolve_device, seed_everything
 
 
 def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out: str | Path, method: str = "kd",
@@ -98,7 +100,15 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
                     fit(task, bundle, replace(train, epochs=hint_epochs), device=dev, desc="distill[fitnet hints]",
                         stage="distill")
                     task.phase = "kd"
-                result = fit(task, bundle, train, device=dev, desc=f"distill[{method}]", stage="distill")
+                if isinstance(task, L2TWW):  # bilevel steps; the meta-networks have their own optimizer
+                    result = fit(task, bundle, train, device=dev, desc="distill[l2tww]", stage="distill",
+                                 params=task.student_parameters(), train_step=task.train_step)
+                    extra["cost"] = {"seconds_per_step": round(statistics.median(task.step_times), 4),
+                                     "steps": len(task.step_times), "peak_memory_mb": peak_memory_mb(dev)}
+                    log(f"distill[l2tww]: {extra['cost']['seconds_per_step'] * 1000:.0f} ms per step, "
+                        f"peak memory {extra['cost']['peak_memory_mb']:.0f} MB")
+                else:
+                    result = fit(task, bundle, train, device=dev, desc=f"distill[{method}]", stage="distill")
             finally:
                 task.close()
             extra.update({"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
