@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tempfile
 import time
@@ -53,8 +54,12 @@ class _Reader:
         self.i = 0
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, calibration: list[np.ndarray], per_channel: bool = True) -> None:
-    """Static QDQ quantization: uint8 activations, int8 weights (per channel), minmax calibration.
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: list[np.ndarray], per_channel: bool = True,
+                  method: str = "minmax") -> None:
+    """Static QDQ quantization: uint8 activations, int8 weights (per channel by default).
 
     uint8 activations: on x86 CPUs without VNNI, onnxruntime's int8-activation kernels are far
     slower than fp32, while u8s8 runs faster.
@@ -64,18 +69,55 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: list[np.ndarray
 
     if not calibration:
         raise CompressorError("int8 quantization needs at least one calibration batch")
+    if method not in CALIBRATION_METHODS:
+        raise CompressorError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
     with tempfile.TemporaryDirectory(dir=Path(int8_path).parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
-        with warnings.catch_warnings():
+        # the calibrators print to stdout, which belongs to --json: keep it clean
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(int8_path), _Reader(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            weight_type=QuantType.QInt8, calibrate_method=calibrate,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     import onnx
 
     onnx.checker.check_model(str(int8_path), full_check=True)
+
+
+def convert_fp16(fp32_path: Path, fp16_path: Path) -> None:
+    """fp16 weights and activations, with float32 input and output kept for the caller."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    _toposort(model.graph)  # the converter appends its input casts at the end of the node list
+    onnx.save(model, str(fp16_path))
+    onnx.checker.check_model(str(fp16_path), full_check=True)
+
+
+def _toposort(graph) -> None:
+    """Reorder graph.node so every node comes after the producers of its inputs."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise CompressorError("the fp16 graph has a cycle or a missing input; cannot order it")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def session(path: Path, threads: int | None = None):
@@ -111,10 +153,22 @@ def latency_ms(sess, input_shape: list[int], batch: int = 64, runs: int = 30, wa
 
 def zipped_size(path: Path) -> int:
     """Bytes of the file compressed with zip (deflate, level 9): what zeros and int8 really save."""
+    return zipped_size_of(Path(path).read_bytes(), Path(path).name)
+
+
+def zipped_size_of(data: bytes, name: str = "file") -> int:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-        z.write(path, arcname=Path(path).name)
+        z.writestr(name, data)
     return buf.tell()
+
+
+def onnx_latency(model: nn.Module, input_shape: list[int], workdir: Path, batch: int = 64) -> float:
+    """fp32 onnxruntime latency (ms) of a PyTorch model at `batch`, through a temporary export."""
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = Path(tmp) / "probe.onnx"
+        export_onnx(model, path, input_shape)
+        return latency_ms(session(path), input_shape, batch)
 
 
 def op_counts(path: Path) -> dict[str, int]:

@@ -132,12 +132,23 @@ def _force_hub_offline() -> None:
 
 
 def build_from_spec(spec: dict) -> nn.Module:
-    """Rebuild a model from a model.json spec (no weights)."""
+    """Rebuild a model from a model.json spec (no weights), replaying any structured pruning."""
     try:
-        return create_model(spec["architecture"], num_classes=spec["num_classes"],
-                            in_chans=spec["input_shape"][0], **spec.get("kwargs", {}))
+        model = create_model(spec["architecture"], num_classes=spec["num_classes"],
+                             in_chans=spec["input_shape"][0], **spec.get("kwargs", {}))
     except KeyError as e:
         raise CompressorError(f"model.json lacks the key {e}") from None
+    if spec.get("structured_pruning"):
+        from compressor.prune import remove_channels
+
+        for plan in spec["structured_pruning"]:
+            remove_channels(model, spec["input_shape"], plan)
+    return model
+
+
+def stage_layers(model: nn.Module) -> list[str]:
+    """The output of each stage just before a spatial downsampling (timm feature_info)."""
+    return [i["module"] for i in feature_info(model)]
 
 
 def feature_info(model: nn.Module) -> list[dict]:

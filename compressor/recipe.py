@@ -78,6 +78,11 @@ class PruneCfg(_Strict):
     sparsity: float = Field(ge=0, lt=1)
     train_size: Optional[int] = Field(None, ge=1)
     structured: bool = False
+    schedule: Literal["oneshot", "gradual"] = "gradual"
+    scope: Literal["global", "layer"] = "global"
+    include_all: bool = False
+    importance: Literal["magnitude", "discriminability"] = "magnitude"
+    method: Literal["kd", "mse", "fitnet", "at", "rkd", "vid", "l2tww"] = "kd"
     finetune_epochs: int = Field(1, ge=0)
     teacher: bool = False  # fine-tune while distilling from the recipe's teach stage
     temperature: float = Field(4.0, gt=0)
@@ -90,6 +95,9 @@ class PruneCfg(_Strict):
 
 class ExportCfg(_Strict):
     int8: bool = False
+    fp16: bool = False
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
     calibration_batches: int = Field(8, ge=1)
     max_drop: Optional[float] = Field(None, ge=0)
     latency_batch: int = Field(64, ge=1)
@@ -181,11 +189,13 @@ def _msg(err) -> str:
 def _dependency_problems(kind: str, cfg, seen: list[str]) -> list[str]:
     has_model = any(s in MODEL_STAGES for s in seen)
     if kind in ("select", "prune", "export") and not has_model:
-        return [f"reads a model, but no earlier stage (teach, distill, prune) writes one"]
+        return ["reads a model, but no earlier stage (teach, distill, prune) writes one"]
     if kind == "distill" and "teach" not in seen and (cfg is None or (cfg.teacher is None and cfg.scheme != "self")):
         return ["needs a teacher: put a teach stage before it or set teacher: DIR"]
     if kind == "prune" and cfg is not None and cfg.teacher and "teach" not in seen:
         return ["teacher: true needs a teach stage before it"]
+    if kind == "prune" and cfg is not None and cfg.importance == "discriminability" and "select" not in seen:
+        return ["importance: discriminability needs a select stage before it (of the model being pruned)"]
     return []
 
 
@@ -252,12 +262,16 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device:
                         train=TrainConfig(seed=recipe.seed, **{k: c[k] for k in train_keys}), device=dev)
             elif kind == "prune":
                 prune(last_model, data=data, out=stage_dir, sparsity=c["sparsity"], structured=c["structured"],
+                      schedule=c["schedule"], scope=c["scope"], include_all=c["include_all"],
+                      importance=c["importance"], method=c["method"],
+                      channels=str(paths["select"]) if c["importance"] == "discriminability" else None,
                       finetune_epochs=c["finetune_epochs"], teacher=str(paths["teach"]) if c["teacher"] else None,
                       temperature=c["temperature"], alpha=c["alpha"],
                       train=TrainConfig(seed=recipe.seed, epochs=c["finetune_epochs"],
                                         **{k: c[k] for k in train_keys if k != "epochs"}), device=dev)
             elif kind == "export":
-                export(last_model, data=data, out=stage_dir, int8=c["int8"],
+                export(last_model, data=data, out=stage_dir, int8=c["int8"], fp16=c["fp16"],
+                       calibration_method=c["calibration_method"], per_channel=c["per_channel"],
                        calibration_batches=c["calibration_batches"], max_drop=c["max_drop"],
                        latency_batch=c["latency_batch"], seed=recipe.seed, device=dev)
             state[name] = key

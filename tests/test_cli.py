@@ -83,6 +83,7 @@ def test_impossible_combinations_are_refused(teacher_dir, student_dir, tmp_path)
     res = _cli("distill", "--teacher", teacher_dir, "--student", "convtiny", "--data", "synthetic", "--method", "at",
                "--scheme", "online", "--out", tmp_path / "x")
     _assert_one_line_error(res, "--scheme offline")
-    res = _cli("prune", student_dir, "--data", "synthetic", "--sparsity", "0.5", "--structured", "--out", tmp_path / "y")
-    _assert_one_line_error(res, "not implemented yet")
+    res = _cli("prune", student_dir, "--data", "synthetic", "--sparsity", "0.5", "--structured", "--importance",
+               "discriminability", "--out", tmp_path / "y")
+    _assert_one_line_error(res, "--channels")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from compressor.distill import METHODS, VID, AT, FitNet
 from compressor.distill.features import pair_layers

@@ -90,9 +90,16 @@ def test_prune_measured_sparsity_in_saved_file(workdir, student_dir):
     out = workdir / "pruned"
     m = prune(student_dir, data=SYN, out=out, sparsity=0.7, finetune_epochs=1, device="cpu")
     state = load_file(str(out / "model.safetensors"))
-    weights = [v for k, v in state.items() if k.endswith(".weight") and v.dim() in (2, 4)]
+    pruned = list(m["sparsity_per_layer"])  # conv/linear layers but the first conv and the classifier
+    assert pruned and len(pruned) == len([k for k, v in state.items() if k.endswith(".weight") and v.dim() in (2, 4)]) - 2
+    weights = [state[f"{n}.weight"] for n in pruned]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros >= 0.7 and m["sparsity"] == pytest.approx(zeros)
+    m_all = prune(student_dir, data=SYN, out=workdir / "pruned-all", sparsity=0.7, include_all=True,
+                  schedule="oneshot", finetune_epochs=1, device="cpu")
+    state = load_file(str(workdir / "pruned-all" / "model.safetensors"))
+    weights = [v for k, v in state.items() if k.endswith(".weight") and v.dim() in (2, 4)]
+    assert sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights) >= 0.7 <= m_all["sparsity"]
     assert set(state) == set(load_file(str(student_dir / "model.safetensors")))  # no masks, no extra tensors
 
 
@@ -152,3 +159,18 @@ def test_every_builtin_model_builds_taps_and_exports(name, tmp_path):
     x = torch.randn(3, 1, 28, 28)
     out = session(tmp_path / "m.onnx").run(["logits"], {"input": x.numpy()})[0]
     assert abs(out - m(x).detach().numpy()).max() < 1e-4
+
+
+def test_export_options_fp16_per_tensor_entropy(workdir, student_dir):
+    out = workdir / "export-options"
+    m = export(student_dir, data=SYN, out=out, int8=True, fp16=True, per_channel=False, calibration_method="entropy",
+               calibration_batches=2, device="cpu")
+    for kind in ("fp32", "int8", "fp16"):
+        assert (out / {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}[kind]).is_file()
+        for key in ("accuracy", "latency_ms", "latency_ms_{}_batch1", "max_abs_diff", "max_abs_diff_{}_batch1",
+                    "zipped_bytes"):
+            name = key.format(kind) if "{}" in key else f"{key}_{kind}"
+            assert name in m, name
+    assert m["max_abs_diff_fp16"] < 0.05 and m["per_channel"] is False and m["calibration_method"] == "entropy"
+    assert 0 <= m["agreement_fp32_int8"] <= 1
+    assert evaluate(out / "model.int8.onnx", data=SYN)["accuracy"] == pytest.approx(m["accuracy_int8"])

@@ -37,6 +37,31 @@ class Scheme(str, Enum):
     self = "self"
 
 
+class Schedule(str, Enum):
+    oneshot = "oneshot"
+    gradual = "gradual"
+
+
+class Scope(str, Enum):
+    global_ = "global"
+    layer = "layer"
+
+
+class Importance(str, Enum):
+    magnitude = "magnitude"
+    discriminability = "discriminability"
+
+
+class CalibMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class QuantFormat(str, Enum):
+    qdq = "qdq"
+
+
 class PairMode(str, Enum):
     matched = "matched"
     all = "all"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from compressor import CompressorError
 from compressor.distill.features import FeatureTap, probe_shapes
 
 
@@ -71,8 +72,6 @@ class FeatureDistiller(Distiller):
             if channels and name in channels:
                 idx = torch.tensor(channels[name], dtype=torch.long)
                 if len(idx) and int(idx.max()) >= self.t_shapes[name][0]:
-                    from compressor import CompressorError
-
                     raise CompressorError(f"--channels keeps channel {int(idx.max())} of teacher layer {name}, "
                                           f"which has only {self.t_shapes[name][0]}; was it made for this teacher?")
                 self.kept[name] = idx

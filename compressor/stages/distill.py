@@ -10,14 +10,13 @@ from pathlib import Path
 from compressor import CompressorError
 from compressor.artifacts import ArtifactWriter, base_metrics, load_artifact
 from compressor.console import log
-from compressor.distill import FeatureDistiller, check_scheme, get_method
-from compressor.distill.features import pair_layers, parse_layer_pairs
+from compressor.distill import build_distiller, check_scheme, get_method
 from compressor.distill.l2tww import L2TWW
 from compressor.distill.online import OnlineConfig, train_online
 from compressor.distill.self_distill import SelfDistiller
-from compressor.models import count_params, create_model
+from compressor.models import count_params, create_model, stage_layers
 from compressor.stages.common import DataOptions, check_fraction, make_spec, test_logits
-from compressor.stages.select import read_channels, stage_layers
+from compressor.stages.select import read_channels
 from compressor.training import Supervised, TrainConfig, accuracy, fit, peak_memory_mb, resolve_device, seed_everything
 
 
@@ -46,7 +45,7 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
     started = time.time()
     train = train or TrainConfig(epochs=1)
     train.validate()
-    method_cls = get_method(method)
+    get_method(method)
     check_scheme(scheme)
     check_fraction("--alpha", alpha)
     if not temperature > 0:
@@ -87,12 +86,9 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
                 task = SelfDistiller(net, stages=stage_layers(net), input_shape=bundle.input_shape,
                                      num_classes=bundle.num_classes, temperature=temperature, alpha=alpha)
             else:
-                kw = {"temperature": temperature, "alpha": alpha, "beta": beta, "input_shape": bundle.input_shape}
-                if issubclass(method_cls, FeatureDistiller):
-                    kw["pairs"] = parse_layer_pairs(layers) if layers else pair_layers(
-                        stage_layers(t_art.model), stage_layers(net), pairs)
-                    kw["channels"] = kept
-                task = method_cls(net, t_art.model, **kw)
+                task = build_distiller(method, net, t_art.model, input_shape=bundle.input_shape,
+                                       temperature=temperature, alpha=alpha, beta=beta, layers=layers, pairs=pairs,
+                                       channels=kept)
             if getattr(task, "pairs", None):
                 log(f"distill: layer pairs (teacher, student): {task.pairs}")
             try:

@@ -1,35 +1,49 @@
-"""prune: magnitude pruning to a target sparsity, then fine-tuning that keeps the zeros."""
+"""prune: magnitude pruning to a target sparsity, then fine-tuning that keeps the zeros; or
+structured pruning that physically removes channels."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import torch
+
 from compressor import CompressorError
 from compressor.artifacts import ArtifactWriter, base_metrics, load_artifact, state_dict_for_saving
 from compressor.console import log
-from compressor.distill.kd import KD
+from compressor.distill import build_distiller
+from compressor.export import onnx_latency, zipped_size_of
 from compressor.models import count_params
-from compressor.prune import apply_masks, global_magnitude_masks, measured_sparsity, prunable_layers
+from compressor.prune import (GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers,
+                              remove_channels)
 from compressor.stages.common import DataOptions, check_fraction, test_accuracy
 from compressor.training import Supervised, TrainConfig, fit, resolve_device
 
 
 def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity: float,
-          structured: bool = False, finetune_epochs: int = 1, teacher: str | None = None,
-          temperature: float = 4.0, alpha: float = 0.5, train: TrainConfig | None = None,
-          device: str = "auto") -> dict:
-    """Zero the smallest-magnitude conv/linear weights (one global threshold) and fine-tune.
+          structured: bool = False, schedule: str = "gradual", scope: str = "global", include_all: bool = False,
+          importance: str = "magnitude", channels: str | None = None, finetune_epochs: int = 1,
+          teacher: str | None = None, method: str = "kd", temperature: float = 4.0, alpha: float = 0.5,
+          train: TrainConfig | None = None, device: str = "auto") -> dict:
+    """Prune the model in `model_dir` and fine-tune it; write the pruned artifact.
 
-    With `teacher`, fine-tuning distills (KD with `alpha` on the hard labels; 0.5 = the mean of
-    soft and hard targets).
+    Args:
+        sparsity: unstructured: fraction of conv/linear weights set to zero; structured: fraction
+            of each prunable convolution's output channels removed.
+        schedule: oneshot, or gradual (Zhu & Gupta's cubic ramp over the first 3/4 of fine-tuning).
+        scope: global (one magnitude threshold across layers) or layer (the same fraction per layer).
+        include_all: also prune the first convolution and the classifier (excluded by default).
+        importance: structured only: magnitude (filter L2 norm) or discriminability (the scores
+            `select` wrote for this model, passed as `channels`: least discriminative go first).
+        teacher: fine-tune while distilling from this artifact with `method` (kd with alpha 0.5:
+            the mean of the teacher's soft targets and the hard labels).
     """
     started = time.time()
     check_fraction("--sparsity", sparsity, high_open=True)
-    if structured:
-        raise CompressorError("--structured pruning is not implemented yet; drop it for unstructured pruning")
     if finetune_epochs < 0:
         raise CompressorError(f"--finetune-epochs must be 0 or more, got {finetune_epochs}")
+    if importance == "discriminability" and not channels:
+        raise CompressorError("--importance discriminability needs --channels SELECT_DIR (the scores select wrote)")
     train = train or TrainConfig(lr=0.01)
     train.epochs = finetune_epochs
     train.validate()
@@ -38,30 +52,78 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
     t_art = load_artifact(teacher) if teacher else None
     bundle = data.load(art.spec)
     model = art.model
-    acc_before = test_accuracy(model, bundle, dev)
+    shape = art.spec["input_shape"]
+    exclude = () if include_all else default_exclusions(model)
+    acc_before, params_before = test_accuracy(model, bundle, dev), count_params(model)
+    size_before = _sizes(model)
+    metrics: dict = {}
     with ArtifactWriter(out) as writer:
-        layers = prunable_layers(model)
-        masks = global_magnitude_masks(layers, sparsity)
-        apply_masks(layers, masks)
+        spec = {**art.spec, "stage": "prune"}
+        if structured:
+            scores = _scores(channels) if channels else None
+            latency_before = onnx_latency(model, shape, writer.dir)
+            plan = plan_structured(model.cpu(), shape, sparsity, importance, scores, exclude)
+            remove_channels(model, shape, plan)
+            spec["structured_pruning"] = spec.get("structured_pruning", []) + [plan]
+            metrics["channels_removed"] = {p["layer"]: f"{len(p['removed'])}/{p['channels']}" for p in plan}
+            after_step = None
+        else:
+            layers = prunable_layers(model, exclude)
+            steps = max(1, finetune_epochs * bundle.loader("train", train.batch_size).__len__())
+            masker = GradualMasker(layers, sparsity, steps if finetune_epochs else 0, scope, schedule)
+            after_step = masker
         acc_pruned = test_accuracy(model, bundle, dev)
-        log(f"prune: {len(layers)} layers to {sparsity:.0%} sparsity: test accuracy {acc_before:.4f} -> {acc_pruned:.4f} "
-            f"before fine-tuning")
-        task = KD(model, t_art.model, temperature=temperature, alpha=alpha) if t_art else Supervised(model)
-        result = fit(task, bundle, train, device=dev, desc="prune finetune", stage="prune",
-                     after_step=lambda: apply_masks(layers, masks))
-        apply_masks(layers, masks)
+        log(f"prune: {'channels' if structured else 'weights'} at {sparsity:.0%} "
+            f"({'structured' if structured else f'{schedule}, {scope}'}): test accuracy {acc_before:.4f} -> "
+            f"{acc_pruned:.4f} before fine-tuning" + ("" if structured or schedule == "oneshot" else " (first step)"))
+        task = (build_distiller(method, model, t_art.model, input_shape=shape, temperature=temperature, alpha=alpha)
+                if t_art else Supervised(model))
+        try:
+            result = fit(task, bundle, train, device=dev, desc="prune finetune", stage="prune", after_step=after_step)
+        finally:
+            getattr(task, "close", lambda: None)()
+        model = model.cpu()
+        if not structured:
+            masker.finish()
         acc = test_accuracy(model, bundle, dev)
-        overall, per_layer = measured_sparsity(state_dict_for_saving(model), list(layers))
+        state = state_dict_for_saving(model)
+        names = list(prunable_layers(model, exclude))
+        overall, per_layer = measured_sparsity(state, names)
         settings = dict(art.spec.get("settings", {}))
         settings["prune"] = {"source": str(Path(model_dir).absolute()), "sparsity": sparsity, "structured": structured,
-                             "teacher": teacher, "temperature": temperature, "alpha": alpha, **vars(train)}
-        writer.save_model(model, {**art.spec, "stage": "prune", "settings": settings})
-        nonzero = sum(int((m.weight != 0).sum()) for m in layers.values())
-        metrics = {"accuracy": acc, "params": count_params(model), "sparsity": overall,
-                   "sparsity_per_layer": per_layer, "nonzero_weights": nonzero,
-                   "accuracy_before": acc_before, "accuracy_pruned_no_finetune": acc_pruned,
-                   "val_accuracy": result.best_val_accuracy, "history": result.history,
-                   **base_metrics(train.seed, started)}
+                             "schedule": schedule, "scope": scope, "include_all": include_all, "excluded": list(exclude),
+                             "importance": importance, "channels": channels, "teacher": teacher, "method": method,
+                             "temperature": temperature, "alpha": alpha, **vars(train)}
+        spec["settings"] = settings
+        writer.save_model(model, spec)
+        size_after = _sizes(model)
+        metrics.update({"accuracy": acc, "params": count_params(model), "params_before": params_before,
+                        "sparsity": overall, "sparsity_per_layer": per_layer,
+                        "nonzero_weights": sum(int((state[f"{n}.weight"] != 0).sum()) for n in names),
+                        "size_bytes_before": size_before[0], "size_bytes": size_after[0],
+                        "zipped_bytes_before": size_before[1], "zipped_bytes": size_after[1],
+                        "accuracy_before": acc_before, "accuracy_pruned_no_finetune": acc_pruned,
+                        "val_accuracy": result.best_val_accuracy, "history": result.history})
+        if structured:
+            metrics["latency_ms_before"] = latency_before
+            metrics["latency_ms"] = onnx_latency(model, shape, writer.dir)
+        metrics.update(base_metrics(train.seed, started))
         writer.commit(metrics)
-    log(f"prune: measured sparsity {overall:.4f}, test accuracy {acc:.4f} -> {Path(out)}")
+    log(f"prune: measured sparsity {overall:.4f}, params {params_before:,} -> {metrics['params']:,}, "
+        f"zipped {size_before[1]:,} -> {size_after[1]:,} bytes, test accuracy {acc:.4f} -> {Path(out)}")
     return metrics
+
+
+def _sizes(model: torch.nn.Module) -> tuple[int, int]:
+    """(raw, zipped) bytes of the model's safetensors file."""
+    from safetensors.torch import save
+
+    raw = save(state_dict_for_saving(model))
+    return len(raw), zipped_size_of(raw, "model.safetensors")
+
+
+def _scores(select_dir: str) -> dict[str, list[float]]:
+    from compressor.artifacts import read_json
+
+    art = load_artifact(select_dir, with_model=False)
+    return {e["name"]: e["scores"] for e in read_json(art.path / "channels.json")["layers"]}

@@ -11,16 +11,10 @@ from compressor import CompressorError
 from compressor.artifacts import ArtifactWriter, base_metrics, load_artifact
 from compressor.console import log, progress
 from compressor.distill.features import FeatureTap
-from compressor.models import count_params, feature_info
+from compressor.models import count_params, stage_layers
 from compressor.select import DiscriminabilityAccumulator
 from compressor.stages.common import DataOptions
 from compressor.training import resolve_device
-
-
-def stage_layers(model: torch.nn.Module) -> list[str]:
-    """The output of each stage just before a spatial downsampling (timm feature_info)."""
-    info = feature_info(model)
-    return [i["module"] for i in info]
 
 
 def resolve_layers(model: torch.nn.Module, layers: str | list[str]) -> list[str]:
