@@ -41,9 +41,9 @@ def fail(message: str, code: int = 1) -> None:
 GROUPS = {
     "data": [("data_root", opt.DataRootOpt, None), ("image_size", opt.ImageSizeOpt, None),
              ("download", opt.DownloadOpt, False), ("train_size", opt.TrainSizeOpt, None)],
-    "train": [("lr", opt.LrOpt, 0.05), ("batch_size", opt.BatchOpt, 128), ("optimizer", opt.OptimOpt, opt.Optim.sgd),
+    "train": [("lr", opt.LrOpt, 0.05), ("batch_size", opt.BatchOpt, 128), ("optimizer", opt.OptimOpt, opt.Optim("sgd")),
               ("weight_decay", opt.WeightDecayOpt, 5e-4)],
-    "runtime": [("seed", opt.SeedOpt, 0), ("device", opt.DeviceOpt, opt.Device.auto), ("workers", opt.WorkersOpt, None),
+    "runtime": [("seed", opt.SeedOpt, 0), ("device", opt.DeviceOpt, opt.Device("auto")), ("workers", opt.WorkersOpt, None),
                 ("json_", opt.JsonOpt, False), ("quiet", opt.QuietOpt, False)],
 }
 

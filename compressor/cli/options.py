@@ -8,63 +8,26 @@ from typing import Annotated, Optional
 import typer
 
 from compressor.data import DATA_NAMES
+from compressor.distill import METHOD_NAMES, SCHEME_NAMES
+from compressor.export import CALIBRATION_METHODS
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of the given values: typer shows them in --help and rejects anything else."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Optim(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
-
-
-class Method(str, Enum):
-    kd = "kd"
-    mse = "mse"
-    fitnet = "fitnet"
-    at = "at"
-    rkd = "rkd"
-    vid = "vid"
-    l2tww = "l2tww"
-
-
-class Scheme(str, Enum):
-    offline = "offline"
-    online = "online"
-    self = "self"
-
-
-class Schedule(str, Enum):
-    oneshot = "oneshot"
-    gradual = "gradual"
-
-
-class Scope(str, Enum):
-    global_ = "global"
-    layer = "layer"
-
-
-class Importance(str, Enum):
-    magnitude = "magnitude"
-    discriminability = "discriminability"
-
-
-class CalibMethod(str, Enum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
-
-
-class QuantFormat(str, Enum):
-    qdq = "qdq"
-
-
-class PairMode(str, Enum):
-    matched = "matched"
-    all = "all"
+# Choices come from the library's own lists, so the CLI cannot drift from what is implemented.
+Device = choices("Device", ("auto", "cpu", "cuda"))
+Optim = choices("Optim", ("sgd", "adam"))
+Method = choices("Method", METHOD_NAMES)
+Scheme = choices("Scheme", SCHEME_NAMES)
+Schedule = choices("Schedule", ("oneshot", "gradual"))
+Scope = choices("Scope", ("global", "layer"))
+Importance = choices("Importance", ("magnitude", "discriminability"))
+CalibMethod = choices("CalibMethod", CALIBRATION_METHODS)
+QuantFormat = choices("QuantFormat", ("qdq",))
+PairMode = choices("PairMode", ("matched", "all"))
 
 
 DataOpt = Annotated[str, typer.Option("--data", help=f"Dataset name: {', '.join(DATA_NAMES)}.")]
