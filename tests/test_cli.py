@@ -87,3 +87,24 @@ def test_impossible_combinations_are_refused(teacher_dir, student_dir, tmp_path)
                "discriminability", "--out", tmp_path / "y")
     _assert_one_line_error(res, "--channels")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_data_that_does_not_fit_the_model_is_named(student_dir, tmp_path):
+    from compressor import CompressorError
+    from compressor.data import load_data
+    from compressor.stages.common import check_data_matches
+
+    spec = json.loads((student_dir / "model.json").read_text())
+    with pytest.raises(CompressorError, match="3-channel images but data 'fashion-mnist' has 1"):
+        check_data_matches(spec, _one_channel())
+    with pytest.raises(CompressorError, match="7 classes but data 'synthetic' has 10"):
+        check_data_matches({**spec, "num_classes": 7}, load_data("synthetic"))
+
+
+def _one_channel():
+    from compressor.data import load_data
+
+    d = load_data("synthetic")
+    d.name = "fashion-mnist"
+    d.train.images = d.train.images[:, :1]
+    return d

@@ -38,6 +38,9 @@ def check_data_matches(spec: dict, data: DataBundle) -> None:
     if spec["num_classes"] != data.num_classes:
         raise CompressorError(f"the model has {spec['num_classes']} classes but data '{data.name}' has "
                               f"{data.num_classes}; use the data it was trained on")
+    if spec["input_shape"][0] != data.input_shape[0]:
+        raise CompressorError(f"the model takes {spec['input_shape'][0]}-channel images but data '{data.name}' has "
+                              f"{data.input_shape[0]} channel(s); use the data it was trained on")
     if list(spec["input_shape"]) != data.input_shape:
         raise CompressorError(f"the model takes input {spec['input_shape']} (C, H, W) but data '{data.name}' "
                               f"gives {data.input_shape}; pass --image-size {spec['input_shape'][-1]}")
