@@ -108,3 +108,15 @@ def _one_channel():
     d.name = "fashion-mnist"
     d.train.images = d.train.images[:, :1]
     return d
+
+
+@pytest.mark.parametrize("method,scheme", [(m, "offline") for m in
+                                           __import__("compressor.distill", fromlist=["METHOD_NAMES"]).METHOD_NAMES]
+                         + [("kd", "online"), ("kd", "self")])
+def test_distill_every_method_and_scheme_through_the_cli(method, scheme, teacher_dir, tmp_path):
+    extra = ["--chunk-size", "900", "--buffer-chunks", "2", "--epochs-per-buffer", "1", "--distill-after", "1"] \
+        if scheme == "online" else []
+    r = invoke("distill", "--teacher", teacher_dir, "--student", "convverytiny", "--data", "synthetic", "--method", method,
+               "--scheme", scheme, "--epochs", "1", "--out", tmp_path / "s", "--quiet", "--json", *extra)
+    m = json.loads(r.stdout)
+    assert m["accuracy"] > 0.2 and "agreement" in m
