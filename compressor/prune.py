@@ -47,10 +47,6 @@ def magnitude_masks(layers: dict[str, nn.Module], sparsity: float, scope: str = 
     return {n: m.weight.detach().abs() > threshold.to(m.weight.device) for n, m in layers.items()}
 
 
-def global_magnitude_masks(layers: dict[str, nn.Module], sparsity: float) -> dict[str, torch.Tensor]:
-    return magnitude_masks(layers, sparsity, "global")
-
-
 def _mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     k = math.ceil(sparsity * scores.numel())
     if k == 0:

@@ -69,7 +69,7 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
             after_step = None
         else:
             layers = prunable_layers(model, exclude)
-            steps = max(1, finetune_epochs * bundle.loader("train", train.batch_size).__len__())
+            steps = max(1, finetune_epochs * len(bundle.loader("train", train.batch_size)))
             masker = GradualMasker(layers, sparsity, steps if finetune_epochs else 0, scope, schedule)
             after_step = masker
         acc_pruned = test_accuracy(model, bundle, dev)
