@@ -8,6 +8,7 @@ metrics.json is never read as an artifact.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def zipped_size_of(data: bytes, name: str = "file") -> int:
+    """Bytes of `data` compressed with zip (deflate, level 9): what zeros and int8 really save."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr(name, data)
+    return buf.tell()
+
+
+def zipped_size(path: Path) -> int:
+    return zipped_size_of(Path(path).read_bytes(), Path(path).name)
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -90,6 +104,7 @@ class ArtifactWriter:
         self.dir = self.final.parent / f".{self.final.name}.partial-{uuid.uuid4().hex[:8]}"
         self.dir.mkdir()
         self.committed = False
+        self.model_sizes: dict = {}
 
     def __enter__(self) -> ArtifactWriter:
         return self
@@ -102,17 +117,20 @@ class ArtifactWriter:
         return self.dir / name
 
     def save_model(self, model: nn.Module, spec: dict) -> None:
+        """Write weights and spec; their raw and zipped sizes go into metrics.json at commit."""
         from safetensors.torch import save
 
-        atomic_write_bytes(self.dir / MODEL_FILE, save(state_dict_for_saving(model)))
+        data = save(state_dict_for_saving(model))
+        atomic_write_bytes(self.dir / MODEL_FILE, data)
         atomic_write_json(self.dir / SPEC_FILE, spec)
+        self.model_sizes = {"size_bytes": len(data), "zipped_bytes": zipped_size_of(data, MODEL_FILE)}
 
     def write_json(self, name: str, obj) -> None:
         atomic_write_json(self.dir / name, obj)
 
     def commit(self, metrics: dict) -> Path:
         """Write metrics.json last, then move the directory into place (replacing an older artifact)."""
-        atomic_write_json(self.dir / METRICS_FILE, metrics)
+        atomic_write_json(self.dir / METRICS_FILE, {**self.model_sizes, **metrics})
         _fsync_dir(self.dir)
         old = None
         if self.final.exists():

@@ -7,7 +7,6 @@ import io
 import tempfile
 import time
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Iterable
 
@@ -149,18 +148,6 @@ def latency_ms(sess, input_shape: list[int], batch: int = 64, runs: int = 30, wa
         sess.run(["logits"], {"input": x})
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1000)
-
-
-def zipped_size(path: Path) -> int:
-    """Bytes of the file compressed with zip (deflate, level 9): what zeros and int8 really save."""
-    return zipped_size_of(Path(path).read_bytes(), Path(path).name)
-
-
-def zipped_size_of(data: bytes, name: str = "file") -> int:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-        z.writestr(name, data)
-    return buf.tell()
 
 
 def onnx_latency(model: nn.Module, input_shape: list[int], workdir: Path, batch: int = 64) -> float:

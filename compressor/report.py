@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compressor import CompressorError
-from compressor.artifacts import METRICS_FILE, MODEL_FILE, read_json
-from compressor.export import zipped_size
+from compressor.artifacts import METRICS_FILE, MODEL_FILE, read_json, zipped_size
 
 ORDER = ("teach", "select", "distill", "prune", "export")
 
@@ -40,7 +39,9 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
             row["zipped_bytes"] = m["zipped_bytes_int8"]
         elif "zipped_bytes_fp32" in m:
             row["zipped_bytes"] = m["zipped_bytes_fp32"]
-        elif (d / MODEL_FILE).is_file() and not d.name.startswith("select"):
+        elif "zipped_bytes" in m:  # recorded when the stage wrote model.safetensors
+            row["zipped_bytes"] = m["zipped_bytes"]
+        elif (d / MODEL_FILE).is_file():  # artifacts written before sizes were recorded
             row["zipped_bytes"] = zipped_size(d / MODEL_FILE)
         rows.append(row)
     return rows

@@ -99,23 +99,16 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: BatchLoader, device: torch.device | str = "cpu",
-            desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: nn.Module, loader: BatchLoader, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels for every sample of a (non-shuffled) loader."""
     was_training = model.training
     model.eval()
     outs, labels = [], []
-    ctx = progress(desc, len(loader)) if desc else None
-    task = ctx.__enter__() if ctx else None
     try:
         for x, y in loader:
             outs.append(model(x.to(device)).float().cpu())
             labels.append(y)
-            if task:
-                task.advance()
     finally:
-        if ctx:
-            ctx.__exit__(None, None, None)
         model.train(was_training)
     return torch.cat(outs), torch.cat(labels)
 

@@ -27,6 +27,9 @@ def test_teach_timm_model_writes_complete_artifact(workdir):
     m = teach(data=SYN, model="resnet18", out=out, train=TrainConfig(epochs=1, lr=0.05),
               trainable=r"conv2|bn", device="cpu")
     assert BASE_KEYS <= set(m) and 0.0 <= m["accuracy"] <= 1.0
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["size_bytes"] == (out / "model.safetensors").stat().st_size
+    assert 0 < on_disk["zipped_bytes"] < on_disk["size_bytes"]
     spec = json.loads((out / "model.json").read_text())
     assert spec["architecture"] == "resnet18" and spec["input_shape"] == [3, 16, 16]
     assert len(spec["mean"]) == 3 and spec["num_classes"] == 10 and len(spec["class_names"]) == 10

@@ -52,8 +52,8 @@ def make_spec(architecture: str, data: DataBundle, *, stage: str, settings: dict
             "class_names": data.class_names, "stage": stage, "data": data.identity, "settings": settings}
 
 
-def test_logits(model: nn.Module, data: DataBundle, device, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    return predict(model, data.loader("test", 512), device, desc=desc)
+def test_logits(model: nn.Module, data: DataBundle, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return predict(model, data.loader("test", 512), device)
 
 
 def test_accuracy(model: nn.Module, data: DataBundle, device) -> float:

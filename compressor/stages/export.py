@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from compressor import CompressorError
-from compressor.artifacts import MODEL_FILE, ArtifactWriter, base_metrics, load_artifact
+from compressor.artifacts import MODEL_FILE, ArtifactWriter, base_metrics, load_artifact, zipped_size
 from compressor.console import log
 from compressor.export import (CALIBRATION_METHODS, convert_fp16, convs_wrapped_in_qdq, export_onnx, latency_ms,
-                               op_counts, ort_predict, quantize_int8, session, zipped_size)
+                               op_counts, ort_predict, quantize_int8, session)
 from compressor.models import count_params
 from compressor.stages.common import DataOptions
 from compressor.training import resolve_device

@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 
 from compressor import CompressorError
-from compressor.artifacts import ArtifactWriter, base_metrics, load_artifact, state_dict_for_saving
+from compressor.artifacts import MODEL_FILE, ArtifactWriter, base_metrics, load_artifact, state_dict_for_saving, zipped_size
 from compressor.console import log
 from compressor.distill import build_distiller
-from compressor.export import onnx_latency, zipped_size_of
+from compressor.export import onnx_latency
 from compressor.models import count_params
 from compressor.prune import (GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers,
                               remove_channels)
@@ -55,7 +54,7 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
     shape = art.spec["input_shape"]
     exclude = () if include_all else default_exclusions(model)
     acc_before, params_before = test_accuracy(model, bundle, dev), count_params(model)
-    size_before = _sizes(model)
+    size_before = ((art.path / MODEL_FILE).stat().st_size, zipped_size(art.path / MODEL_FILE))
     metrics: dict = {}
     with ArtifactWriter(out) as writer:
         spec = {**art.spec, "stage": "prune"}
@@ -96,7 +95,7 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
                              "temperature": temperature, "alpha": alpha, **vars(train)}
         spec["settings"] = settings
         writer.save_model(model, spec)
-        size_after = _sizes(model)
+        size_after = (writer.model_sizes["size_bytes"], writer.model_sizes["zipped_bytes"])
         metrics.update({"accuracy": acc, "params": count_params(model), "params_before": params_before,
                         "sparsity": overall, "sparsity_per_layer": per_layer,
                         "nonzero_weights": sum(int((state[f"{n}.weight"] != 0).sum()) for n in names),
@@ -112,14 +111,6 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
     log(f"prune: measured sparsity {overall:.4f}, params {params_before:,} -> {metrics['params']:,}, "
         f"zipped {size_before[1]:,} -> {size_after[1]:,} bytes, test accuracy {acc:.4f} -> {Path(out)}")
     return metrics
-
-
-def _sizes(model: torch.nn.Module) -> tuple[int, int]:
-    """(raw, zipped) bytes of the model's safetensors file."""
-    from safetensors.torch import save
-
-    raw = save(state_dict_for_saving(model))
-    return len(raw), zipped_size_of(raw, "model.safetensors")
 
 
 def _scores(select_dir: str) -> dict[str, list[float]]:

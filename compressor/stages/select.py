@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from compressor import CompressorError
-from compressor.artifacts import ArtifactWriter, base_metrics, load_artifact
+from compressor.artifacts import ArtifactWriter, base_metrics, load_artifact, read_json
 from compressor.console import log, progress
 from compressor.distill.features import FeatureTap
 from compressor.models import count_params, stage_layers
@@ -81,6 +81,4 @@ def read_channels(select_dir: str | Path) -> dict[str, list[int]]:
     path = art.path / "channels.json"
     if not path.is_file():
         raise CompressorError(f"{art.path} has no channels.json; pass the directory `compress select` wrote")
-    from compressor.artifacts import read_json
-
     return {e["name"]: e["kept"] for e in read_json(path)["layers"]}
