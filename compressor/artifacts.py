@@ -27,6 +27,13 @@ from compressor import CompressorError, __version__
 
 MODEL_FILE, SPEC_FILE, METRICS_FILE = "model.safetensors", "model.json", "metrics.json"
 
+# Pruned tensors are stored sparse inside the safetensors file: "<name>.nz_values" (the non-zero
+# values, in order) and "<name>.nz_mask" (one bit per element, numpy packbits little-endian), their
+# shapes in the file's metadata under SPARSE_KEY. A tensor is stored this way only when at least
+# SPARSE_MIN_ZEROS of a conv or linear weight is exactly zero, so dense models keep the plain layout
+# any safetensors reader understands.
+SPARSE_KEY, SPARSE_MIN_ZEROS = "compressor.sparse", 0.25
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
@@ -91,6 +98,44 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def encode_sparse(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Replace mostly-zero float tensors by (non-zero values, packed bit mask): pruning saves real bytes."""
+    import numpy as np
+
+    out, shapes = {}, {}
+    for k, t in state.items():
+        if t.is_floating_point() and t.dim() >= 2 and t.numel() >= 64:  # conv and linear weights
+            nz = t.reshape(-1) != 0
+            if 1 - nz.float().mean().item() >= SPARSE_MIN_ZEROS:
+                out[f"{k}.nz_values"] = t.reshape(-1)[nz].contiguous()
+                out[f"{k}.nz_mask"] = torch.from_numpy(np.packbits(nz.numpy(), bitorder="little"))
+                shapes[k] = list(t.shape)
+                continue
+        out[k] = t
+    return out, ({SPARSE_KEY: json.dumps(shapes)} if shapes else {})
+
+
+def decode_sparse(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, source) -> dict:
+    """Inverse of `encode_sparse`; a mask that does not match its values is reported as corruption."""
+    import numpy as np
+
+    shapes = json.loads((metadata or {}).get(SPARSE_KEY, "{}"))
+    for k, shape in shapes.items():
+        try:
+            values, packed = state.pop(f"{k}.nz_values"), state.pop(f"{k}.nz_mask")
+        except KeyError:
+            raise CompressorError(f"{source} is corrupt: sparse tensor {k} lacks its values or mask") from None
+        n = int(np.prod(shape))
+        mask = np.unpackbits(packed.numpy(), count=n, bitorder="little").astype(bool)
+        if mask.sum() != values.numel():
+            raise CompressorError(f"{source} is corrupt: sparse tensor {k} has {values.numel()} values "
+                                  f"for {int(mask.sum())} mask bits")
+        dense = torch.zeros(n, dtype=values.dtype)
+        dense[torch.from_numpy(mask)] = values
+        state[k] = dense.reshape(shape)
+    return state
+
+
 class ArtifactWriter:
     """Assemble an artifact directory in a staging folder; publish it atomically on `commit`.
 
@@ -117,10 +162,10 @@ class ArtifactWriter:
         return self.dir / name
 
     def save_model(self, model: nn.Module, spec: dict) -> None:
-        """Write weights and spec; their raw and zipped sizes go into metrics.json at commit."""
+        """Write weights (pruned tensors sparse) and spec; raw and zipped sizes go into metrics.json."""
         from safetensors.torch import save
 
-        data = save(state_dict_for_saving(model))
+        data = save(*encode_sparse(state_dict_for_saving(model)))
         atomic_write_bytes(self.dir / MODEL_FILE, data)
         atomic_write_json(self.dir / SPEC_FILE, spec)
         self.model_sizes = {"size_bytes": len(data), "zipped_bytes": zipped_size_of(data, MODEL_FILE)}
@@ -186,12 +231,14 @@ def read_json(path: Path) -> dict:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load safetensors weights, refusing unreadable files and non-finite values."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        state = decode_sparse(state, metadata, path)
+    except (SafetensorError, OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         raise CompressorError(f"{path} is corrupt or not a safetensors file ({str(e)[:120]})") from None
     check_finite(state, path)
     return state

@@ -2,9 +2,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from compressor.artifacts import load_artifact
+from compressor.artifacts import load_artifact, load_state_dict
 from compressor.models import count_params, create_model
 from compressor.prune import (GradualMasker, cubic_sparsity, default_exclusions, magnitude_masks, plan_structured,
                               prunable_layers)
@@ -48,7 +47,7 @@ def test_zeros_stay_zero_through_finetuning(teacher_dir):
 def test_gradual_prune_stage_reaches_target_and_shrinks_zip(workdir, student_dir):
     out = workdir / "pruned-gradual"
     m = prune(student_dir, data=SYN, out=out, sparsity=0.6, schedule="gradual", finetune_epochs=2, device="cpu")
-    state = load_file(str(out / "model.safetensors"))
+    state = load_state_dict(out / "model.safetensors")
     assert m["sparsity"] >= 0.6
     names = [n for n in m["sparsity_per_layer"]]
     zeros = sum(int((state[f"{n}.weight"] == 0).sum()) for n in names) / sum(state[f"{n}.weight"].numel() for n in names)
@@ -89,3 +88,49 @@ def test_discriminability_from_a_select_artifact(workdir, student_dir):
     m = prune(student_dir, data=SYN, out=workdir / "pruned-disc", sparsity=0.5, structured=True,
               importance="discriminability", channels=str(sel), finetune_epochs=0, device="cpu")
     assert m["params"] < m["params_before"]
+
+
+def test_sparse_storage_round_trips_and_saves_raw_bytes(tmp_path):
+    from safetensors.torch import load_file
+
+    from compressor.artifacts import ArtifactWriter
+
+    model = create_model("convtiny", num_classes=10, in_chans=1)
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    with ArtifactWriter(tmp_path / "dense") as w:
+        w.save_model(model, {})
+        dense_bytes = w.model_sizes["size_bytes"]
+        w.commit({})
+    masks = magnitude_masks(prunable_layers(model), 0.75, scope="layer")
+    with torch.no_grad():
+        for name, mask in masks.items():
+            model.get_submodule(name).weight.mul_(mask)
+    with ArtifactWriter(tmp_path / "sparse") as w:
+        w.save_model(model, {})
+        w.commit({})
+    raw = load_file(str(tmp_path / "sparse" / "model.safetensors"))
+    assert any(k.endswith(".nz_mask") for k in raw) and "blocks.1.0.weight" not in raw
+    assert set(load_file(str(tmp_path / "dense" / "model.safetensors"))) == set(dense_state)  # dense stays plain
+    state = load_state_dict(tmp_path / "sparse" / "model.safetensors")
+    assert set(state) == set(dense_state)
+    for k, v in model.state_dict().items():
+        assert torch.equal(state[k], v), k
+    assert (tmp_path / "sparse" / "model.safetensors").stat().st_size < 0.4 * dense_bytes
+
+
+def test_sparse_storage_with_a_bad_mask_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from compressor import CompressorError
+    from compressor.artifacts import SPARSE_KEY, encode_sparse
+
+    w = torch.randn(16, 16)
+    w[:, :8] = 0
+    state, meta = encode_sparse({"w": w})
+    save_file(state, str(tmp_path / "ok.safetensors"), metadata=meta)
+    assert torch.equal(load_state_dict(tmp_path / "ok.safetensors")["w"], w)
+    state["w.nz_values"] = state["w.nz_values"][:-1]
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(CompressorError, match="corrupt"):
+        load_state_dict(tmp_path / "bad.safetensors")
+    assert SPARSE_KEY in meta and set(load_file(str(tmp_path / "ok.safetensors"))) == {"w.nz_values", "w.nz_mask"}

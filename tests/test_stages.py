@@ -3,10 +3,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from compressor import CompressorError
-from compressor.artifacts import load_artifact
+from compressor.artifacts import load_artifact, load_state_dict
 from compressor.distill.kd import KD
 from compressor.export import convs_wrapped_in_qdq
 from compressor.models import create_model
@@ -92,7 +91,7 @@ def test_distill_metrics_and_frozen_teacher(workdir, teacher_dir, student_dir):
 def test_prune_measured_sparsity_in_saved_file(workdir, student_dir):
     out = workdir / "pruned"
     m = prune(student_dir, data=SYN, out=out, sparsity=0.7, finetune_epochs=1, device="cpu")
-    state = load_file(str(out / "model.safetensors"))
+    state = load_state_dict(out / "model.safetensors")
     pruned = list(m["sparsity_per_layer"])  # conv/linear layers but the first conv and the classifier
     assert pruned and len(pruned) == len([k for k, v in state.items() if k.endswith(".weight") and v.dim() in (2, 4)]) - 2
     weights = [state[f"{n}.weight"] for n in pruned]
@@ -100,10 +99,10 @@ def test_prune_measured_sparsity_in_saved_file(workdir, student_dir):
     assert zeros >= 0.7 and m["sparsity"] == pytest.approx(zeros)
     m_all = prune(student_dir, data=SYN, out=workdir / "pruned-all", sparsity=0.7, include_all=True,
                   schedule="oneshot", finetune_epochs=1, device="cpu")
-    state = load_file(str(workdir / "pruned-all" / "model.safetensors"))
+    state = load_state_dict(workdir / "pruned-all" / "model.safetensors")
     weights = [v for k, v in state.items() if k.endswith(".weight") and v.dim() in (2, 4)]
     assert sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights) >= 0.7 <= m_all["sparsity"]
-    assert set(state) == set(load_file(str(student_dir / "model.safetensors")))  # no masks, no extra tensors
+    assert set(state) == set(load_state_dict(student_dir / "model.safetensors"))  # no masks, no extra tensors
 
 
 def test_export_int8_verified(workdir, student_dir):
