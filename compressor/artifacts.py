@@ -26,6 +26,7 @@ import torch.nn as nn
 from compressor import CompressorError, __version__
 
 MODEL_FILE, SPEC_FILE, METRICS_FILE = "model.safetensors", "model.json", "metrics.json"
+CONTROL_FILE = "control.safetensors"  # distill --control: the same student trained alone
 
 # Pruned tensors are stored sparse inside the safetensors file: "<name>.nz_values" (the non-zero
 # values, in order) and "<name>.nz_mask" (one bit per element, numpy packbits little-endian), their
@@ -136,6 +137,13 @@ def decode_sparse(state: dict[str, torch.Tensor], metadata: dict[str, str] | Non
     return state
 
 
+def weights_bytes(model: nn.Module) -> bytes:
+    """The safetensors file of a model's weights (pruned ones sparse)."""
+    from safetensors.torch import save
+
+    return save(*encode_sparse(state_dict_for_saving(model)))
+
+
 class ArtifactWriter:
     """Assemble an artifact directory in a staging folder; publish it atomically on `commit`.
 
@@ -163,12 +171,14 @@ class ArtifactWriter:
 
     def save_model(self, model: nn.Module, spec: dict) -> None:
         """Write weights (pruned tensors sparse) and spec; raw and zipped sizes go into metrics.json."""
-        from safetensors.torch import save
-
-        data = save(*encode_sparse(state_dict_for_saving(model)))
+        data = weights_bytes(model)
         atomic_write_bytes(self.dir / MODEL_FILE, data)
         atomic_write_json(self.dir / SPEC_FILE, spec)
         self.model_sizes = {"size_bytes": len(data), "zipped_bytes": zipped_size_of(data, MODEL_FILE)}
+
+    def save_weights(self, model: nn.Module, name: str) -> None:
+        """Extra weights of the same architecture (e.g. the control student) beside the model."""
+        atomic_write_bytes(self.dir / name, weights_bytes(model))
 
     def write_json(self, name: str, obj) -> None:
         atomic_write_json(self.dir / name, obj)

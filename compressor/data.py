@@ -89,6 +89,7 @@ class BatchLoader:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
         self.epoch = 0
+        self.last_index: torch.Tensor | None = None  # sample indices of the batch last yielded
         h = data.images.shape[2]
         self.pad = 4 if h >= 32 else 2
 
@@ -136,6 +137,7 @@ class BatchLoader:
                 x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                   align_corners=False, antialias=x.shape[-1] > self.image_size)
             x = (x - self.mean) / self.std
+            self.last_index = index
             yield x, self.data.labels[index]
 
 

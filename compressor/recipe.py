@@ -71,6 +71,7 @@ class DistillCfg(_TrainCfg):
     trainable: Optional[str] = None
     teacher_lr: float = Field(1e-3, gt=0)
     control: bool = False
+    cache_teacher: bool = False
     epochs: int = Field(5, ge=0)
 
 
@@ -259,6 +260,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device:
                         method=c["method"], scheme=c["scheme"], temperature=c["temperature"], alpha=c["alpha"],
                         beta=c["beta"], layers=c["layers"], pairs=c["pairs"], hint_epochs=c["hint_epochs"],
                         channels=str(paths["select"]) if "select" in paths else None, control=c["control"],
+                        cache_teacher=c["cache_teacher"], cache_dir=out / "cache",
                         train=TrainConfig(seed=recipe.seed, **{k: c[k] for k in train_keys}), device=dev)
             elif kind == "prune":
                 prune(last_model, data=data, out=stage_dir, sparsity=c["sparsity"], structured=c["structured"],

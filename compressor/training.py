@@ -120,7 +120,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def fit(task: nn.Module, data: DataBundle, cfg: TrainConfig, *, device: torch.device | str = "cpu",
         desc: str = "train", params: list[nn.Parameter] | None = None,
         after_step: Callable[[], None] | None = None, stage: str = "train",
-        train_step: Callable | None = None) -> FitResult:
+        train_step: Callable | None = None, val_reference: torch.Tensor | None = None) -> FitResult:
     """Train `task` for cfg.epochs, validating each epoch; leave the best weights in `task.model`.
 
     Args:
@@ -129,6 +129,10 @@ def fit(task: nn.Module, data: DataBundle, cfg: TrainConfig, *, device: torch.de
         after_step: called after each optimizer step (e.g. to re-apply pruning masks).
         train_step: replaces the default step (for methods with several updates per batch);
             called as train_step(x, y, optimizer) -> (logits, {name: loss tensor}).
+        val_reference: the teacher's predicted class per validation sample; each epoch then also
+            records `val_agreement` (accuracy on the teacher's labels: the "soft" accuracy).
+
+    A task with an `on_batch(epoch, index)` method is told which samples each batch holds.
     """
     cfg.validate()
     seed_everything(cfg.seed)
@@ -138,6 +142,7 @@ def fit(task: nn.Module, data: DataBundle, cfg: TrainConfig, *, device: torch.de
     if params is None:
         params = [p for p in task.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
+    on_batch = getattr(task, "on_batch", None)
     train_loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed)
     val_loader = data.loader("val", 512)
     steps = max(1, cfg.epochs * len(train_loader))
@@ -152,6 +157,8 @@ def fit(task: nn.Module, data: DataBundle, cfg: TrainConfig, *, device: torch.de
         with progress(f"{desc} epoch {epoch}/{cfg.epochs}", len(train_loader)) as bar:
             for step, (x, y) in enumerate(train_loader, 1):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if on_batch is not None:
+                    on_batch(epoch, train_loader.last_index)
                 if train_step is not None:
                     logits, losses = train_step(x, y, optimizer)
                 else:
@@ -178,6 +185,8 @@ def fit(task: nn.Module, data: DataBundle, cfg: TrainConfig, *, device: torch.de
         row = {"epoch": epoch, "train_loss": sum(sums.values()) / max(seen, 1),
                **{k: v / max(seen, 1) for k, v in sums.items()},
                "train_accuracy": correct / max(seen, 1), "val_accuracy": val_acc,
+               **({"val_agreement": float((val_logits.argmax(1) == val_reference).float().mean())}
+                  if val_reference is not None else {}),
                "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": round(time.time() - t0, 2),
                "images_per_s": round(seen / max(time.time() - t0, 1e-9), 1)}
         result.history.append(row)

@@ -30,6 +30,8 @@ def distill(
     distill_after: Annotated[int, typer.Option("--distill-after", help="online: chunks the teacher sees before distillation switches on.")] = 5,
     trainable: Annotated[Optional[str], typer.Option("--trainable", help="online: regex of teacher parameters that train (default: all).")] = None,
     teacher_lr: Annotated[float, typer.Option("--teacher-lr", help="online: the teacher's Adam learning rate.")] = 1e-3,
+    cache_teacher: Annotated[bool, typer.Option("--cache-teacher/--no-cache-teacher", help="offline: store the frozen teacher's outputs per (epoch, sample) and reuse them in later runs with the same teacher, data and seed.")] = False,
+    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Where the teacher cache lives (default: the directory holding --out, i.e. the run directory, /cache).")] = None,
     epochs: EpochsOpt = 5,
     *,
     shared: Shared,
@@ -43,6 +45,7 @@ def distill(
     metrics = run_distill(teacher=teacher, student=student, data=shared.data(data), out=out, method=method.value,
                           scheme=scheme.value, temperature=temperature, alpha=alpha, beta=beta, channels=channels,
                           layers=layers, pairs=pairs.value, hint_epochs=hint_epochs, control=control,
+                          cache_teacher=cache_teacher, cache_dir=cache_dir,
                           online=OnlineConfig(chunk_size=chunk_size, buffer_chunks=buffer_chunks,
                                               epochs_per_buffer=epochs_per_buffer, distill_after=distill_after,
                                               trainable=trainable, teacher_lr=teacher_lr), train=shared.train(epochs), device=shared.device_name)

@@ -24,15 +24,46 @@ class Distiller(nn.Module):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
+        self._t_tap: FeatureTap | None = None  # teacher features a method reads, if any
+        self.kept: dict[str, torch.Tensor] = {}  # teacher channels kept per layer (from select)
+        self.cache = None  # a TeacherCache, when the teacher's outputs are reused across runs
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
         self.teacher.eval()
         return self
 
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def teacher_layers(self) -> list[str]:
+        """What the teacher cache must store besides the logits (part of its key)."""
+        if self._t_tap is None:
+            return []
+        return [f"{n}:{self._t_tap.capture}:{self.kept[n].tolist() if n in self.kept else 'all'}"
+                for n in self._t_tap.names]
+
+    def on_batch(self, epoch: int, index: torch.Tensor) -> None:
+        """Called by the training loop before each batch: which samples, at which epoch."""
+        if self.cache is not None:
+            self.cache.begin(epoch, index)
+
+    def teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The frozen teacher's logits and tapped features for this batch (from the cache if stored)."""
+        if self.cache is not None:
+            hit = self.cache.lookup()
+            if hit is not None:
+                return hit[0].to(x.device), {k: v.to(x.device) for k, v in hit[1].items()}
         with torch.no_grad():
-            return self.teacher(x)
+            logits = self.teacher(x)
+        feats = {}
+        if self._t_tap is not None:
+            feats = self._t_tap.pop()
+            for name, idx in self.kept.items():
+                feats[name] = feats[name].index_select(1, idx.to(feats[name].device))
+        if self.cache is not None:
+            feats = self.cache.store(logits, feats)
+        return logits, feats
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher_outputs(x)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -41,7 +72,11 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     def close(self) -> None:
-        """Remove any hooks this distiller put on the models."""
+        """Remove any hooks this distiller put on the models; write what the cache still holds."""
+        if self._t_tap is not None:
+            self._t_tap.remove()
+        if self.cache is not None:
+            self.cache.close()
 
     def extra_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters besides the student's (adapters, regressors)."""
@@ -67,7 +102,6 @@ class FeatureDistiller(Distiller):
         s_names = list(dict.fromkeys(s for _, s in self.pairs))
         self.t_shapes = probe_shapes(teacher, t_names, input_shape)
         self.s_shapes = probe_shapes(student, s_names, input_shape)
-        self.kept = {}
         for name in t_names:
             if channels and name in channels:
                 idx = torch.tensor(channels[name], dtype=torch.long)
@@ -81,14 +115,10 @@ class FeatureDistiller(Distiller):
 
     def features(self, x: torch.Tensor):
         """(student logits, teacher logits, student features, teacher features) for one batch."""
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-        t_feats = self._t_tap.pop()
-        for name, idx in self.kept.items():
-            t_feats[name] = t_feats[name].index_select(1, idx.to(t_feats[name].device))
+        t_logits, t_feats = self.teacher_outputs(x)
         s_logits = self.model(x)
         return s_logits, t_logits, self._s_tap.pop(), t_feats
 
     def close(self) -> None:
-        self._t_tap.remove()
+        super().close()
         self._s_tap.remove()

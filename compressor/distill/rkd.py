@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from compressor import CompressorError
@@ -23,14 +22,13 @@ class RKD(Distiller):
         self._t_tap = FeatureTap(teacher, [heads[1]], capture="input", detach=True)
 
     def forward_train(self, x, y):
-        with torch.no_grad():
-            self.teacher(x)
-        (t_emb,) = self._t_tap.pop().values()
+        _, t = self.teacher_outputs(x)
+        (t_emb,) = t.values()
         logits = self.model(x)
         (s_emb,) = self._s_tap.pop().values()
         return logits, {"loss_ce": F.cross_entropy(logits, y),
                         "loss_rkd": rkd_loss(s_emb, t_emb, self.distance_weight, self.angle_weight)}
 
     def close(self) -> None:
+        super().close()
         self._s_tap.remove()
-        self._t_tap.remove()

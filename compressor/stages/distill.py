@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from compressor import CompressorError
-from compressor.artifacts import ArtifactWriter, base_metrics, load_artifact
+from compressor.artifacts import CONTROL_FILE, ArtifactWriter, base_metrics, load_artifact
 from compressor.console import log
 from compressor.distill import build_distiller, check_scheme, get_method
 from compressor.distill.l2tww import L2TWW
@@ -17,14 +17,15 @@ from compressor.distill.self_distill import SelfDistiller
 from compressor.models import count_params, create_model, stage_layers
 from compressor.stages.common import DataOptions, check_fraction, make_spec, test_logits
 from compressor.stages.select import read_channels
-from compressor.training import Supervised, TrainConfig, accuracy, fit, peak_memory_mb, resolve_device, seed_everything
+from compressor.training import (Supervised, TrainConfig, accuracy, fit, peak_memory_mb, predict, resolve_device,
+                                 seed_everything)
 
 
 def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out: str | Path, method: str = "kd",
             scheme: str = "offline", temperature: float = 4.0, alpha: float = 0.5, beta: float | None = None,
             channels: str | None = None, layers: str | None = None, pairs: str = "matched", hint_epochs: int = 1,
             online: OnlineConfig | None = None, control: bool = False, train: TrainConfig | None = None,
-            device: str = "auto") -> dict:
+            cache_teacher: bool = False, cache_dir: str | Path | None = None, device: str = "auto") -> dict:
     """Distill `teacher` (an artifact dir) into a fresh `student`; write the student's artifact.
 
     Args:
@@ -40,7 +41,11 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
         pairs: matched (stage by stage) or all (every teacher layer with every student layer).
         hint_epochs: fitnet's stage one (hint loss only, up to the guided layer) before kd.
         control: also train the same student alone (alpha = 1, same seed and budget) and
-            report its accuracy as `control_accuracy`: the number distillation has to beat.
+            report its accuracy as `control_accuracy`: the number distillation has to beat. Its
+            weights are kept as control.safetensors (for `compress report`).
+        cache_teacher: offline only: store the teacher's outputs per (epoch, sample) under
+            `cache_dir` (default: the directory holding `out`, i.e. the run directory) and reuse
+            them in later runs with the same teacher, data and seed (see compressor.distill.cache).
     """
     started = time.time()
     train = train or TrainConfig(epochs=1)
@@ -56,15 +61,32 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
         raise CompressorError(f"scheme '{scheme}' distills with kd; --method {method} works with --scheme offline")
     if teacher is None and scheme != "self":
         raise CompressorError(f"scheme '{scheme}' needs --teacher (only --scheme self trains without one)")
+    if cache_teacher and scheme != "offline":
+        raise CompressorError(f"--cache-teacher works with --scheme offline only: the {scheme} scheme's teacher "
+                              "changes during training (or is absent), so its outputs cannot be reused")
     kept = read_channels(channels) if channels is not None else None
     dev = resolve_device(device)
     t_art = load_artifact(teacher) if teacher is not None else None
     bundle = data.load(t_art.spec if t_art else None)
     labels = bundle.test.labels
-    t_pred = None
+    t_pred = val_ref = cache = None
+    if cache_teacher:
+        from compressor.distill.cache import TeacherCache, cache_key
+
+        root = Path(cache_dir) if cache_dir is not None else Path(out).expanduser().absolute().parent / "cache"
+        cache = TeacherCache(root / "teacher", cache_key(t_art.path, bundle.identity, train.seed, []),
+                             len(bundle.train))
     if t_art is not None:
-        t_logits, labels = test_logits(t_art.model.to(dev), bundle, dev)
-        t_pred = t_logits.argmax(1)
+        t_art.model.to(dev)
+
+        def teacher_split(split: str):
+            def compute():
+                return predict(t_art.model, bundle.loader(split, 512), dev)[0]
+            return cache.split_logits(split, compute) if cache is not None else compute()
+
+        t_pred = teacher_split("test").argmax(1)
+        if scheme == "offline":
+            val_ref = teacher_split("val").argmax(1)
     with ArtifactWriter(out) as writer:
         def build():
             seed_everything(train.seed)
@@ -91,24 +113,34 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
                                        channels=kept)
             if getattr(task, "pairs", None):
                 log(f"distill: layer pairs (teacher, student): {task.pairs}")
+            if cache is not None:
+                layers_key = task.teacher_layers()
+                if layers_key:  # feature methods store their layers too: a cache of their own
+                    cache = TeacherCache(cache.dir.parent, cache_key(t_art.path, bundle.identity, train.seed,
+                                                                     layers_key), len(bundle.train))
+                task.cache = cache
             try:
                 if method == "fitnet" and hint_epochs:
                     fit(task, bundle, replace(train, epochs=hint_epochs), device=dev, desc="distill[fitnet hints]",
-                        stage="distill")
+                        stage="distill", val_reference=val_ref)
                     task.phase = "kd"
                 if isinstance(task, L2TWW):  # bilevel steps; the meta-networks have their own optimizer
                     result = fit(task, bundle, train, device=dev, desc="distill[l2tww]", stage="distill",
-                                 params=task.student_parameters(), train_step=task.train_step)
+                                 params=task.student_parameters(), train_step=task.train_step, val_reference=val_ref)
                     extra["cost"] = {"seconds_per_step": round(statistics.median(task.step_times), 4),
                                      "steps": len(task.step_times), "peak_memory_mb": peak_memory_mb(dev)}
                     log(f"distill[l2tww]: {extra['cost']['seconds_per_step'] * 1000:.0f} ms per step, "
                         f"peak memory {extra['cost']['peak_memory_mb']:.0f} MB")
                 else:
-                    result = fit(task, bundle, train, device=dev, desc=f"distill[{method}]", stage="distill")
+                    result = fit(task, bundle, train, device=dev, desc=f"distill[{method}]", stage="distill",
+                                 val_reference=val_ref)
             finally:
                 task.close()
             extra.update({"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                           "history": result.history})
+            if cache is not None:
+                extra["teacher_cache"] = {"dir": str(cache.dir), "hits": cache.hits, "misses": cache.misses}
+                log(f"distill: teacher cache {cache.dir}: {cache.hits} batches read, {cache.misses} computed")
         s_logits, _ = test_logits(net, bundle, dev)
         acc = accuracy(s_logits, labels)
         metrics = {"accuracy": acc, "params": count_params(net)}
@@ -119,7 +151,9 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
         metrics.update(extra)
         if control:
             alone = build()
-            res_alone = fit(Supervised(alone), bundle, train, device=dev, desc="control (alpha=1)", stage="distill")
+            res_alone = fit(Supervised(alone), bundle, train, device=dev, desc="control (alpha=1)", stage="distill",
+                            val_reference=val_ref)
+            writer.save_weights(alone, CONTROL_FILE)
             c_logits, _ = test_logits(alone, bundle, dev)
             metrics.update({"control_accuracy": accuracy(c_logits, labels), "control_history": res_alone.history})
             if t_pred is not None:
@@ -129,6 +163,7 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
                     "method": method, "scheme": scheme, "temperature": temperature, "alpha": alpha, "beta": beta,
                     "channels": channels, "layers": layers, "pairs": pairs, "hint_epochs": hint_epochs,
                     "online": vars(online) if online and scheme == "online" else None, "control": control,
+                    "cache_teacher": cache_teacher,
                     **vars(train)}
         writer.save_model(net, make_spec(student, bundle, stage="distill", settings=settings))
         metrics.update(base_metrics(train.seed, started))

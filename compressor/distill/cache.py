@@ -1,0 +1,136 @@
+"""Teacher-output cache for offline distillation.
+
+A frozen teacher's outputs depend only on its input, and the training input is a pure function of
+(augmentation seed, epoch, sample index) (see `BatchLoader.augmentation`). So the logits (float32,
+bit for bit what the teacher computed) and the intermediate features a method reads (float16) can
+be stored per (epoch, index) the first time they are computed and read back in every later run
+that trains on the same data with the same seed: a sweep over temperature and alpha, or a rerun.
+
+Layout: `ROOT/<key>/key.json` (what the key was made of), `train-e<epoch>.safetensors` (per
+epoch: `logits`, `feat.<layer>`, and `filled`, one byte per sample) and `val.safetensors`,
+`test.safetensors` (whole-split logits). The key hashes the teacher's weights file, the data
+identity, the augmentation seed and the feature layers: any change selects a fresh directory.
+Files are written atomically at the end of each epoch, so an interrupted run leaves either the
+previous state or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from compressor.artifacts import MODEL_FILE, atomic_write_bytes, atomic_write_json
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(teacher_dir: Path, data_identity: dict, seed: int, layers: list[str]) -> dict:
+    return {"teacher_sha256": file_sha256(Path(teacher_dir) / MODEL_FILE), "data": data_identity,
+            "augmentation_seed": seed, "feature_layers": sorted(layers), "format": 1}
+
+
+class TeacherCache:
+    """Per-(epoch, index) store of teacher logits and features, backed by files under `root`.
+
+    Use: `begin(epoch, index)` before a batch; `lookup()` returns (logits, feats) when every
+    sample of the batch is stored, else None, and then `store(logits, feats)` records them.
+    """
+
+    def __init__(self, root: str | Path, key: dict, num_samples: int) -> None:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.dir = Path(root) / digest
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "key.json").is_file():
+            atomic_write_json(self.dir / "key.json", key)
+        self.n = num_samples
+        self.epoch: int | None = None
+        self.index: torch.Tensor | None = None
+        self.store_: dict[str, torch.Tensor] = {}
+        self.dirty = False
+        self.hits = self.misses = 0
+
+    # -- training batches -------------------------------------------------------------------
+    def _path(self, epoch: int) -> Path:
+        return self.dir / f"train-e{epoch}.safetensors"
+
+    def begin(self, epoch: int, index: torch.Tensor) -> None:
+        if epoch != self.epoch:
+            self.flush()
+            self.epoch, self.store_ = epoch, self._load(self._path(epoch))
+        self.index = index
+
+    def lookup(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        s, idx = self.store_, self.index
+        if idx is None or "filled" not in s or not bool(s["filled"][idx].all()):
+            self.misses += 1
+            return None
+        self.hits += 1
+        feats = {k[5:]: s[k][idx].float() for k in s if k.startswith("feat.")}
+        return s["logits"][idx].clone(), feats
+
+    def store(self, logits: torch.Tensor, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Record this batch; return the features as later runs will read them (float16-rounded)."""
+        idx, s = self.index, self.store_
+        if idx is None:
+            return feats
+        if "filled" not in s:
+            s["filled"] = torch.zeros(self.n, dtype=torch.uint8)
+            s["logits"] = torch.zeros(self.n, logits.shape[1], dtype=torch.float32)
+        for name, f in feats.items():
+            key = f"feat.{name}"
+            if key not in s:
+                s[key] = torch.zeros(self.n, *f.shape[1:], dtype=torch.float16)
+            s[key][idx] = f.detach().to("cpu", torch.float16)
+        s["logits"][idx] = logits.detach().to("cpu", torch.float32)
+        s["filled"][idx] = 1
+        self.dirty = True
+        # every run, the one that fills the cache included, trains on the same rounded features
+        return {name: s[f"feat.{name}"][idx].float().to(f.device) for name, f in feats.items()}
+
+    def flush(self) -> None:
+        if self.dirty and self.epoch is not None:
+            from safetensors.torch import save
+
+            atomic_write_bytes(self._path(self.epoch), save({k: v.contiguous() for k, v in self.store_.items()}))
+            self.dirty = False
+
+    def _load(self, path: Path) -> dict[str, torch.Tensor]:
+        if not path.is_file():
+            return {}
+        from safetensors.torch import load_file
+
+        try:
+            s = load_file(str(path))
+        except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+            return {}
+        if "filled" not in s or s["filled"].shape[0] != self.n:
+            return {}
+        return s
+
+    # -- whole splits ---------------------------------------------------------------------------
+    def split_logits(self, split: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Teacher logits over a whole evaluation split, computed once and then read back."""
+        from safetensors.torch import load_file, save
+
+        path = self.dir / f"{split}.safetensors"
+        if path.is_file():
+            try:
+                return load_file(str(path))["logits"]
+            except Exception:  # noqa: BLE001
+                pass
+        logits = compute().to("cpu", torch.float32).contiguous()
+        atomic_write_bytes(path, save({"logits": logits}))
+        return logits
+
+    def close(self) -> None:
+        self.flush()
