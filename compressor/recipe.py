@@ -207,75 +207,85 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def stage_key(upstream: str, kind: str, cfg: _Strict) -> str:
+    """What a stage's result depends on: everything upstream, its kind and its resolved settings."""
+    return _hash({"upstream": upstream, "cfg": cfg.model_dump(), "kind": kind})
+
+
+def first_key(recipe: Recipe) -> str:
+    return _hash({"data": recipe.data.model_dump(), "seed": recipe.seed})
+
+
+def run_stage(kind: str, cfg: _Strict, recipe: Recipe, stage_dir: Path, paths: dict[str, Path],
+              last_model: Path | None, device: str, cache_dir: Path) -> None:
+    """Run one recipe stage into `stage_dir`; `paths` maps earlier stage kinds to their directories."""
+    from compressor.distill.online import OnlineConfig
+    from compressor.stages import distill, export, prune, select, teach
+    from compressor.stages.common import DataOptions
+    from compressor.training import TrainConfig
+
+    c, d, seed = cfg.model_dump(), recipe.data, recipe.seed
+    data = DataOptions(name=d.name, root=d.root, image_size=d.image_size, download=d.download,
+                       train_size=c.get("train_size") or d.train_size)
+    train_keys = ("epochs", "lr", "batch_size", "optimizer", "weight_decay")
+    if kind == "teach":
+        teach(data=data, model=c["model"], out=stage_dir, pretrained=c["pretrained"], init=c["init"],
+              trainable=c["trainable"], train=TrainConfig(seed=seed, **{k: c[k] for k in train_keys}),
+              device=device)
+    elif kind == "select":
+        select(last_model, data=data, out=stage_dir, top_k=c["top_k"], layers=c["layers"],
+               samples=c["samples"], seed=seed, device=device)
+    elif kind == "distill":
+        online = OnlineConfig(**{k: c[k] for k in ("chunk_size", "buffer_chunks", "epochs_per_buffer",
+                                                    "distill_after", "trainable", "teacher_lr")})
+        distill(teacher=c["teacher"] or paths.get("teach"), student=c["student"], data=data, out=stage_dir,
+                online=online,
+                method=c["method"], scheme=c["scheme"], temperature=c["temperature"], alpha=c["alpha"],
+                beta=c["beta"], layers=c["layers"], pairs=c["pairs"], hint_epochs=c["hint_epochs"],
+                channels=str(paths["select"]) if "select" in paths else None, control=c["control"],
+                cache_teacher=c["cache_teacher"], cache_dir=cache_dir,
+                train=TrainConfig(seed=seed, **{k: c[k] for k in train_keys}), device=device)
+    elif kind == "prune":
+        prune(last_model, data=data, out=stage_dir, sparsity=c["sparsity"], structured=c["structured"],
+              schedule=c["schedule"], scope=c["scope"], include_all=c["include_all"],
+              importance=c["importance"], method=c["method"],
+              channels=str(paths["select"]) if c["importance"] == "discriminability" else None,
+              finetune_epochs=c["finetune_epochs"], teacher=str(paths["teach"]) if c["teacher"] else None,
+              temperature=c["temperature"], alpha=c["alpha"],
+              train=TrainConfig(seed=seed, epochs=c["finetune_epochs"],
+                                **{k: c[k] for k in train_keys if k != "epochs"}), device=device)
+    elif kind == "export":
+        export(last_model, data=data, out=stage_dir, int8=c["int8"], fp16=c["fp16"],
+               calibration_method=c["calibration_method"], per_channel=c["per_channel"],
+               calibration_batches=c["calibration_batches"], max_drop=c["max_drop"],
+               latency_batch=c["latency_batch"], seed=seed, device=device)
+
+
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device: str | None = None) -> list[dict]:
     """Run the stages in order, each reading what the previous ones wrote. Returns one row per stage.
 
     With `resume`, a stage whose artifact is complete and whose inputs (settings, data, seed,
     upstream stages) are unchanged is skipped.
     """
-    from compressor.distill.online import OnlineConfig
-    from compressor.stages import distill, export, prune, select, teach
-    from compressor.stages.common import DataOptions
-    from compressor.training import TrainConfig
-
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.json"
     state = read_json(state_path) if (resume and state_path.is_file()) else {}
     dev = device or recipe.device
-    d = recipe.data
     paths: dict[str, Path] = {}
     last_model: Path | None = None
-    upstream = _hash({"data": d.model_dump(), "seed": recipe.seed})
+    upstream = first_key(recipe)
     rows = []
-    counts: dict[str, int] = {}
-    for kind, cfg in recipe.stages:
-        counts[kind] = counts.get(kind, 0) + 1
-        name = kind if counts[kind] == 1 else f"{kind}-{counts[kind]}"
+    for name, kind, cfg in named_stages(recipe):
         stage_dir = out / name
-        key = _hash({"upstream": upstream, "cfg": cfg.model_dump(), "kind": kind})
+        key = stage_key(upstream, kind, cfg)
         t0 = time.time()
-        if resume and state.get(name) == key and (stage_dir / METRICS_FILE).is_file():
+        skipped = bool(resume and state.get(name) == key and (stage_dir / METRICS_FILE).is_file())
+        if skipped:
             log(f"run: {name}: unchanged, skipped (--resume)")
-            skipped = True
         else:
-            skipped = False
             log(f"run: {name} -> {stage_dir}")
-            c = cfg.model_dump()
-            data = DataOptions(name=d.name, root=d.root, image_size=d.image_size, download=d.download,
-                               train_size=c.get("train_size") or d.train_size)
-            train_keys = ("epochs", "lr", "batch_size", "optimizer", "weight_decay")
-            if kind == "teach":
-                teach(data=data, model=c["model"], out=stage_dir, pretrained=c["pretrained"], init=c["init"],
-                      trainable=c["trainable"], train=TrainConfig(seed=recipe.seed, **{k: c[k] for k in train_keys}),
-                      device=dev)
-            elif kind == "select":
-                select(last_model, data=data, out=stage_dir, top_k=c["top_k"], layers=c["layers"],
-                       samples=c["samples"], seed=recipe.seed, device=dev)
-            elif kind == "distill":
-                online = OnlineConfig(**{k: c[k] for k in ("chunk_size", "buffer_chunks", "epochs_per_buffer",
-                                                            "distill_after", "trainable", "teacher_lr")})
-                distill(teacher=c["teacher"] or paths.get("teach"), student=c["student"], data=data, out=stage_dir,
-                        online=online,
-                        method=c["method"], scheme=c["scheme"], temperature=c["temperature"], alpha=c["alpha"],
-                        beta=c["beta"], layers=c["layers"], pairs=c["pairs"], hint_epochs=c["hint_epochs"],
-                        channels=str(paths["select"]) if "select" in paths else None, control=c["control"],
-                        cache_teacher=c["cache_teacher"], cache_dir=out / "cache",
-                        train=TrainConfig(seed=recipe.seed, **{k: c[k] for k in train_keys}), device=dev)
-            elif kind == "prune":
-                prune(last_model, data=data, out=stage_dir, sparsity=c["sparsity"], structured=c["structured"],
-                      schedule=c["schedule"], scope=c["scope"], include_all=c["include_all"],
-                      importance=c["importance"], method=c["method"],
-                      channels=str(paths["select"]) if c["importance"] == "discriminability" else None,
-                      finetune_epochs=c["finetune_epochs"], teacher=str(paths["teach"]) if c["teacher"] else None,
-                      temperature=c["temperature"], alpha=c["alpha"],
-                      train=TrainConfig(seed=recipe.seed, epochs=c["finetune_epochs"],
-                                        **{k: c[k] for k in train_keys if k != "epochs"}), device=dev)
-            elif kind == "export":
-                export(last_model, data=data, out=stage_dir, int8=c["int8"], fp16=c["fp16"],
-                       calibration_method=c["calibration_method"], per_channel=c["per_channel"],
-                       calibration_batches=c["calibration_batches"], max_drop=c["max_drop"],
-                       latency_batch=c["latency_batch"], seed=recipe.seed, device=dev)
+            run_stage(kind, cfg, recipe, stage_dir, paths, last_model, dev, out / "cache")
             state[name] = key
             atomic_write_json(state_path, state)
         paths[kind] = stage_dir
@@ -284,3 +294,13 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device:
         upstream = key
         rows.append({"stage": name, "dir": str(stage_dir), "skipped": skipped, "seconds": round(time.time() - t0, 1)})
     return rows
+
+
+def named_stages(recipe: Recipe) -> list[tuple[str, str, _Strict]]:
+    """(directory name, kind, settings) per stage: the second distill is distill-2, and so on."""
+    counts: dict[str, int] = {}
+    out = []
+    for kind, cfg in recipe.stages:
+        counts[kind] = counts.get(kind, 0) + 1
+        out.append((kind if counts[kind] == 1 else f"{kind}-{counts[kind]}", kind, cfg))
+    return out

@@ -1,8 +1,14 @@
-"""Summaries of a run directory: one row per stage with accuracy, params, zipped size, latency."""
+"""Summaries of a run directory: the stage table (accuracy, params, zipped size, latency) and
+report.md with the studies' tables and pictures (hard/soft accuracy, right/wrong cross table,
+images where the student beats its teacher, learning curves)."""
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from compressor import CompressorError
 from compressor.artifacts import METRICS_FILE, MODEL_FILE, read_json, zipped_size
@@ -84,3 +90,205 @@ def _size(n) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# report.md: the tables and pictures the distillation studies read their results through
+
+
+@dataclass
+class ModelOutputs:
+    name: str
+    probs: torch.Tensor  # (N, classes) softmax on the test split
+
+    @property
+    def pred(self) -> torch.Tensor:
+        return self.probs.argmax(1)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """Probability of the predicted class."""
+        return self.probs.max(1).values
+
+
+def _find(run: Path, kind: str) -> Path | None:
+    dirs = [d for d in stage_dirs(run) if d.name.split("-")[0] == kind]
+    return dirs[0] if dirs else None
+
+
+def test_outputs(run_dir: str | Path, device: str = "cpu") -> tuple[list[ModelOutputs], torch.Tensor, object, list]:
+    """Test-split probabilities of the teacher, the student alone (if distill ran with --control)
+    and the distilled student; plus labels, the test images (uint8) and class names."""
+    from compressor.artifacts import CONTROL_FILE, load_artifact, load_state_dict
+    from compressor.data import load_data
+    from compressor.models import build_from_spec
+    from compressor.training import predict
+
+    run = Path(run_dir).expanduser()
+    distill_dir = _find(run, "distill")
+    if distill_dir is None:
+        raise CompressorError(f"{run} has no distill stage; a report compares teacher and student")
+    student = load_artifact(distill_dir)
+    teacher_path = student.spec.get("settings", {}).get("teacher") or _find(run, "teach")
+    if teacher_path is None or not Path(teacher_path).is_dir():
+        raise CompressorError(f"cannot find the teacher of {distill_dir} (looked for {teacher_path})")
+    teacher = load_artifact(teacher_path)
+    ident = student.spec.get("data", {})
+    data = load_data(ident.get("name", "synthetic"), ident.get("root"), image_size=student.spec["input_shape"][-1])
+    models = [("teacher", teacher.model, teacher.spec), ("student alone", None, student.spec),
+              ("distilled student", student.model, student.spec)]
+    if (distill_dir / CONTROL_FILE).is_file():
+        alone = build_from_spec(student.spec)
+        alone.load_state_dict(load_state_dict(distill_dir / CONTROL_FILE))
+        models[1] = ("student alone", alone.eval(), student.spec)
+    outs, labels = [], None
+    for name, model, spec in models:
+        if model is None:
+            continue
+        data.use_normalization(spec["mean"], spec["std"])
+        logits, labels = predict(model, data.loader("test", 512), device)
+        outs.append(ModelOutputs(name, torch.softmax(logits.float(), 1)))
+    return outs, labels, data.test.images, data.class_names
+
+
+def accuracy_rows(outs: list[ModelOutputs], labels: torch.Tensor) -> list[dict]:
+    teacher = outs[0].pred
+    return [{"model": o.name, "hard": float((o.pred == labels).float().mean()),
+             "soft": float((o.pred == teacher).float().mean())} for o in outs]
+
+
+def cross_rows(outs: list[ModelOutputs], labels: torch.Tensor) -> list[dict]:
+    """One row per right/wrong combination: count and each model's mean predicted-class probability."""
+    right = [o.pred == labels for o in outs]
+    rows = []
+    for combo in itertools.product((True, False), repeat=len(outs)):
+        sel = torch.ones_like(labels, dtype=torch.bool)
+        for r, want in zip(right, combo):
+            sel &= r if want else ~r
+        n = int(sel.sum())
+        rows.append({"cell": {o.name: ("right" if c else "wrong") for o, c in zip(outs, combo)}, "count": n,
+                     "mean_confidence": {o.name: (float(o.confidence[sel].mean()) if n else None) for o in outs}})
+    return rows
+
+
+def _save_png(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
+def image_grid(outs: list[ModelOutputs], labels, images, class_names: list[str], path: Path, limit: int = 24) -> int:
+    """Test images the distilled student gets right and the teacher wrong, both predictions as captions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teacher, student = outs[0], outs[-1]
+    idx = torch.nonzero((student.pred == labels) & (teacher.pred != labels)).flatten()
+    shown = idx[:limit].tolist()
+    cols = 6
+    rows = max(1, (len(shown) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, shown):
+        img = images[i]
+        ax.imshow(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy(),
+                  cmap="gray" if img.shape[0] == 1 else None)
+        ax.set_title(f"teacher: {class_names[int(teacher.pred[i])]}\nstudent: {class_names[int(student.pred[i])]}",
+                     fontsize=7, color="black")
+    fig.suptitle(f"distilled student right, teacher wrong: {len(idx)} test images ({len(shown)} shown); "
+                 "the student's label is the true one", fontsize=9)
+    fig.tight_layout()
+    _save_png(fig, path)
+    plt.close(fig)
+    return len(idx)
+
+
+def learning_curves(run: Path, path: Path) -> list[str]:
+    """Train loss and validation accuracy per epoch for every stage that trained."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = []
+    for d in stage_dirs(run):
+        m = read_json(d / METRICS_FILE)
+        if m.get("history"):
+            curves.append((d.name, m["history"]))
+        if m.get("control_history"):
+            curves.append((f"{d.name} (student alone)", m["control_history"]))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, hist in curves:
+        ep = [r["epoch"] for r in hist]
+        a.plot(ep, [r["train_loss"] for r in hist], marker="o", ms=3, label=name)
+        b.plot(ep, [r["val_accuracy"] for r in hist], marker="o", ms=3, label=name)
+    a.set(title="training loss (sum of the stage's losses)", xlabel="epoch", ylabel="loss")
+    b.set(title="validation accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    _save_png(fig, path)
+    plt.close(fig)
+    return [name for name, _ in curves]
+
+
+def write_report(run_dir: str | Path, device: str = "cpu") -> dict:
+    """Write report.md, images.png and curves.png into the run directory; return the tables."""
+    from compressor.artifacts import atomic_write_bytes
+
+    run = Path(run_dir).expanduser()
+    summary = summary_rows(run)
+    curves = learning_curves(run, run / "curves.png")
+    md = [f"# Report: {run.name}", ""]
+    acc, cross, n_grid = [], [], None
+    if _find(run, "distill") is None:
+        md += ["(No distill stage in this run: the teacher/student tables need one.)", ""]
+    else:
+        outs, labels, images, class_names = test_outputs(run, device)
+        acc, cross = accuracy_rows(outs, labels), cross_rows(outs, labels)
+        n_grid = image_grid(outs, labels, images, class_names, run / "images.png")
+        md += _model_sections(outs, labels, acc, cross, n_grid)
+    md += ["## Learning curves", "", f"Stages: {', '.join(curves) or 'none recorded'}.", "",
+           "![curves](curves.png)", "", "## Size and latency", "",
+           "| stage | accuracy | params | zipped bytes | int8 accuracy | int8 ms (batch 64) | fp32 ms (batch 64) |",
+           "|---|---|---|---|---|---|---|"]
+
+    def f(v, fmt):
+        return "" if v is None else fmt.format(v)
+
+    for r in summary:
+        md.append(f"| {r['stage']} | {f(r['accuracy'], '{:.4f}')} | {f(r['params'], '{:,}')} | "
+                  f"{f(r['zipped_bytes'], '{:,}')} | {f(r['accuracy_int8'], '{:.4f}')} | "
+                  f"{f(r['latency_ms_int8'], '{:.2f}')} | {f(r['latency_ms_fp32'], '{:.2f}')} |")
+    md += ["", "Zipped: model.safetensors (pruned weights stored sparse), or the int8 ONNX for export, "
+           "compressed with zip (deflate): zeros and int8 show their saving there. Latency: onnxruntime, CPU, "
+           "median of repeated runs after warm-up."]
+    atomic_write_bytes(run / "report.md", ("\n".join(md) + "\n").encode())
+    return {"accuracy": acc, "cross": cross, "student_right_teacher_wrong": n_grid, "curves": curves,
+            "summary": summary, "report": str(run / "report.md")}
+
+
+def _model_sections(outs, labels, acc, cross, n_grid) -> list[str]:
+    names = [o.name for o in outs]
+    md = [f"Test split: {len(labels):,} images.", ""]
+    if "student alone" not in names:
+        md += ["(No student-alone model: run distill with `--control` / `control: true` to compare with it.)", ""]
+    md += ["## Accuracy on hard and soft labels", "",
+           "Hard: agreement with the ground truth. Soft: agreement with the teacher's prediction.", "",
+           "| model | hard | soft |", "|---|---|---|"]
+    md += [f"| {r['model']} | {r['hard']:.4f} | {r['soft']:.4f} |" for r in acc]
+    md += ["", "## Right and wrong, model by model", "",
+           "Count of test images in each cell, and each model's mean probability for the class it predicted.", "",
+           "| " + " | ".join(names) + " | count | " + " | ".join(f"p({n})" for n in names) + " |",
+           "|---" * (2 * len(names) + 1) + "|"]
+    for r in cross:
+        conf = [("" if r["mean_confidence"][n] is None else f"{r['mean_confidence'][n]:.3f}") for n in names]
+        md.append("| " + " | ".join(r["cell"][n] for n in names) + f" | {r['count']:,} | " + " | ".join(conf) + " |")
+    md += ["", "## Where the distilled student beats its teacher", "",
+           f"{n_grid} test images where the distilled student is right and the teacher wrong "
+           "(captions: both predictions; the student's is the true class).", "", "![images](images.png)", ""]
+    return md

@@ -57,6 +57,31 @@ def test_run_recipe_end_to_end_with_summary(tmp_path):
     d = json.loads((out / "distill" / "metrics.json").read_text())
     assert "control_accuracy" in d
     res = CliRunner().invoke(app, ["report", str(out), "--json"])
-    rows = json.loads(res.stdout)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    rows = rep["summary"]
     assert [r["stage"] for r in rows] == ["teach", "select", "distill", "prune", "export"]
     assert rows[-1]["latency_ms_int8"] > 0 and rows[-1]["zipped_bytes"] > 0
+    # hard/soft accuracy: the same numbers the stages measured
+    acc = {r["model"]: r for r in rep["accuracy"]}
+    t = json.loads((out / "teach" / "metrics.json").read_text())
+    assert acc["teacher"]["hard"] == pytest.approx(t["accuracy"]) and acc["teacher"]["soft"] == 1.0
+    assert acc["distilled student"]["hard"] == pytest.approx(d["accuracy"])
+    assert acc["distilled student"]["soft"] == pytest.approx(d["agreement"])
+    assert acc["student alone"]["hard"] == pytest.approx(d["control_accuracy"])
+    # the cross table partitions the test split; its "student right, teacher wrong" cells are the image grid
+    cross = rep["cross"]
+    assert len(cross) == 8 and sum(c["count"] for c in cross) == 400
+    beat = sum(c["count"] for c in cross if c["cell"]["distilled student"] == "right" and c["cell"]["teacher"] == "wrong")
+    assert rep["student_right_teacher_wrong"] == beat
+    for c in cross:
+        for v in c["mean_confidence"].values():
+            assert v is None or 0.1 <= v <= 1.0  # at least 1/classes: it is the top probability
+    md = (out / "report.md").read_text()
+    for heading in ("hard and soft labels", "Right and wrong", "beats its teacher", "Learning curves", "Size and latency"):
+        assert heading in md
+    for png in ("images.png", "curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in md
+    assert set(rep["curves"]) >= {"teach", "distill", "distill (student alone)", "prune"}
+    res = CliRunner().invoke(app, ["report", str(out)])
+    assert res.exit_code == 0 and "cross table" in res.stdout

@@ -18,6 +18,7 @@ from compressor.cli.prune import prune
 from compressor.cli.report import report
 from compressor.cli.run import run
 from compressor.cli.select import select
+from compressor.cli.sweep import sweep
 from compressor.cli.teach import teach
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.command("export")(export)
 app.command("eval")(evaluate)
 app.command("run")(run)
 app.command("report")(report)
+app.command("sweep")(sweep)
 
 
 def main() -> None:

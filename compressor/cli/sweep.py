@@ -1,0 +1,59 @@
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from compressor import CompressorError
+from compressor.cli.common import _apply_runtime, command, stdout
+from compressor.cli.options import JsonOpt, QuietOpt, WorkersOpt
+from compressor.recipe import load_recipe
+from compressor.sweep import SWEEP_DIR, cell, parse_grid, run_sweep, table_layout
+
+
+@command()
+def sweep(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML with a distill stage; the stages before it run once.")],
+    grid: Annotated[list[str], typer.Option("--grid", help="A distill setting and its values, e.g. distill.temperature=1,3,8; repeat for more axes (the last one gives the table's columns).")],
+    at_epochs: Annotated[Optional[str], typer.Option("--at-epochs", help="Report the best validation accuracy up to these epochs, e.g. 10,20,50 (each point trains max(at-epochs) epochs; default: the recipe's distill epochs).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default: runs/<recipe name>); points go to <out>/sweep/<point>/.")] = None,
+    cache_teacher: Annotated[bool, typer.Option("--cache-teacher/--no-cache-teacher", help="Reuse the frozen teacher's outputs across points (offline distillation; default on).")] = True,
+    device: Annotated[Optional[str], typer.Option("--device", help="Override the recipe's device: auto, cpu or cuda.")] = None,
+    workers: WorkersOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a grid over the distill stage's settings; print and write the table and a heat-map.
+
+    Writes <out>/sweep/results.md, results.json and heatmap.png. A rerun skips finished points.
+    """
+    _apply_runtime(quiet, workers)
+    epochs = None
+    if at_epochs:
+        try:
+            epochs = [int(e) for e in at_epochs.split(",")]
+        except ValueError:
+            raise CompressorError(f"--at-epochs must be comma-separated integers, got '{at_epochs}'") from None
+    axes = parse_grid(grid)
+    r = load_recipe(recipe)
+    run_dir = Path(out or Path("runs") / r.name)
+    result = run_sweep(r, run_dir, axes, at_epochs=epochs, cache_teacher=cache_teacher, device=device)
+    if json_:
+        print(json.dumps(result, indent=2))
+        return
+    row_keys, row_vals, col_key, col_vals = table_layout(result)
+    for epoch in result["at_epochs"]:
+        for kind, label in (("hard", "hard labels"), ("soft", "teacher's labels")):
+            t = Table(title=f"best val accuracy by epoch {epoch}, {label}")
+            t.add_column(" / ".join(row_keys) or "-")
+            for c in col_vals:
+                t.add_column(f"{col_key}={c}", justify="right")
+            for row in row_vals:
+                vals = [cell(result, row, row_keys, col_key, c, epoch, kind) for c in col_vals]
+                t.add_row(", ".join(map(str, row)) or "-", *("" if v is None else f"{v:.4f}" for v in vals))
+            stdout.print(t)
+    total = sum(p["seconds"] for p in result["points"])
+    stdout.print(f"{len(result['points'])} points in {total:.0f} s "
+                 f"({sum(p['skipped'] for p in result['points'])} finished earlier); "
+                 f"tables and heat-map in {run_dir / SWEEP_DIR}")
