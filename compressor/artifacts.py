@@ -154,6 +154,13 @@ class ArtifactWriter:
         self.final = Path(out_dir).expanduser().absolute()
         check_output_dir(self.final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.final.parent.glob(f".{self.final.name}.partial-*"):  # left by a killed writer
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.final.parent.glob(f".{self.final.name}.old-*"):
+            if not self.final.exists() and (stale / METRICS_FILE).is_file():
+                os.replace(stale, self.final)  # killed between the two renames of commit: put it back
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
         self.dir = self.final.parent / f".{self.final.name}.partial-{uuid.uuid4().hex[:8]}"
         self.dir.mkdir()
         self.committed = False

@@ -90,6 +90,7 @@ class BatchLoader:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
         self.epoch = 0
         self.last_index: torch.Tensor | None = None  # sample indices of the batch last yielded
+        self.skip_batches = 0  # start the next iteration this many batches in (resuming mid-epoch)
         h = data.images.shape[2]
         self.pad = 4 if h >= 32 else 2
 
@@ -128,7 +129,7 @@ class BatchLoader:
         aug = None
         if self.augment:
             aug = self.augmentation(torch.arange(len(self.data)))
-        for start in range(0, len(order), self.batch_size):
+        for start in range(self.skip_batches * self.batch_size, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
             x = self.data.images[index].float().div_(255.0)
             if aug is not None:
@@ -319,9 +320,13 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, image_size: i
     num_classes = len(classes)
     if len(train) == 0 or len(test) == 0:
         raise CompressorError(f"data '{name}' has an empty split (train {len(train)}, test {len(test)})")
-    bad = ((train.labels < 0) | (train.labels >= num_classes)).sum() + ((test.labels < 0) | (test.labels >= num_classes)).sum()
-    if bad:
-        raise CompressorError(f"data '{name}' has {int(bad)} label(s) outside 0..{num_classes - 1}")
+    for split_name, split in (("training", train), ("test", test)):
+        bad = (split.labels < 0) | (split.labels >= num_classes)
+        if bad.any():
+            first = int(torch.nonzero(bad)[0])
+            raise CompressorError(f"data '{name}': {split_name} image {first} has label {int(split.labels[first])}, "
+                                  f"outside 0..{num_classes - 1} for its {num_classes} classes "
+                                  f"({int(bad.sum())} such labels)")
     g = torch.Generator().manual_seed(SPLIT_SEED)
     perm = torch.randperm(len(train), generator=g)
     n_val = max(1, int(round(len(train) * val_fraction)))

@@ -104,6 +104,13 @@ class GradualMasker:
             self.masks = magnitude_masks(self.layers, self.current(), self.scope)
         apply_masks(self.layers, self.masks)
 
+    def state_dict(self) -> dict:
+        """What a resumed fine-tuning needs to continue the schedule exactly (see compressor.checkpoint)."""
+        return {"step": self.step, "masks": dict(self.masks)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.masks = state["step"], dict(state["masks"])
+
     def finish(self) -> None:
         """Make sure the final masks are at the target (even if fine-tuning had no steps)."""
         self.masks = magnitude_masks(self.layers, self.target, self.scope)

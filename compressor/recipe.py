@@ -44,6 +44,7 @@ class TeachCfg(_TrainCfg):
     model: str
     pretrained: bool = False
     init: Optional[str] = None
+    reinit_head: bool = False
     trainable: Optional[str] = None
 
 
@@ -212,13 +213,45 @@ def stage_key(upstream: str, kind: str, cfg: _Strict) -> str:
     return _hash({"upstream": upstream, "cfg": cfg.model_dump(), "kind": kind})
 
 
+_CODE_VERSION: str | None = None
+
+
+def code_version() -> str:
+    """compressor's version plus a hash of its source: changed code means changed results."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        import compressor
+
+        h = hashlib.sha256(compressor.__version__.encode())
+        root = Path(compressor.__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+        _CODE_VERSION = f"{compressor.__version__}+{h.hexdigest()[:12]}"
+    return _CODE_VERSION
+
+
 def first_key(recipe: Recipe) -> str:
-    return _hash({"data": recipe.data.model_dump(), "seed": recipe.seed})
+    return _hash({"data": recipe.data.model_dump(), "seed": recipe.seed, "code": code_version()})
+
+
+def artifact_digest(stage_dir: Path) -> str:
+    """sha256 over every file of a complete artifact directory (names and bytes)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(stage_dir).iterdir() if p.is_file()):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def run_stage(kind: str, cfg: _Strict, recipe: Recipe, stage_dir: Path, paths: dict[str, Path],
-              last_model: Path | None, device: str, cache_dir: Path) -> None:
-    """Run one recipe stage into `stage_dir`; `paths` maps earlier stage kinds to their directories."""
+              last_model: Path | None, device: str, cache_dir: Path, resume: bool = False) -> None:
+    """Run one recipe stage into `stage_dir`; `paths` maps earlier stage kinds to their directories.
+
+    `resume`: continue from the stage's checkpoint when it has one (an interrupted run).
+    """
     from compressor.distill.online import OnlineConfig
     from compressor.stages import distill, export, prune, select, teach
     from compressor.stages.common import DataOptions
@@ -228,10 +261,13 @@ def run_stage(kind: str, cfg: _Strict, recipe: Recipe, stage_dir: Path, paths: d
     data = DataOptions(name=d.name, root=d.root, image_size=d.image_size, download=d.download,
                        train_size=c.get("train_size") or d.train_size)
     train_keys = ("epochs", "lr", "batch_size", "optimizer", "weight_decay")
+    resume = resume and any((stage_dir.parent / f".{stage_dir.name}.checkpoint").glob("*.pt"))
+    if resume:
+        log(f"run: {stage_dir.name}: resuming from its checkpoint")
     if kind == "teach":
         teach(data=data, model=c["model"], out=stage_dir, pretrained=c["pretrained"], init=c["init"],
               trainable=c["trainable"], train=TrainConfig(seed=seed, **{k: c[k] for k in train_keys}),
-              device=device)
+              reinit_head=c["reinit_head"], resume=resume, device=device)
     elif kind == "select":
         select(last_model, data=data, out=stage_dir, top_k=c["top_k"], layers=c["layers"],
                samples=c["samples"], seed=seed, device=device)
@@ -243,7 +279,7 @@ def run_stage(kind: str, cfg: _Strict, recipe: Recipe, stage_dir: Path, paths: d
                 method=c["method"], scheme=c["scheme"], temperature=c["temperature"], alpha=c["alpha"],
                 beta=c["beta"], layers=c["layers"], pairs=c["pairs"], hint_epochs=c["hint_epochs"],
                 channels=str(paths["select"]) if "select" in paths else None, control=c["control"],
-                cache_teacher=c["cache_teacher"], cache_dir=cache_dir,
+                cache_teacher=c["cache_teacher"], cache_dir=cache_dir, resume=resume,
                 train=TrainConfig(seed=seed, **{k: c[k] for k in train_keys}), device=device)
     elif kind == "prune":
         prune(last_model, data=data, out=stage_dir, sparsity=c["sparsity"], structured=c["structured"],
@@ -253,7 +289,7 @@ def run_stage(kind: str, cfg: _Strict, recipe: Recipe, stage_dir: Path, paths: d
               finetune_epochs=c["finetune_epochs"], teacher=str(paths["teach"]) if c["teacher"] else None,
               temperature=c["temperature"], alpha=c["alpha"],
               train=TrainConfig(seed=seed, epochs=c["finetune_epochs"],
-                                **{k: c[k] for k in train_keys if k != "epochs"}), device=device)
+                                **{k: c[k] for k in train_keys if k != "epochs"}), resume=resume, device=device)
     elif kind == "export":
         export(last_model, data=data, out=stage_dir, int8=c["int8"], fp16=c["fp16"],
                calibration_method=c["calibration_method"], per_channel=c["per_channel"],
@@ -261,16 +297,19 @@ def run_stage(kind: str, cfg: _Strict, recipe: Recipe, stage_dir: Path, paths: d
                latency_batch=c["latency_batch"], seed=seed, device=device)
 
 
-def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device: str | None = None) -> list[dict]:
+def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
+               device: str | None = None) -> list[dict]:
     """Run the stages in order, each reading what the previous ones wrote. Returns one row per stage.
 
-    With `resume`, a stage whose artifact is complete and whose inputs (settings, data, seed,
-    upstream stages) are unchanged is skipped.
+    Idempotent: a stage whose recorded inputs (upstream stages, data, seed, resolved settings, code
+    version) match and whose artifact still hashes to what was recorded is skipped; anything
+    changed reruns it and every stage after it. `force` reruns every stage. `resume` continues an
+    interrupted stage from its checkpoint instead of starting it over.
     """
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.json"
-    state = read_json(state_path) if (resume and state_path.is_file()) else {}
+    state = read_json(state_path) if (state_path.is_file() and not force) else {}
     dev = device or recipe.device
     paths: dict[str, Path] = {}
     last_model: Path | None = None
@@ -280,19 +319,23 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, device:
         stage_dir = out / name
         key = stage_key(upstream, kind, cfg)
         t0 = time.time()
-        skipped = bool(resume and state.get(name) == key and (stage_dir / METRICS_FILE).is_file())
+        rec = state.get(name)
+        digest = artifact_digest(stage_dir) if (stage_dir / METRICS_FILE).is_file() else None
+        skipped = isinstance(rec, dict) and rec.get("key") == key and digest is not None and rec.get("digest") == digest
         if skipped:
-            log(f"run: {name}: unchanged, skipped (--resume)")
+            log(f"run: {name}: unchanged and verified, skipped")
         else:
             log(f"run: {name} -> {stage_dir}")
-            run_stage(kind, cfg, recipe, stage_dir, paths, last_model, dev, out / "cache")
-            state[name] = key
+            run_stage(kind, cfg, recipe, stage_dir, paths, last_model, dev, out / "cache", resume=resume)
+            digest = artifact_digest(stage_dir)
+            state[name] = {"key": key, "digest": digest}
             atomic_write_json(state_path, state)
         paths[kind] = stage_dir
         if kind in MODEL_STAGES:
             last_model = stage_dir
-        upstream = key
-        rows.append({"stage": name, "dir": str(stage_dir), "skipped": skipped, "seconds": round(time.time() - t0, 1)})
+        upstream = _hash({"key": key, "artifact": digest})  # later stages depend on what this one wrote
+        rows.append({"stage": name, "dir": str(stage_dir), "skipped": skipped, "seconds": round(time.time() - t0, 1),
+                     "upstream": upstream})
     return rows
 
 

@@ -1,6 +1,6 @@
 """`compress sweep`: a grid over the distill stage's settings, as the studies' temperature x alpha tables.
 
-The stages before distill run once (and are skipped when unchanged, as `compress run --resume`);
+The stages before distill run once (and are skipped when unchanged and verified, as in `compress run`);
 each grid point trains in its own directory `RUN/sweep/<key=value,...>/`, recorded in
 `RUN/sweep/state.json` when it finishes, so a rerun (or a resumed, interrupted sweep) skips the
 points already done. The teacher-output cache (`RUN/cache/`) is on by default: the first point fills
@@ -78,11 +78,11 @@ def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list], *, at_epoc
         raise CompressorError("the grid has invalid points: " + "; ".join(errors))
 
     prefix = recipe.stages[:first]
-    if prefix:
-        run_recipe(recipe.model_copy(update={"stages": prefix}), out, resume=True, device=device)
     upstream, paths, last_model = first_key(recipe), {}, None
+    if prefix:
+        rows = run_recipe(recipe.model_copy(update={"stages": prefix}), out, resume=True, device=device)
+        upstream = rows[-1]["upstream"]
     for name, kind, cfg in stages[:first]:
-        upstream = stage_key(upstream, kind, cfg)
         paths[kind] = out / name
         if kind in MODEL_STAGES:
             last_model = out / name

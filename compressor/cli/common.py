@@ -42,7 +42,7 @@ GROUPS = {
     "data": [("data_root", opt.DataRootOpt, None), ("image_size", opt.ImageSizeOpt, None),
              ("download", opt.DownloadOpt, False), ("train_size", opt.TrainSizeOpt, None)],
     "train": [("lr", opt.LrOpt, 0.05), ("batch_size", opt.BatchOpt, 128), ("optimizer", opt.OptimOpt, opt.Optim("sgd")),
-              ("weight_decay", opt.WeightDecayOpt, 5e-4)],
+              ("weight_decay", opt.WeightDecayOpt, 5e-4), ("resume", opt.ResumeOpt, False)],
     "runtime": [("seed", opt.SeedOpt, 0), ("device", opt.DeviceOpt, opt.Device("auto")), ("workers", opt.WorkersOpt, None),
                 ("json_", opt.JsonOpt, False), ("quiet", opt.QuietOpt, False)],
 }
@@ -97,7 +97,7 @@ def command(*groups: str, **defaults):
                     _apply_runtime(shared.quiet, shared.workers)
                 return fn(*args, shared=shared, **kwargs) if "shared" in sig.parameters else fn(*args, **kwargs)
             except CompressorError as e:
-                fail(str(e))
+                fail(str(e), getattr(e, "exit_code", 1))
             except KeyboardInterrupt:
                 fail("interrupted", 130)
 

@@ -45,7 +45,7 @@ def distill(
     metrics = run_distill(teacher=teacher, student=student, data=shared.data(data), out=out, method=method.value,
                           scheme=scheme.value, temperature=temperature, alpha=alpha, beta=beta, channels=channels,
                           layers=layers, pairs=pairs.value, hint_epochs=hint_epochs, control=control,
-                          cache_teacher=cache_teacher, cache_dir=cache_dir,
+                          cache_teacher=cache_teacher, cache_dir=cache_dir, resume=shared.resume,
                           online=OnlineConfig(chunk_size=chunk_size, buffer_chunks=buffer_chunks,
                                               epochs_per_buffer=epochs_per_buffer, distill_after=distill_after,
                                               trainable=trainable, teacher_lr=teacher_lr), train=shared.train(epochs), device=shared.device_name)

@@ -33,5 +33,5 @@ def prune(
                         schedule=schedule.value, scope=scope.value, include_all=include_all,
                         importance=importance.value, channels=channels, finetune_epochs=finetune_epochs,
                         teacher=teacher, method=method.value, temperature=temperature, alpha=alpha,
-                        train=shared.train(finetune_epochs), device=shared.device_name)
+                        train=shared.train(finetune_epochs), resume=shared.resume, device=shared.device_name)
     show(metrics, shared.json_, f"prune -> {out}")

@@ -14,17 +14,23 @@ from compressor.report import summary_rows, summary_table
 def run(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML: name, seed, data and the stages to run.")],
     out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default: runs/<recipe name>); one subdirectory per stage.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Skip stages whose artifact is complete and whose inputs are unchanged.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage (Ctrl-C, SIGTERM, a crash) from its checkpoint instead of starting it over.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rerun every stage, even those whose inputs are unchanged and whose artifact verifies.")] = False,
     device: Annotated[Optional[str], typer.Option("--device", help="Override the recipe's device: auto, cpu or cuda.")] = None,
     workers: WorkersOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run a recipe's stages in order (validated in full first) and print a summary table."""
+    """Run a recipe's stages in order (validated in full first) and print a summary table.
+
+    Rerunning is idempotent: a stage whose inputs (upstream stages, data, seed, settings, code
+    version) are unchanged and whose artifact still verifies is skipped; a change reruns that stage
+    and every stage after it.
+    """
     _apply_runtime(quiet, workers)
     r = load_recipe(recipe)
     run_dir = Path(out or Path("runs") / r.name)
-    run_recipe(r, run_dir, resume=resume, device=device)
+    run_recipe(r, run_dir, resume=resume, force=force, device=device)
     rows = summary_rows(run_dir)
     if json_:
         print(json.dumps({"run_dir": str(run_dir), "stages": rows}, indent=2))

@@ -46,6 +46,25 @@ def check_data_matches(spec: dict, data: DataBundle) -> None:
                               f"gives {data.input_shape}; pass --image-size {spec['input_shape'][-1]}")
 
 
+def check_input_fits(model: nn.Module, data: DataBundle, name: str) -> None:
+    """One forward pass of two blank images before any training: an image size the model cannot
+    take is one clear line, not a traceback minutes into the stage."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *data.input_shape))
+    except (RuntimeError, AssertionError, ValueError) as e:  # timm asserts fixed input sizes
+        raise CompressorError(f"model {name} cannot take {'x'.join(map(str, data.input_shape))} (C x H x W) images "
+                              f"from data '{data.name}' ({str(e).splitlines()[0][:120]}); try a larger --image-size"
+                              ) from None
+    finally:
+        model.train(was)
+    if out.shape[-1] != data.num_classes:
+        raise CompressorError(f"model {name} outputs {out.shape[-1]} classes but data '{data.name}' has "
+                              f"{data.num_classes}")
+
+
 def make_spec(architecture: str, data: DataBundle, *, stage: str, settings: dict, kwargs: dict | None = None) -> dict:
     return {"architecture": architecture, "kwargs": kwargs or {}, "num_classes": data.num_classes,
             "input_shape": data.input_shape, "mean": data.mean, "std": data.std,

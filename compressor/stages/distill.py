@@ -15,7 +15,8 @@ from compressor.distill.l2tww import L2TWW
 from compressor.distill.online import OnlineConfig, train_online
 from compressor.distill.self_distill import SelfDistiller
 from compressor.models import count_params, create_model, stage_layers
-from compressor.stages.common import DataOptions, check_fraction, make_spec, test_logits
+from compressor.checkpoint import Checkpoints
+from compressor.stages.common import DataOptions, check_fraction, check_input_fits, make_spec, test_logits
 from compressor.stages.select import read_channels
 from compressor.training import (Supervised, TrainConfig, accuracy, fit, peak_memory_mb, predict, resolve_device,
                                  seed_everything)
@@ -25,7 +26,8 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
             scheme: str = "offline", temperature: float = 4.0, alpha: float = 0.5, beta: float | None = None,
             channels: str | None = None, layers: str | None = None, pairs: str = "matched", hint_epochs: int = 1,
             online: OnlineConfig | None = None, control: bool = False, train: TrainConfig | None = None,
-            cache_teacher: bool = False, cache_dir: str | Path | None = None, device: str = "auto") -> dict:
+            cache_teacher: bool = False, cache_dir: str | Path | None = None, resume: bool = False,
+            device: str = "auto") -> dict:
     """Distill `teacher` (an artifact dir) into a fresh `student`; write the student's artifact.
 
     Args:
@@ -46,6 +48,8 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
         cache_teacher: offline only: store the teacher's outputs per (epoch, sample) under
             `cache_dir` (default: the directory holding `out`, i.e. the run directory) and reuse
             them in later runs with the same teacher, data and seed (see compressor.distill.cache).
+        resume: continue an interrupted run of the same command from its checkpoint (offline and
+            self schemes; see compressor.checkpoint).
     """
     started = time.time()
     train = train or TrainConfig(epochs=1)
@@ -64,6 +68,9 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
     if cache_teacher and scheme != "offline":
         raise CompressorError(f"--cache-teacher works with --scheme offline only: the {scheme} scheme's teacher "
                               "changes during training (or is absent), so its outputs cannot be reused")
+    if resume and scheme == "online":
+        raise CompressorError("--resume is not supported for --scheme online (its teacher and student train over "
+                              "a stream of chunks); rerun it from the start")
     kept = read_channels(channels) if channels is not None else None
     dev = resolve_device(device)
     t_art = load_artifact(teacher) if teacher is not None else None
@@ -87,12 +94,18 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
         t_pred = teacher_split("test").argmax(1)
         if scheme == "offline":
             val_ref = teacher_split("val").argmax(1)
+    ckpt = Checkpoints(out, "distill", resume)
+    fingerprint = {"teacher": str(Path(teacher).absolute()) if teacher else None, "student": student,
+                   "method": method, "scheme": scheme, "temperature": temperature, "alpha": alpha, "beta": beta,
+                   "channels": channels, "layers": layers, "pairs": pairs, "hint_epochs": hint_epochs,
+                   "train": vars(train), "data": bundle.identity}
     with ArtifactWriter(out) as writer:
         def build():
             seed_everything(train.seed)
             return create_model(student, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0])
 
         net = build()
+        check_input_fits(net, bundle, student)
         log(f"distill: {_describe(t_art, t_pred, labels)} -> {student} ({count_params(net):,} params), "
             f"scheme {scheme}, method {method}, T={temperature}, alpha={alpha}")
         extra: dict = {}
@@ -122,18 +135,19 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
             try:
                 if method == "fitnet" and hint_epochs:
                     fit(task, bundle, replace(train, epochs=hint_epochs), device=dev, desc="distill[fitnet hints]",
-                        stage="distill", val_reference=val_ref)
+                        stage="distill", val_reference=val_ref, checkpoint=ckpt.fit("hints", fingerprint))
                     task.phase = "kd"
                 if isinstance(task, L2TWW):  # bilevel steps; the meta-networks have their own optimizer
                     result = fit(task, bundle, train, device=dev, desc="distill[l2tww]", stage="distill",
-                                 params=task.student_parameters(), train_step=task.train_step, val_reference=val_ref)
+                                 params=task.student_parameters(), train_step=task.train_step, val_reference=val_ref,
+                                 checkpoint=ckpt.fit("main", fingerprint))
                     extra["cost"] = {"seconds_per_step": round(statistics.median(task.step_times), 4),
                                      "steps": len(task.step_times), "peak_memory_mb": peak_memory_mb(dev)}
                     log(f"distill[l2tww]: {extra['cost']['seconds_per_step'] * 1000:.0f} ms per step, "
                         f"peak memory {extra['cost']['peak_memory_mb']:.0f} MB")
                 else:
                     result = fit(task, bundle, train, device=dev, desc=f"distill[{method}]", stage="distill",
-                                 val_reference=val_ref)
+                                 val_reference=val_ref, checkpoint=ckpt.fit("main", fingerprint))
             finally:
                 task.close()
             extra.update({"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
@@ -152,7 +166,7 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
         if control:
             alone = build()
             res_alone = fit(Supervised(alone), bundle, train, device=dev, desc="control (alpha=1)", stage="distill",
-                            val_reference=val_ref)
+                            val_reference=val_ref, checkpoint=ckpt.fit("control", fingerprint))
             writer.save_weights(alone, CONTROL_FILE)
             c_logits, _ = test_logits(alone, bundle, dev)
             metrics.update({"control_accuracy": accuracy(c_logits, labels), "control_history": res_alone.history})
@@ -168,6 +182,7 @@ def distill(*, teacher: str | Path | None, student: str, data: DataOptions, out:
         writer.save_model(net, make_spec(student, bundle, stage="distill", settings=settings))
         metrics.update(base_metrics(train.seed, started))
         writer.commit(metrics)
+    ckpt.clear()
     log(f"distill: test accuracy {acc:.4f}" + (f", agreement {metrics['agreement']:.4f}" if t_pred is not None else "")
         + f" -> {Path(out)}")
     return metrics

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
 from compressor import CompressorError
 from compressor.artifacts import MODEL_FILE, ArtifactWriter, base_metrics, load_artifact, state_dict_for_saving, zipped_size
+from compressor.checkpoint import Checkpoints
 from compressor.console import log
 from compressor.distill import build_distiller
 from compressor.export import onnx_latency
@@ -23,7 +23,7 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
           structured: bool = False, schedule: str = "gradual", scope: str = "global", include_all: bool = False,
           importance: str = "magnitude", channels: str | None = None, finetune_epochs: int = 1,
           teacher: str | None = None, method: str = "kd", temperature: float = 4.0, alpha: float = 0.5,
-          train: TrainConfig | None = None, device: str = "auto") -> dict:
+          train: TrainConfig | None = None, resume: bool = False, device: str = "auto") -> dict:
     """Prune the model in `model_dir` and fine-tune it; write the pruned artifact.
 
     Args:
@@ -36,6 +36,7 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
             `select` wrote for this model, passed as `channels`: least discriminative go first).
         teacher: fine-tune while distilling from this artifact with `method` (kd with alpha 0.5:
             the mean of the teacher's soft targets and the hard labels).
+        resume: continue an interrupted fine-tuning of the same command from its checkpoint.
     """
     started = time.time()
     check_fraction("--sparsity", sparsity, high_open=True)
@@ -56,6 +57,11 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
     acc_before, params_before = test_accuracy(model, bundle, dev), count_params(model)
     size_before = ((art.path / MODEL_FILE).stat().st_size, zipped_size(art.path / MODEL_FILE))
     metrics: dict = {}
+    ckpt = Checkpoints(out, "prune", resume)
+    fingerprint = {"source": str(Path(model_dir).absolute()), "sparsity": sparsity, "structured": structured,
+                   "schedule": schedule, "scope": scope, "include_all": include_all, "importance": importance,
+                   "channels": channels, "teacher": teacher, "method": method, "temperature": temperature,
+                   "alpha": alpha, "train": vars(train), "data": bundle.identity}
     with ArtifactWriter(out) as writer:
         spec = {**art.spec, "stage": "prune"}
         if structured:
@@ -78,7 +84,8 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
         task = (build_distiller(method, model, t_art.model, input_shape=shape, temperature=temperature, alpha=alpha)
                 if t_art else Supervised(model))
         try:
-            result = fit(task, bundle, train, device=dev, desc="prune finetune", stage="prune", after_step=after_step)
+            result = fit(task, bundle, train, device=dev, desc="prune finetune", stage="prune", after_step=after_step,
+                         checkpoint=ckpt.fit("main", fingerprint))
         finally:
             getattr(task, "close", lambda: None)()
         model = model.cpu()
@@ -108,6 +115,7 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
             metrics["latency_ms"] = onnx_latency(model, shape, writer.dir)
         metrics.update(base_metrics(train.seed, started))
         writer.commit(metrics)
+    ckpt.clear()
     log(f"prune: measured sparsity {overall:.4f}, params {params_before:,} -> {metrics['params']:,}, "
         f"zipped {size_before[1]:,} -> {size_after[1]:,} bytes, test accuracy {acc:.4f} -> {Path(out)}")
     return metrics

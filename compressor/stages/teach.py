@@ -12,7 +12,8 @@ from compressor import CompressorError
 from compressor.artifacts import ArtifactWriter, base_metrics, check_finite, load_state_dict
 from compressor.console import log
 from compressor.models import classifier_name, count_params, create_model
-from compressor.stages.common import DataOptions, make_spec, test_accuracy
+from compressor.checkpoint import Checkpoints
+from compressor.stages.common import DataOptions, check_input_fits, make_spec, test_accuracy
 from compressor.training import Supervised, TrainConfig, fit, resolve_device, seed_everything
 
 
@@ -36,15 +37,31 @@ def load_init(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def apply_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> list[str]:
-    """Load matching weights; tensors whose shape differs (e.g. another head) are skipped and named."""
+def apply_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source, reinit_head: bool = False) -> list[str]:
+    """Load the weights; a classifier of another class count starts fresh only with `reinit_head`.
+
+    Any other tensor whose shape differs is an error (a different architecture). Returns the names
+    of the tensors that start fresh.
+    """
     own = model.state_dict()
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    usable = {k: v for k, v in state.items() if k in own and k not in skipped}
+    differ = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    usable = {k: v for k, v in state.items() if k in own and k not in differ}
     if not usable:
         raise CompressorError(f"--init {source} shares no weights with this model (different architecture?)")
+    head = classifier_name(model)
+    in_head = [k for k in differ if head and k.startswith(head + ".")]
+    other = [k for k in differ if k not in in_head]
+    if other:
+        k = other[0]
+        raise CompressorError(f"--init {source}: {k} has shape {tuple(state[k].shape)} but the model wants "
+                              f"{tuple(own[k].shape)} ({len(other)} such tensors); is it for another architecture?")
+    if in_head and not reinit_head:
+        w = f"{head}.weight"
+        have = state[w].shape[0] if w in state else "another number of"
+        raise CompressorError(f"--init {source} has a {have}-class head but the data has {own[w].shape[0]} classes; "
+                              "pass --reinit-head to start the classifier fresh")
     model.load_state_dict(usable, strict=False)
-    return skipped
+    return in_head
 
 
 def set_trainable(model: torch.nn.Module, pattern: str | None) -> int:
@@ -68,8 +85,13 @@ def set_trainable(model: torch.nn.Module, pattern: str | None) -> int:
 
 
 def teach(*, data: DataOptions, model: str, out: str | Path, pretrained: bool = False, init: str | None = None,
-          trainable: str | None = None, train: TrainConfig | None = None, device: str = "auto") -> dict:
-    """Fine-tune a teacher and write its artifact directory. Returns metrics.json's content."""
+          trainable: str | None = None, train: TrainConfig | None = None, reinit_head: bool = False,
+          resume: bool = False, device: str = "auto") -> dict:
+    """Fine-tune a teacher and write its artifact directory. Returns metrics.json's content.
+
+    `resume` continues an interrupted run of the same command from its checkpoint (see
+    compressor.checkpoint); without it, any old checkpoint for `out` is discarded.
+    """
     started = time.time()
     train = train or TrainConfig(epochs=1)
     train.validate()
@@ -77,18 +99,24 @@ def teach(*, data: DataOptions, model: str, out: str | Path, pretrained: bool = 
         raise CompressorError("pass either --pretrained or --init, not both")
     dev = resolve_device(device)
     seed_everything(train.seed)
+    init_state = load_init(init) if init else None
     bundle = data.load()
+    ckpt = Checkpoints(out, "teach", resume)
     with ArtifactWriter(out) as writer:
         net = create_model(model, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0], pretrained=pretrained)
+        check_input_fits(net, bundle, model)
         skipped = []
-        if init:
-            skipped = apply_init(net, load_init(init), init)
+        if init_state is not None:
+            skipped = apply_init(net, init_state, init, reinit_head)
             if skipped:
-                log(f"teach: --init shapes differ for {', '.join(skipped)}; those start fresh")
+                log(f"teach: --reinit-head: {', '.join(skipped)} start fresh")
         n_train = set_trainable(net, trainable)
         log(f"teach: {model} ({count_params(net):,} params, {n_train:,} trainable) on {bundle.name} "
             f"({len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test)")
-        result = fit(Supervised(net), bundle, train, device=dev, desc="teach", stage="teach")
+        fingerprint = {"model": model, "init": init, "trainable": trainable, "train": vars(train),
+                       "data": bundle.identity}
+        result = fit(Supervised(net), bundle, train, device=dev, desc="teach", stage="teach",
+                     checkpoint=ckpt.fit("main", fingerprint))
         for p in net.parameters():
             p.requires_grad_(True)
         acc = test_accuracy(net, bundle, dev)
@@ -99,5 +127,6 @@ def teach(*, data: DataOptions, model: str, out: str | Path, pretrained: bool = 
                    "val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                    "history": result.history, **base_metrics(train.seed, started)}
         writer.commit(metrics)
+    ckpt.clear()
     log(f"teach: test accuracy {acc:.4f} -> {Path(out)}")
     return metrics
