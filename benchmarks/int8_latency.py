@@ -1,0 +1,42 @@
+"""Compare the batch latency of ONNX models fairly: measured in alternating rounds in one process.
+
+    python benchmarks/int8_latency.py runs/dense-export/model.int8.onnx runs/structured-full/export/model.int8.onnx
+
+Each round measures every model (median of --runs forward passes after warm-up); the result is the
+median over --rounds rounds, and each model's time relative to the first model per round, so load
+from other processes hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from compressor.export import latency_ms, session
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", help="ONNX files; the first is the reference")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    a = ap.parse_args()
+    sessions = [session(m, threads=a.threads) for m in a.models]
+    shape = [d if isinstance(d, int) else 1 for d in sessions[0].get_inputs()[0].shape[1:]]
+    times = [[] for _ in sessions]
+    for _ in range(a.rounds):
+        for i, s in enumerate(sessions):
+            times[i].append(latency_ms(s, shape, a.batch, runs=a.runs))
+    print(f"| model | median ms at batch {a.batch} | ratio to the first (median over {a.rounds} rounds) | "
+          "ratio range |")
+    print("|---|---|---|---|")
+    for m, t in zip(a.models, times):
+        ratios = [x / r for x, r in zip(t, times[0])]
+        print(f"| {m} | {statistics.median(t):.3f} | {statistics.median(ratios):.3f} | "
+              f"{min(ratios):.3f}–{max(ratios):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
