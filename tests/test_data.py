@@ -26,6 +26,20 @@ def test_augmentation_is_a_function_of_seed_epoch_index():
     assert torch.equal(x1, x2)
     l2.set_epoch(3)
     assert not torch.equal(l1.augmentation(torch.arange(50))[0], l2.augmentation(torch.arange(50))[0])
+    other_seed = d.loader("train", 64, train=True, seed=4)
+    other_seed.set_epoch(2)
+    assert not torch.equal(l1.augmentation(torch.arange(50))[0], other_seed.augmentation(torch.arange(50))[0])
+    # per sample, not per batch: sample i gets the same crop whatever batch it lands in, others differ
+    idx = torch.tensor([7, 3, 1000])
+    full = l1.augmentation(torch.arange(len(d.train)))
+    part = l1.augmentation(idx)
+    assert all(torch.equal(full[k][idx], part[k]) for k in range(3))
+    offsets = torch.stack(full[:2], 1)
+    assert len(torch.unique(offsets, dim=0)) > 10  # indices get different crops
+    small = d.loader("train", 16, train=True, seed=3)
+    small.set_epoch(2)
+    xs = torch.cat([x for x, _ in small][:4])
+    assert torch.equal(xs, x1)  # batch size 16 or 64: the same images, cropped the same
 
 
 def test_eval_loader_is_normalized_with_training_stats():

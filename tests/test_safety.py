@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -238,6 +239,13 @@ def test_rerunning_a_recipe_skips_unchanged_stages_and_reruns_from_a_change(tmp_
     assert not any(r["skipped"] for r in first)
     again = run_recipe(_recipe(0.5), out)
     assert all(r["skipped"] for r in again)
+    recipe = tmp_path / "r.yaml"  # the same through `compress run`
+    recipe.write_text(yaml.safe_dump({"name": "idem", "seed": 0, "device": "cpu", "data": {"name": "synthetic"},
+                                      "stages": [{"teach": {"model": "convtiny", "epochs": 1}},
+                                                 {"distill": {"student": "convverytiny", "epochs": 1, "alpha": 0.5}},
+                                                 {"prune": {"sparsity": 0.5, "finetune_epochs": 1}}]}))
+    res = CliRunner().invoke(app, ["run", str(recipe), "--out", str(out)])
+    assert res.exit_code == 0 and res.output.count("unchanged and verified, skipped") == 3, res.output
     changed = run_recipe(_recipe(0.3), out)
     assert [r["skipped"] for r in changed] == [True, False, False]  # distill and after rerun, teach does not
     # an artifact that no longer matches its record is rerun, with everything after it
