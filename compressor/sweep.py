@@ -101,7 +101,8 @@ def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list], *, at_epoc
             log(f"sweep {i}/{len(points)} {name}: finished earlier, skipped")
         else:
             log(f"sweep {i}/{len(points)} {name} -> {point_dir}")
-            run_stage("distill", cfg.model_copy(update={"cache_teacher": cache_teacher}), recipe, point_dir, paths,
+            cached = cache_teacher and cfg.scheme == "offline"  # online/self teachers change or are absent
+            run_stage("distill", cfg.model_copy(update={"cache_teacher": cached}), recipe, point_dir, paths,
                       last_model, device or recipe.device, out / "cache")
             state[name] = key
             atomic_write_json(state_path, state)

@@ -18,7 +18,7 @@ def invoke(*args):
 
 
 def test_every_command_has_help():
-    for cmd in ("teach", "select", "distill", "prune", "export", "eval", "run", "report"):
+    for cmd in ("teach", "select", "distill", "prune", "export", "eval", "run", "report", "sweep"):
         out = invoke(cmd, "--help").output
         assert "--help" in out and "Usage" in out
 
