@@ -158,8 +158,13 @@ def fit(task: nn.Module, data: DataBundle, cfg: TrainConfig, *, device: torch.de
     extra_optims = {k: v for k, v in vars(task).items() if isinstance(v, torch.optim.Optimizer)}
     stateful_hook = after_step if hasattr(after_step, "state_dict") else None
 
+    frozen = "teacher." if getattr(task, "teacher", None) is not None else None  # offline: never changes
+
+    def task_state() -> dict:
+        return {k: v for k, v in task.state_dict().items() if frozen is None or not k.startswith(frozen)}
+
     def snapshot(epoch: int, step: int, sums: dict, correct: int, seen: int) -> dict:
-        return {"task": task.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        return {"task": task_state(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "extra_optimizers": {k: o.state_dict() for k, o in extra_optims.items()},
                 "after_step": stateful_hook.state_dict() if stateful_hook else None,
                 "epoch": epoch, "step": step, "sums": sums, "correct": correct, "seen": seen,
@@ -168,7 +173,9 @@ def fit(task: nn.Module, data: DataBundle, cfg: TrainConfig, *, device: torch.de
 
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
-        task.load_state_dict(saved["task"])
+        missing, unexpected = task.load_state_dict(saved["task"], strict=False)
+        if unexpected or any(frozen is None or not k.startswith(frozen) for k in missing):
+            raise CompressorError(f"checkpoint {checkpoint.path} does not match this model; run without --resume")
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         for k, o in extra_optims.items():

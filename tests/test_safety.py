@@ -191,6 +191,25 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def _stop_at_check(n: int):
+    """A StopSignals that reports SIGTERM at its n-th check (one check per step and per epoch end)."""
+    import compressor.training as training
+
+    class StopAtCheck(training.StopSignals):
+        checks = 0
+
+        @property
+        def received(self):
+            StopAtCheck.checks += 1
+            return "SIGTERM" if StopAtCheck.checks >= n else None
+
+        @received.setter
+        def received(self, value):
+            pass
+
+    return StopAtCheck
+
+
 def test_resume_in_process_mid_epoch_matches(tmp_path, monkeypatch):
     """The same promise without subprocesses: stop at a chosen step, resume, compare bit for bit."""
     import compressor.training as training
@@ -198,22 +217,7 @@ def test_resume_in_process_mid_epoch_matches(tmp_path, monkeypatch):
     cfg = TrainConfig(epochs=2, lr=0.05)
     teach(data=SYN, model="convverytiny", out=tmp_path / "straight", train=cfg, device="cpu")
     real = training.StopSignals
-
-    class StopAtStep(real):
-        """Reports a SIGTERM at the 40th check: epoch 2, step 10 (29 steps and one epoch-end check before)."""
-
-        checks = 0
-
-        @property
-        def received(self):
-            StopAtStep.checks += 1
-            return "SIGTERM" if StopAtStep.checks >= 40 else None
-
-        @received.setter
-        def received(self, value):
-            pass
-
-    monkeypatch.setattr(training, "StopSignals", StopAtStep)
+    monkeypatch.setattr(training, "StopSignals", _stop_at_check(40))  # 29 steps + 1 epoch end, then step 10
     with pytest.raises(CompressorError, match="stopped by SIGTERM at epoch 2 step 10"):
         teach(data=SYN, model="convverytiny", out=tmp_path / "resumed", train=cfg, device="cpu")
     monkeypatch.setattr(training, "StopSignals", real)
@@ -221,6 +225,33 @@ def test_resume_in_process_mid_epoch_matches(tmp_path, monkeypatch):
     a = load_state_dict(tmp_path / "straight" / "model.safetensors")
     b = load_state_dict(tmp_path / "resumed" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distill_with_control_resumes_in_its_second_loop(tmp_path, teacher_dir, monkeypatch):
+    """Stopped while the control student trains: the distilled student's loop is restored from its own
+    checkpoint, the control resumes mid-epoch; everything equals the uninterrupted run."""
+    import compressor.training as training
+    from compressor.stages import distill
+
+    kw = dict(teacher=teacher_dir, student="convverytiny", data=SYN, train=TrainConfig(epochs=1, lr=0.05),
+              control=True, device="cpu")
+    straight = distill(out=tmp_path / "straight", **kw)
+    real = training.StopSignals
+    monkeypatch.setattr(training, "StopSignals", _stop_at_check(1))
+    with pytest.raises(CompressorError, match="at epoch 1 step 1;"):
+        distill(out=tmp_path / "resumed", **kw)  # the first loop already stops at its first check
+    monkeypatch.setattr(training, "StopSignals", _stop_at_check(28 + 1 + 5))  # main: steps 2-29 + end; control: 5
+    with pytest.raises(CompressorError, match="at epoch 1 step 5;"):
+        distill(out=tmp_path / "resumed", resume=True, **kw)
+    saved = torch.load(tmp_path / ".resumed.checkpoint" / "main.pt", weights_only=True)
+    assert not any(k.startswith("teacher.") for k in saved["task"])  # the frozen teacher is not copied
+    monkeypatch.setattr(training, "StopSignals", real)
+    resumed = distill(out=tmp_path / "resumed", resume=True, **kw)
+    assert resumed["accuracy"] == straight["accuracy"]
+    assert resumed["control_accuracy"] == straight["control_accuracy"]
+    for f in ("model.safetensors", "control.safetensors"):
+        a, b = load_state_dict(tmp_path / "straight" / f), load_state_dict(tmp_path / "resumed" / f)
+        assert all(torch.equal(a[k], b[k]) for k in a), f
 
 
 # 5. Re-running a recipe is idempotent -----------------------------------------------------------
