@@ -2,9 +2,9 @@
 
     python benchmarks/int8_latency.py runs/dense-export/model.int8.onnx runs/structured-full/export/model.int8.onnx
 
-Each round measures every model (median of --runs forward passes after warm-up); the result is the
-median over --rounds rounds, and each model's time relative to the first model per round, so load
-from other processes hits both alike.
+Each round loads and measures every model in turn (median of --runs forward passes after warm-up),
+one onnxruntime session alive at a time; the result is the median over --rounds rounds, and each
+model's time relative to the first model in the same round, so load from other processes hits all alike.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
     a = ap.parse_args()
-    sessions = [session(m, threads=a.threads) for m in a.models]
-    shape = [d if isinstance(d, int) else 1 for d in sessions[0].get_inputs()[0].shape[1:]]
-    times = [[] for _ in sessions]
+    shape = [d if isinstance(d, int) else 1 for d in session(a.models[0]).get_inputs()[0].shape[1:]]
+    times = [[] for _ in a.models]
     for _ in range(a.rounds):
-        for i, s in enumerate(sessions):
-            times[i].append(latency_ms(s, shape, a.batch, runs=a.runs))
+        for i, m in enumerate(a.models):
+            s = session(m, threads=a.threads)  # one live session at a time: idle onnxruntime threads
+            times[i].append(latency_ms(s, shape, a.batch, runs=a.runs))  # spin and would slow the others
+            del s
     print(f"| model | median ms at batch {a.batch} | ratio to the first (median over {a.rounds} rounds) | "
           "ratio range |")
     print("|---|---|---|---|")

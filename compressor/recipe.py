@@ -103,6 +103,7 @@ class ExportCfg(_Strict):
     calibration_batches: int = Field(8, ge=1)
     max_drop: Optional[float] = Field(None, ge=0)
     latency_batch: int = Field(64, ge=1)
+    fp32_stem: bool = False
 
 
 STAGES: dict[str, type[_Strict]] = {"teach": TeachCfg, "select": SelectCfg, "distill": DistillCfg,
@@ -294,7 +295,7 @@ def run_stage(kind: str, cfg: _Strict, recipe: Recipe, stage_dir: Path, paths: d
         export(last_model, data=data, out=stage_dir, int8=c["int8"], fp16=c["fp16"],
                calibration_method=c["calibration_method"], per_channel=c["per_channel"],
                calibration_batches=c["calibration_batches"], max_drop=c["max_drop"],
-               latency_batch=c["latency_batch"], seed=seed, device=device)
+               latency_batch=c["latency_batch"], fp32_stem=c["fp32_stem"], seed=seed, device=device)
 
 
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,

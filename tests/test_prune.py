@@ -134,3 +134,35 @@ def test_sparse_storage_with_a_bad_mask_is_refused(tmp_path):
     with pytest.raises(CompressorError, match="corrupt"):
         load_state_dict(tmp_path / "bad.safetensors")
     assert SPARSE_KEY in meta and set(load_file(str(tmp_path / "ok.safetensors"))) == {"w.nz_values", "w.nz_mask"}
+
+
+def test_fp32_stem_rewrite_keeps_outputs_and_leaves_the_rest_int8(workdir, student_dir, tmp_path):
+    import numpy as np
+    import onnx
+
+    from compressor.export import export_onnx, fp32_stem, session
+
+    model = load_artifact(student_dir).model
+    export_onnx(model, tmp_path / "m.onnx", [3, 16, 16])
+    g = onnx.load(str(tmp_path / "m.onnx"))
+    names = fp32_stem(g)
+    assert len(names) == 2 and [n.op_type for n in g.graph.node[:3]] == ["Conv", "MaxPool", "Relu"]
+    onnx.checker.check_model(g)
+    onnx.save(g, str(tmp_path / "swapped.onnx"))
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    a = session(tmp_path / "m.onnx").run(["logits"], {"input": x})[0]
+    b = session(tmp_path / "swapped.onnx").run(["logits"], {"input": x})[0]
+    assert np.allclose(a, b, atol=1e-5)  # max-pooling commutes with ReLU: same function
+    wide = create_model("convverytiny", num_classes=10, in_chans=8).eval()
+    export_onnx(wide, tmp_path / "wide.onnx", [8, 16, 16])
+    assert fp32_stem(onnx.load(str(tmp_path / "wide.onnx"))) == []  # an 8-channel input is left to int8
+
+    m = export(student_dir, data=SYN, out=workdir / "export-stem", int8=True, fp32_stem=True, device="cpu")
+    assert m["fp32_nodes"] == names and m["convs_wrapped_in_qdq"]
+    assert abs(m["accuracy_int8"] - m["accuracy_fp32"]) < 0.03 and m["agreement_fp32_int8"] > 0.9
+    q = onnx.load(str(workdir / "export-stem" / "model.int8.onnx")).graph
+    producers = {o: n for n in q.node for o in n.output}
+    convs = [n for n in q.node if n.op_type == "Conv"]
+    stem = [c for c in convs if c.name == names[0]]
+    assert stem and producers.get(stem[0].input[0]) is None  # the stem reads the float input directly
+    assert all(producers[c.input[0]].op_type == "DequantizeLinear" for c in convs if c.name != names[0])

@@ -25,8 +25,11 @@ SPARSITY_NOTE = ("ONNX stores weights densely; pruned zeros cost 4 bytes each ra
 def export(model_dir: str | Path, *, data: DataOptions, out: str | Path, onnx: bool = True, int8: bool = False,
            fp16: bool = False, calibration_batches: int = 8, calibration_method: str = "minmax",
            per_channel: bool = True, quant_format: str = "qdq", max_drop: float | None = None,
-           latency_batch: int = 64, seed: int = 0, device: str = "auto") -> dict:
+           latency_batch: int = 64, fp32_stem: bool = False, seed: int = 0, device: str = "auto") -> dict:
     """Export to ONNX (and int8, fp16); verify; write the artifact.
+
+    `fp32_stem`: keep the first Conv (on an input of at most 4 channels) and its MaxPool in float32
+    in the int8 model, where onnxruntime's int8 kernel is slowest (see compressor.export.fp32_stem).
 
     Verification: onnx.checker; onnxruntime vs PyTorch max abs difference at batch 1 and 8; accuracy
     of every exported model on the test split; fp32/int8 agreement; latency (median of repeated
@@ -69,7 +72,10 @@ def export(model_dir: str | Path, *, data: DataOptions, out: str | Path, onnx: b
         if int8:
             calib = [xb.numpy() for xb, _ in _take(bundle.loader("train", 64, seed=seed), calibration_batches)]
             variants["int8"] = writer.path("model.int8.onnx")
-            quantize_int8(fp32, variants["int8"], calib, per_channel=per_channel, method=calibration_method)
+            kept_fp32 = quantize_int8(fp32, variants["int8"], calib, per_channel=per_channel,
+                                      method=calibration_method, keep_stem_fp32=fp32_stem)
+            if fp32_stem and not kept_fp32:
+                log("export: --fp32-stem: no Conv on a <=4-channel input followed by a MaxPool; all int8")
         if fp16:
             variants["fp16"] = writer.path("model.fp16.onnx")
             convert_fp16(fp32, variants["fp16"])
@@ -98,7 +104,8 @@ def export(model_dir: str | Path, *, data: DataOptions, out: str | Path, onnx: b
             metrics.update({
                 "agreement_fp32_int8": float((preds["int8"] == preds["fp32"]).mean()),
                 "qdq_ops": {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")},
-                "convs_wrapped_in_qdq": convs_wrapped_in_qdq(variants["int8"]), "calibration_batches": len(calib),
+                "convs_wrapped_in_qdq": convs_wrapped_in_qdq(variants["int8"], skip=kept_fp32),
+                "fp32_nodes": kept_fp32, "calibration_batches": len(calib),
                 "calibration_method": calibration_method, "per_channel": per_channel,
                 "accuracy_drop_points": round(100 * (acc32 - acc8), 4)})
             if max_drop is not None and metrics["accuracy_drop_points"] > max_drop:
