@@ -66,3 +66,26 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_points(teacher_dir
                                                     "epochs": 2, "lr": 0.02}}]}, "test")
     rerun = run_sweep(changed, tmp_path, grid, at_epochs=[1, 2])
     assert not any(p["skipped"] for p in rerun["points"])
+
+
+def test_sweep_through_the_cli(teacher_dir, tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from compressor.cli.main import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "sw", "seed": 0, "device": "cpu", "data": {"name": "synthetic"},
+                                      "stages": [{"distill": {"student": "convverytiny", "teacher": str(teacher_dir),
+                                                              "epochs": 1}}]}))
+    res = CliRunner().invoke(app, ["sweep", str(recipe), "--grid", "distill.alpha=0.5,1", "--out", str(tmp_path / "run"),
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "hard labels" in res.output and "teacher's labels" in res.output and "alpha=0.5" in res.output
+    res = CliRunner().invoke(app, ["sweep", str(recipe), "--grid", "distill.alpha=0.5,1", "--out", str(tmp_path / "run"),
+                                   "--json", "--quiet"])
+    assert res.exit_code == 0 and all(p["skipped"] for p in json.loads(res.stdout)["points"])
+    res = CliRunner().invoke(app, ["sweep", str(recipe), "--grid", "distill.alpha=0.5", "--at-epochs", "x"])
+    assert res.exit_code == 1 and "--at-epochs" in res.output
