@@ -8,6 +8,7 @@ metrics.json is never read as an artifact.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -60,6 +61,27 @@ def zipped_size_of(data: bytes, name: str = "file") -> int:
 
 def zipped_size(path: Path) -> int:
     return zipped_size_of(Path(path).read_bytes(), Path(path).name)
+
+
+def recorded_model_sizes(artifact_dir: Path, metrics: dict) -> tuple[int, int]:
+    """(raw, zipped) bytes of an artifact's model.safetensors: as recorded in metrics.json when the
+    model was written, measured from the file for artifacts written before sizes were recorded."""
+    path = Path(artifact_dir) / MODEL_FILE
+    if "size_bytes" in metrics and "zipped_bytes" in metrics:
+        return metrics["size_bytes"], metrics["zipped_bytes"]
+    return path.stat().st_size, zipped_size(path)
+
+
+def json_digest(obj) -> str:
+    """sha256 (hex) of an object's canonical JSON: the keys of run records, checkpoints and caches."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def hash_file(h, path: Path) -> None:
+    """Feed a file's bytes into the hash `h`, a megabyte at a time."""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
 
 
 def atomic_write_json(path: Path, obj) -> None:

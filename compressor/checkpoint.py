@@ -12,9 +12,7 @@ It is read back with `torch.load(weights_only=True)`: no pickled code ever runs.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import random
 import shutil
 import signal
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 from compressor import CompressorError
-from compressor.artifacts import atomic_write_bytes
+from compressor.artifacts import atomic_write_bytes, json_digest
 
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -79,16 +77,25 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def checkpoint_dir(out: str | Path) -> Path:
+    """Where the checkpoints of the stage writing `out` live: `.<out name>.checkpoint/` beside it."""
+    out = Path(out).expanduser().absolute()
+    return out.parent / f".{out.name}.checkpoint"
+
+
+def has_checkpoint(out: str | Path) -> bool:
+    return any(checkpoint_dir(out).glob("*.pt"))
+
+
 class Checkpoints:
     """The checkpoints of one stage run, beside its output directory `out`."""
 
     def __init__(self, out: str | Path, stage: str, resume: bool = False) -> None:
-        out = Path(out).expanduser().absolute()
-        self.dir = out.parent / f".{out.name}.checkpoint"
-        self.stage, self.resume = stage, resume
-        if resume and not any(self.dir.glob("*.pt")):
-            raise CompressorError(f"--resume: no checkpoint of {stage} for {out} (looked in {self.dir}); "
-                                  "run without --resume to start fresh")
+        self.dir = checkpoint_dir(out)
+        self.resume = resume
+        if resume and not has_checkpoint(out):
+            raise CompressorError(f"--resume: no checkpoint of {stage} for {Path(out).expanduser().absolute()} "
+                                  f"(looked in {self.dir}); run without --resume to start fresh")
         if not resume and self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)  # a fresh run starts from nothing
 
@@ -105,11 +112,7 @@ class FitCheckpoint:
     def __init__(self, owner: Checkpoints, tag: str, fingerprint: dict) -> None:
         self.owner, self.tag = owner, tag
         self.path = owner.dir / f"{tag}.pt"
-        self.fingerprint = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
-
-    @property
-    def stage(self) -> str:
-        return self.owner.stage
+        self.fingerprint = json_digest(fingerprint)
 
     def load(self) -> dict | None:
         """The saved state when resuming and this loop has one; None to start it from scratch."""

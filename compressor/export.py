@@ -56,9 +56,16 @@ class _Reader:
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
+def check_calibration_method(method: str) -> None:
+    if method not in CALIBRATION_METHODS:
+        raise CompressorError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
+
+
 def fp32_stem(model) -> list[str]:
     """Prepare the stem (the first Conv, reading the graph input, of at most 4 channels, then an
-    optional Relu and a MaxPool) to stay float32; return its node names, or [] when there is no such stem.
+    optional Relu and a MaxPool) to stay float32; return its node names. A first Conv followed by
+    neither Relu nor MaxPool is kept float32 alone; a Conv -> Relu not followed by one MaxPool, or
+    no such Conv, gives [] (all int8).
 
     onnxruntime's int8 convolution spends most of its time on im2col when an image has 1-4 channels
     (about 8x the fp32 kernel on a 28x28 grayscale batch), whatever the layer's width, while its fp32
@@ -115,8 +122,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: list[np.ndarray
 
     if not calibration:
         raise CompressorError("int8 quantization needs at least one calibration batch")
-    if method not in CALIBRATION_METHODS:
-        raise CompressorError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
+    check_calibration_method(method)
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     with tempfile.TemporaryDirectory(dir=Path(int8_path).parent) as tmp:

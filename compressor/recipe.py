@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Literal, Optional, Union
@@ -12,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compressor import CompressorError
-from compressor.artifacts import METRICS_FILE, atomic_write_json, read_json
+from compressor.artifacts import METRICS_FILE, atomic_write_json, hash_file, json_digest, read_json
 from compressor.console import log
 from compressor.data import DATA_NAMES
 
@@ -206,7 +205,7 @@ def _dependency_problems(kind: str, cfg, seen: list[str]) -> list[str]:
 
 
 def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(obj)[:16]
 
 
 def stage_key(upstream: str, kind: str, cfg: _Strict) -> str:
@@ -241,9 +240,7 @@ def artifact_digest(stage_dir: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in Path(stage_dir).iterdir() if p.is_file()):
         h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        hash_file(h, f)
     return h.hexdigest()
 
 
@@ -262,7 +259,9 @@ def run_stage(kind: str, cfg: _Strict, recipe: Recipe, stage_dir: Path, paths: d
     data = DataOptions(name=d.name, root=d.root, image_size=d.image_size, download=d.download,
                        train_size=c.get("train_size") or d.train_size)
     train_keys = ("epochs", "lr", "batch_size", "optimizer", "weight_decay")
-    resume = resume and any((stage_dir.parent / f".{stage_dir.name}.checkpoint").glob("*.pt"))
+    from compressor.checkpoint import has_checkpoint
+
+    resume = resume and has_checkpoint(stage_dir)
     if resume:
         log(f"run: {stage_dir.name}: resuming from its checkpoint")
     if kind == "teach":
@@ -321,8 +320,10 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
         key = stage_key(upstream, kind, cfg)
         t0 = time.time()
         rec = state.get(name)
-        digest = artifact_digest(stage_dir) if (stage_dir / METRICS_FILE).is_file() else None
-        skipped = isinstance(rec, dict) and rec.get("key") == key and digest is not None and rec.get("digest") == digest
+        # hash the artifact only when the record could match (a teacher's weights are tens of MB)
+        digest = (artifact_digest(stage_dir) if isinstance(rec, dict) and rec.get("key") == key
+                  and (stage_dir / METRICS_FILE).is_file() else None)
+        skipped = digest is not None and rec.get("digest") == digest
         if skipped:
             log(f"run: {name}: unchanged and verified, skipped")
         else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from compressor import CompressorError
-from compressor.artifacts import METRICS_FILE, MODEL_FILE, read_json, zipped_size
+from compressor.artifacts import METRICS_FILE, MODEL_FILE, read_json, recorded_model_sizes
 
 ORDER = ("teach", "select", "distill", "prune", "export")
 
@@ -45,10 +45,8 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
             row["zipped_bytes"] = m["zipped_bytes_int8"]
         elif "zipped_bytes_fp32" in m:
             row["zipped_bytes"] = m["zipped_bytes_fp32"]
-        elif "zipped_bytes" in m:  # recorded when the stage wrote model.safetensors
-            row["zipped_bytes"] = m["zipped_bytes"]
-        elif (d / MODEL_FILE).is_file():  # artifacts written before sizes were recorded
-            row["zipped_bytes"] = zipped_size(d / MODEL_FILE)
+        elif "zipped_bytes" in m or (d / MODEL_FILE).is_file():
+            row["zipped_bytes"] = recorded_model_sizes(d, m)[1]
         rows.append(row)
     return rows
 
@@ -171,19 +169,27 @@ def cross_rows(outs: list[ModelOutputs], labels: torch.Tensor) -> list[dict]:
     return rows
 
 
-def _save_png(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-
-
-def image_grid(outs: list[ModelOutputs], labels, images, class_names: list[str], path: Path, limit: int = 24) -> int:
-    """Test images the distilled student gets right and the teacher wrong, both predictions as captions."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_png(fig, path: Path) -> None:
+    """Write the figure to a temporary name, then rename it into place; close the figure."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    pyplot().close(fig)
+    tmp.replace(path)
+
+
+def image_grid(outs: list[ModelOutputs], labels, images, class_names: list[str], path: Path, limit: int = 24) -> int:
+    """Test images the distilled student gets right and the teacher wrong, both predictions as captions."""
+    plt = pyplot()
     teacher, student = outs[0], outs[-1]
     idx = torch.nonzero((student.pred == labels) & (teacher.pred != labels)).flatten()
     shown = idx[:limit].tolist()
@@ -201,18 +207,13 @@ def image_grid(outs: list[ModelOutputs], labels, images, class_names: list[str],
     fig.suptitle(f"distilled student right, teacher wrong: {len(idx)} test images ({len(shown)} shown); "
                  "the student's label is the true one", fontsize=9)
     fig.tight_layout()
-    _save_png(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
     return len(idx)
 
 
 def learning_curves(run: Path, path: Path) -> list[str]:
     """Train loss and validation accuracy per epoch for every stage that trained."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     curves = []
     for d in stage_dirs(run):
         m = read_json(d / METRICS_FILE)
@@ -231,8 +232,7 @@ def learning_curves(run: Path, path: Path) -> list[str]:
         ax.grid(alpha=0.3)
     b.legend(fontsize=8)
     fig.tight_layout()
-    _save_png(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
     return [name for name, _ in curves]
 
 

@@ -164,12 +164,11 @@ def results_markdown(result: dict) -> str:
 
 
 def heatmap(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    from compressor.report import pyplot, save_png
+
+    plt = pyplot()
     row_keys, row_vals, col_key, col_vals = table_layout(result)
     epochs = result["at_epochs"]
     fig, axes = plt.subplots(2, len(epochs), figsize=(1.2 + 1.1 * len(col_vals) * len(epochs),
@@ -191,7 +190,4 @@ def heatmap(result: dict, path: Path) -> None:
             ax.set_title(f"epoch {epoch}: {label}", fontsize=9)
     fig.suptitle("best validation accuracy", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path)

@@ -44,6 +44,7 @@ LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine s
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Training batch size.")]
 OptimOpt = Annotated[Optim, typer.Option("--optimizer", help="SGD with Nesterov momentum 0.9, or Adam.")]
 WeightDecayOpt = Annotated[float, typer.Option("--weight-decay", help="L2 weight decay.")]
+RecipeDeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Override the recipe's device: auto, cpu or cuda.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of this same command from its checkpoint (.OUT.checkpoint/ beside --out); an error if there is none.")]
 OutOpt = Annotated[str, typer.Option("--out", help="Artifact directory to write (replaced atomically if it is one).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialization, data order and augmentation.")]

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from compressor.cli.common import _apply_runtime, command, stdout
-from compressor.cli.options import JsonOpt, QuietOpt, WorkersOpt
+from compressor.cli.options import JsonOpt, QuietOpt, RecipeDeviceOpt, WorkersOpt
 from compressor.recipe import load_recipe, run_recipe
 from compressor.report import summary_rows, summary_table
 
@@ -16,7 +16,7 @@ def run(
     out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default: runs/<recipe name>); one subdirectory per stage.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage (Ctrl-C, SIGTERM, a crash) from its checkpoint instead of starting it over.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, even those whose inputs are unchanged and whose artifact verifies.")] = False,
-    device: Annotated[Optional[str], typer.Option("--device", help="Override the recipe's device: auto, cpu or cuda.")] = None,
+    device: RecipeDeviceOpt = None,
     workers: WorkersOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,

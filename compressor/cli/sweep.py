@@ -7,7 +7,7 @@ from rich.table import Table
 
 from compressor import CompressorError
 from compressor.cli.common import _apply_runtime, command, stdout
-from compressor.cli.options import JsonOpt, QuietOpt, WorkersOpt
+from compressor.cli.options import JsonOpt, QuietOpt, RecipeDeviceOpt, WorkersOpt
 from compressor.recipe import load_recipe
 from compressor.sweep import SWEEP_DIR, cell, parse_grid, run_sweep, table_layout
 
@@ -19,7 +19,7 @@ def sweep(
     at_epochs: Annotated[Optional[str], typer.Option("--at-epochs", help="Report the best validation accuracy up to these epochs, e.g. 10,20,50 (each point trains max(at-epochs) epochs; default: the recipe's distill epochs).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default: runs/<recipe name>); points go to <out>/sweep/<point>/.")] = None,
     cache_teacher: Annotated[bool, typer.Option("--cache-teacher/--no-cache-teacher", help="Reuse the frozen teacher's outputs across points (offline distillation; default on).")] = True,
-    device: Annotated[Optional[str], typer.Option("--device", help="Override the recipe's device: auto, cpu or cuda.")] = None,
+    device: RecipeDeviceOpt = None,
     workers: WorkersOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -17,20 +17,17 @@ previous state or the new one.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from compressor.artifacts import MODEL_FILE, atomic_write_bytes, atomic_write_json
+from compressor.artifacts import MODEL_FILE, atomic_write_bytes, atomic_write_json, hash_file, json_digest
 
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    hash_file(h, path)
     return h.hexdigest()
 
 
@@ -47,8 +44,7 @@ class TeacherCache:
     """
 
     def __init__(self, root: str | Path, key: dict, num_samples: int) -> None:
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self.dir = Path(root) / digest
+        self.dir = Path(root) / json_digest(key)[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "key.json").is_file():
             atomic_write_json(self.dir / "key.json", key)

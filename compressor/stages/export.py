@@ -12,7 +12,7 @@ import torch
 from compressor import CompressorError
 from compressor.artifacts import MODEL_FILE, ArtifactWriter, base_metrics, load_artifact, zipped_size
 from compressor.console import log
-from compressor.export import (CALIBRATION_METHODS, convert_fp16, convs_wrapped_in_qdq, export_onnx, latency_ms,
+from compressor.export import (check_calibration_method, convert_fp16, convs_wrapped_in_qdq, export_onnx, latency_ms,
                                op_counts, ort_predict, quantize_int8, session)
 from compressor.models import count_params
 from compressor.stages.common import DataOptions
@@ -41,9 +41,7 @@ def export(model_dir: str | Path, *, data: DataOptions, out: str | Path, onnx: b
         raise CompressorError("export writes ONNX; pass --onnx")
     if calibration_batches < 1:
         raise CompressorError(f"--calibration-batches must be at least 1, got {calibration_batches}")
-    if calibration_method not in CALIBRATION_METHODS:
-        raise CompressorError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                              f"got '{calibration_method}'")
+    check_calibration_method(calibration_method)
     if quant_format != "qdq":
         raise CompressorError(f"--format must be qdq (QuantizeLinear/DequantizeLinear pairs), got '{quant_format}'")
     if max_drop is not None and max_drop < 0:

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from compressor import CompressorError
-from compressor.artifacts import MODEL_FILE, ArtifactWriter, base_metrics, load_artifact, state_dict_for_saving, zipped_size
+from compressor.artifacts import (ArtifactWriter, base_metrics, load_artifact, recorded_model_sizes,
+                                  state_dict_for_saving)
 from compressor.checkpoint import Checkpoints
 from compressor.console import log
 from compressor.distill import build_distiller
@@ -55,7 +56,7 @@ def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity
     shape = art.spec["input_shape"]
     exclude = () if include_all else default_exclusions(model)
     acc_before, params_before = test_accuracy(model, bundle, dev), count_params(model)
-    size_before = ((art.path / MODEL_FILE).stat().st_size, zipped_size(art.path / MODEL_FILE))
+    size_before = recorded_model_sizes(art.path, art.metrics)
     metrics: dict = {}
     ckpt = Checkpoints(out, "prune", resume)
     fingerprint = {"source": str(Path(model_dir).absolute()), "sparsity": sparsity, "structured": structured,
