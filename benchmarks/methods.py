@@ -17,8 +17,6 @@ from pathlib import Path
 from compressor.console import set_quiet
 from compressor.distill import METHODS
 from compressor.stages import distill, teach
-from compressor.stages.common import DataOptions
-from compressor.training import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,19 +41,19 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out)
     teacher = Path(a.teacher) if a.teacher else out / "teacher"
     if not a.teacher:
-        teach(data=DataOptions(a.data, a.data_root), model=a.teacher_model, out=teacher,
-              train=TrainConfig(epochs=a.teacher_epochs, lr=0.05, seed=a.seed))
-    data = DataOptions(a.data, a.data_root, train_size=a.train_size)
+        teach(data=a.data, data_root=a.data_root, model=a.teacher_model, out=teacher, epochs=a.teacher_epochs,
+              lr=0.05, seed=a.seed)
+    data = {"data": a.data, "data_root": a.data_root, "train_size": a.train_size}
     rows = []
     runs = [("student alone (alpha=1)", "kd", {"alpha": 1.0})] + [(m, m, {}) for m in a.methods.split(",")]
     for label, method, extra in runs:
         run_dir = out / label.split()[0].replace("student", "alone")
         want = {"teacher": str(teacher.absolute()), "student": a.student, "method": method, "epochs": a.epochs,
-                "lr": a.lr, "seed": a.seed, "alpha": extra.get("alpha", 0.5)}
+                "lr": a.lr, "seed": a.seed, **extra}
         m = _finished(run_dir, want, a.train_size) if a.reuse else None
         if m is None:
-            m = distill(teacher=teacher, student=a.student, data=data, out=run_dir, method=method,
-                        train=TrainConfig(epochs=a.epochs, lr=a.lr, seed=a.seed), **extra)
+            m = distill(teacher=teacher, student=a.student, **data, out=run_dir, method=method, epochs=a.epochs,
+                        lr=a.lr, seed=a.seed, **extra)
         rows.append({"method": label, "accuracy": m["accuracy"], "agreement": m["agreement"],
                      "wall_time_s": m["wall_time_s"]})
         teacher_acc = m["teacher_accuracy"]

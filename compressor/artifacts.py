@@ -29,14 +29,6 @@ from compressor import CompressorError, __version__
 MODEL_FILE, SPEC_FILE, METRICS_FILE = "model.safetensors", "model.json", "metrics.json"
 CONTROL_FILE = "control.safetensors"  # distill --control: the same student trained alone
 
-# Pruned tensors are stored sparse inside the safetensors file: "<name>.nz_values" (the non-zero
-# values, in order) and "<name>.nz_mask" (one bit per element, numpy packbits little-endian), their
-# shapes in the file's metadata under SPARSE_KEY. A tensor is stored this way only when at least
-# SPARSE_MIN_ZEROS of a conv or linear weight is exactly zero, so dense models keep the plain layout
-# any safetensors reader understands.
-SPARSE_KEY, SPARSE_MIN_ZEROS = "compressor.sparse", 0.25
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -109,10 +101,14 @@ def versions() -> dict:
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Plain contiguous CPU tensors; shared storage is cloned so safetensors accepts it."""
+    """Plain contiguous CPU tensors; shared storage is cloned so safetensors accepts it. A pruned
+    weight's zeros are stored as +0.0 (masking leaves -0.0 where a weight was negative: the same
+    number, but its sign bit costs bytes once zipped)."""
     out, seen = {}, set()
     for k, v in model.state_dict().items():
         t = v.detach().cpu()
+        if t.is_floating_point():
+            t = t + 0.0  # -0.0 + 0.0 == +0.0; every other value is unchanged, bit for bit
         ptr = t.untyped_storage().data_ptr() if t.numel() else None
         if ptr in seen:
             t = t.clone()
@@ -121,49 +117,12 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def encode_sparse(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Replace mostly-zero float tensors by (non-zero values, packed bit mask): pruning saves real bytes."""
-    import numpy as np
-
-    out, shapes = {}, {}
-    for k, t in state.items():
-        if t.is_floating_point() and t.dim() >= 2 and t.numel() >= 64:  # conv and linear weights
-            nz = t.reshape(-1) != 0
-            if 1 - nz.float().mean().item() >= SPARSE_MIN_ZEROS:
-                out[f"{k}.nz_values"] = t.reshape(-1)[nz].contiguous()
-                out[f"{k}.nz_mask"] = torch.from_numpy(np.packbits(nz.numpy(), bitorder="little"))
-                shapes[k] = list(t.shape)
-                continue
-        out[k] = t
-    return out, ({SPARSE_KEY: json.dumps(shapes)} if shapes else {})
-
-
-def decode_sparse(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, source) -> dict:
-    """Inverse of `encode_sparse`; a mask that does not match its values is reported as corruption."""
-    import numpy as np
-
-    shapes = json.loads((metadata or {}).get(SPARSE_KEY, "{}"))
-    for k, shape in shapes.items():
-        try:
-            values, packed = state.pop(f"{k}.nz_values"), state.pop(f"{k}.nz_mask")
-        except KeyError:
-            raise CompressorError(f"{source} is corrupt: sparse tensor {k} lacks its values or mask") from None
-        n = int(np.prod(shape))
-        mask = np.unpackbits(packed.numpy(), count=n, bitorder="little").astype(bool)
-        if mask.sum() != values.numel():
-            raise CompressorError(f"{source} is corrupt: sparse tensor {k} has {values.numel()} values "
-                                  f"for {int(mask.sum())} mask bits")
-        dense = torch.zeros(n, dtype=values.dtype)
-        dense[torch.from_numpy(mask)] = values
-        state[k] = dense.reshape(shape)
-    return state
-
-
 def weights_bytes(model: nn.Module) -> bytes:
-    """The safetensors file of a model's weights (pruned ones sparse)."""
+    """The safetensors file of a model's weights: a plain state dict, pruned zeros stored as zeros
+    (they cost nothing once zipped), readable by `safetensors.torch.load_file` + `load_state_dict`."""
     from safetensors.torch import save
 
-    return save(*encode_sparse(state_dict_for_saving(model)))
+    return save(state_dict_for_saving(model))
 
 
 class ArtifactWriter:
@@ -198,11 +157,11 @@ class ArtifactWriter:
     def path(self, name: str) -> Path:
         return self.dir / name
 
-    def save_model(self, model: nn.Module, spec: dict) -> None:
-        """Write weights (pruned tensors sparse) and spec; raw and zipped sizes go into metrics.json."""
+    def save_model(self, model: nn.Module, spec) -> None:
+        """Write weights and spec (a ModelSpec); raw and zipped sizes go into metrics.json."""
         data = weights_bytes(model)
         atomic_write_bytes(self.dir / MODEL_FILE, data)
-        atomic_write_json(self.dir / SPEC_FILE, spec)
+        atomic_write_json(self.dir / SPEC_FILE, spec.to_json() if hasattr(spec, "to_json") else spec)
         self.model_sizes = {"size_bytes": len(data), "zipped_bytes": zipped_size_of(data, MODEL_FILE)}
 
     def save_weights(self, model: nn.Module, name: str) -> None:
@@ -253,7 +212,7 @@ def check_output_dir(path: Path) -> None:
 @dataclass
 class Artifact:
     path: Path
-    spec: dict
+    spec: object  # a compressor.models.ModelSpec, or None for artifacts without a model (select)
     metrics: dict
     model: nn.Module | None = None
 
@@ -274,9 +233,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata()
             state = {k: f.get_tensor(k) for k in f.keys()}
-        state = decode_sparse(state, metadata, path)
     except (SafetensorError, OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         raise CompressorError(f"{path} is corrupt or not a safetensors file ({str(e)[:120]})") from None
     check_finite(state, path)
@@ -292,18 +249,18 @@ def check_finite(state: dict[str, torch.Tensor], source) -> None:
 
 def load_artifact(path: str | os.PathLike, *, with_model: bool = True) -> Artifact:
     """Read a complete artifact directory and rebuild its model from model.json alone."""
-    from compressor.models import build_from_spec
+    from compressor.models import ModelSpec, build_from_spec
 
     p = Path(path).expanduser()
     if not p.is_dir():
         raise CompressorError(f"artifact directory {p} does not exist")
     if not (p / METRICS_FILE).is_file():
         raise CompressorError(f"{p} is not a complete artifact (no {METRICS_FILE}); rerun the stage that writes it")
-    spec = read_json(p / SPEC_FILE) if (p / SPEC_FILE).is_file() else {}
+    spec = ModelSpec.read(read_json(p / SPEC_FILE), p / SPEC_FILE) if (p / SPEC_FILE).is_file() else None
     metrics = read_json(p / METRICS_FILE)
     art = Artifact(p, spec, metrics)
     if with_model:
-        if not spec:
+        if spec is None:
             raise CompressorError(f"{p} has no {SPEC_FILE}; it is not a model artifact")
         state = load_state_dict(p / MODEL_FILE)
         model = build_from_spec(spec)

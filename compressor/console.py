@@ -16,10 +16,6 @@ def set_quiet(quiet: bool) -> None:
     _state["quiet"] = quiet
 
 
-def is_quiet() -> bool:
-    return _state["quiet"]
-
-
 def log(message: str) -> None:
     """One progress line on stderr (not shown with --quiet)."""
     if not _state["quiet"]:

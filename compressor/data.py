@@ -240,15 +240,24 @@ def _imagefolder(root: Path, image_size: int | None):
         elif names != classes:
             raise CompressorError(f"{folder} has classes {names} but train/ has {classes}")
         size = image_size or 64
-        images, labels = [], []
+        images, labels, unreadable = [], [], []
         for label, name in enumerate(names):
             for f in sorted((folder / name).iterdir()):
                 if f.suffix.lower() not in IMAGE_EXTENSIONS:
                     continue
-                with Image.open(f) as im:
-                    im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-                    images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+                try:
+                    with Image.open(f) as im:
+                        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                except (OSError, ValueError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
+                    unreadable.append(f)
+                    continue
+                images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
                 labels.append(label)
+        if unreadable:
+            more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+            raise CompressorError(f"cannot read image {unreadable[0]}{more} ({len(unreadable)} unreadable file"
+                                  f"{'s' if len(unreadable) > 1 else ''} under {folder}); remove or fix "
+                                  f"{'them' if len(unreadable) > 1 else 'it'}")
         if not images:
             raise CompressorError(f"{folder} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         splits[split] = Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))

@@ -5,10 +5,11 @@ A model is described by a spec (the `model.json` of its artifact) and rebuilt fr
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compressor import CompressorError
 
@@ -87,7 +88,10 @@ def create_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool
     if name in _BUILTIN:
         if pretrained:
             raise CompressorError(f"built-in model '{name}' has no pretrained weights; drop --pretrained")
-        return _BUILTIN[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+        try:
+            return _BUILTIN[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+        except TypeError as e:
+            raise CompressorError(f"model '{name}' does not accept the arguments {sorted(kwargs)} ({e})") from None
     import timm
 
     if not timm.is_model(name):
@@ -131,18 +135,51 @@ def _force_hub_offline() -> None:
         pass
 
 
-def build_from_spec(spec: dict) -> nn.Module:
+class ModelSpec(BaseModel):
+    """model.json: what rebuilds a model (as timm's PretrainedCfg), validated on load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    architecture: str
+    kwargs: dict[str, Any] = {}
+    num_classes: int = Field(ge=1)
+    input_shape: list[int] = Field(min_length=3, max_length=3)
+    mean: list[float]
+    std: list[float]
+    class_names: list[str] = []
+    stage: str = ""
+    data: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    structured_pruning: list[list[dict[str, Any]]] = []
+
+    @classmethod
+    def read(cls, obj: dict, source) -> ModelSpec:
+        """Validate a model.json's content; every problem is one line naming the field."""
+        if not isinstance(obj, dict):
+            raise CompressorError(f"{source} is not a model spec (a JSON object)")
+        try:
+            return cls.model_validate(obj)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'spec'}: "
+                                 f"{'unknown field' if err['type'] == 'extra_forbidden' else err['msg']}"
+                                 for err in e.errors())
+            raise CompressorError(f"{source} is not a valid model spec: {problems}") from None
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def build_from_spec(spec: ModelSpec | dict) -> nn.Module:
     """Rebuild a model from a model.json spec (no weights), replaying any structured pruning."""
-    try:
-        model = create_model(spec["architecture"], num_classes=spec["num_classes"],
-                             in_chans=spec["input_shape"][0], **spec.get("kwargs", {}))
-    except KeyError as e:
-        raise CompressorError(f"model.json lacks the key {e}") from None
-    if spec.get("structured_pruning"):
+    if not isinstance(spec, ModelSpec):
+        spec = ModelSpec.read(spec, "model.json")
+    model = create_model(spec.architecture, num_classes=spec.num_classes, in_chans=spec.input_shape[0],
+                         **spec.kwargs)
+    if spec.structured_pruning:
         from compressor.prune import remove_channels
 
-        for plan in spec["structured_pruning"]:
-            remove_channels(model, spec["input_shape"], plan)
+        for plan in spec.structured_pruning:
+            remove_channels(model, spec.input_shape, plan)
     return model
 
 

@@ -5,108 +5,38 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from compressor import CompressorError
 from compressor.artifacts import METRICS_FILE, atomic_write_json, hash_file, json_digest, read_json
+from compressor.config import STAGE_CONFIGS, Config, DataFields, field_extra
 from compressor.console import log
-from compressor.data import DATA_NAMES
-
-Optim = Literal["sgd", "adam"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def derived(name: str, source: type[Config], *, rename: dict[str, str] | None = None,
+            overrides: dict | None = None, keep=lambda info: field_extra(info).get("recipe", True)) -> type[Config]:
+    """A recipe schema made from a stage config's own fields: same names, types, defaults, bounds."""
+    rename, overrides, fields = rename or {}, overrides or {}, {}
+    for field_name, info in source.model_fields.items():
+        if not keep(info):
+            continue
+        key = rename.get(field_name, info.alias or field_name)
+        annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        default = ... if info.is_required() else info.default
+        fields[key] = overrides.get(key) or (annotation, Field(default, description=info.description))
+    return create_model(name, __base__=Config, **fields)
 
 
-class DataCfg(_Strict):
-    name: Literal[DATA_NAMES]  # type: ignore[valid-type]
-    root: Optional[str] = None
-    image_size: Optional[int] = Field(None, ge=8)
-    train_size: Optional[int] = Field(None, ge=1)
-    download: bool = False
-
-
-class _TrainCfg(_Strict):
-    train_size: Optional[int] = Field(None, ge=1)  # overrides data.train_size for this stage
-    epochs: int = Field(3, ge=0)
-    lr: float = Field(0.05, gt=0)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Optim = "sgd"
-    weight_decay: float = Field(5e-4, ge=0)
-
-
-class TeachCfg(_TrainCfg):
-    model: str
-    pretrained: bool = False
-    init: Optional[str] = None
-    reinit_head: bool = False
-    trainable: Optional[str] = None
-
-
-class SelectCfg(_Strict):
-    top_k: int = Field(ge=1)
-    layers: Union[str, list[str]] = "auto"
-    samples: int = Field(5000, ge=2)
-
-
-class DistillCfg(_TrainCfg):
-    student: str
-    teacher: Optional[str] = None  # an artifact dir; default: the recipe's teach stage
-    method: Literal["kd", "mse", "fitnet", "at", "rkd", "vid", "l2tww"] = "kd"
-    scheme: Literal["offline", "online", "self"] = "offline"
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.5, ge=0, le=1)
-    beta: Optional[float] = Field(None, ge=0)
-    layers: Optional[str] = None
-    pairs: Literal["matched", "all"] = "matched"
-    hint_epochs: int = Field(1, ge=0)
-    chunk_size: int = Field(1800, ge=1)
-    buffer_chunks: int = Field(5, ge=1)
-    epochs_per_buffer: int = Field(2, ge=1)
-    distill_after: int = Field(5, ge=0)
-    trainable: Optional[str] = None
-    teacher_lr: float = Field(1e-3, gt=0)
-    control: bool = False
-    cache_teacher: bool = False
-    epochs: int = Field(5, ge=0)
-
-
-class PruneCfg(_Strict):
-    sparsity: float = Field(ge=0, lt=1)
-    train_size: Optional[int] = Field(None, ge=1)
-    structured: bool = False
-    schedule: Literal["oneshot", "gradual"] = "gradual"
-    scope: Literal["global", "layer"] = "global"
-    include_all: bool = False
-    importance: Literal["magnitude", "discriminability"] = "magnitude"
-    method: Literal["kd", "mse", "fitnet", "at", "rkd", "vid", "l2tww"] = "kd"
-    finetune_epochs: int = Field(1, ge=0)
-    teacher: bool = False  # fine-tune while distilling from the recipe's teach stage
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.5, ge=0, le=1)
-    lr: float = Field(0.01, gt=0)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Optim = "sgd"
-    weight_decay: float = Field(5e-4, ge=0)
-
-
-class ExportCfg(_Strict):
-    int8: bool = False
-    fp16: bool = False
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    per_channel: bool = True
-    calibration_batches: int = Field(8, ge=1)
-    max_drop: Optional[float] = Field(None, ge=0)
-    latency_batch: int = Field(64, ge=1)
-    fp32_stem: bool = False
-
-
-STAGES: dict[str, type[_Strict]] = {"teach": TeachCfg, "select": SelectCfg, "distill": DistillCfg,
-                                    "prune": PruneCfg, "export": ExportCfg}
+DATA_KEYS = {"data": "name", "data_root": "root"}  # recipe spelling of the --data options
+DataCfg = derived("DataCfg", DataFields, rename=DATA_KEYS, keep=lambda info: True)
+STAGES: dict[str, type[Config]] = {
+    kind: derived(f"{cls.__name__}Recipe", cls, overrides={"teacher": (bool, Field(
+        False, description="fine-tune while distilling from the recipe's teach stage"))} if kind == "prune" else None)
+    for kind, cls in STAGE_CONFIGS.items()}
+DistillCfg = STAGES["distill"]
 MODEL_STAGES = ("teach", "distill", "prune")
 
 
@@ -115,7 +45,7 @@ class Recipe(BaseModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataCfg
-    stages: list[tuple[str, _Strict]]
+    stages: list[tuple[str, Config]]
 
 
 def _fmt(loc) -> str:
@@ -156,7 +86,7 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
             data = DataCfg.model_validate(raw["data"])
         except ValidationError as e:
             errors += [f"data.{_fmt(err['loc'])}: {_msg(err)}" for err in e.errors()]
-    stages: list[tuple[str, _Strict]] = []
+    stages: list[tuple[str, Config]] = []
     raw_stages = raw.get("stages", [])
     if not isinstance(raw_stages, list) or ("stages" in raw and not raw_stages):
         errors.append("stages: a non-empty list of {stage: {options}} items")
@@ -172,16 +102,29 @@ def parse_recipe(raw, source: str = "recipe") -> Recipe:
             continue
         try:
             cfg = STAGES[kind].model_validate(opts or {})
-            stages.append((kind, cfg))
         except ValidationError as e:
             errors += [f"stages.{i}.{kind}.{_fmt(err['loc'])}: {_msg(err)}" for err in e.errors()]
             cfg = None
-        errors += [f"stages.{i}.{kind}: {m}" for m in _dependency_problems(kind, cfg, seen)]
+        problems = _dependency_problems(kind, cfg, seen)
+        errors += [f"stages.{i}.{kind}: {m}" for m in problems]
+        if cfg is not None and data is not None and not problems:  # options that only clash together
+            errors += [f"stages.{i}.{kind}: {m}" for m in _combination_problems(kind, cfg, data, seen)]
+        stages.append((kind, cfg))
         seen.append(kind)
     if errors:
         n = len(errors)
         raise CompressorError(f"{source} has {n} problem{'s' if n > 1 else ''}: " + "; ".join(errors))
     return Recipe(name=top["name"], seed=top.get("seed", 0), device=top.get("device", "auto"), data=data, stages=stages)
+
+
+def _combination_problems(kind: str, cfg: Config, data, seen: list[str]) -> list[str]:
+    """Build the stage's full config with placeholder inputs: its cross-option checks run before anything does."""
+    probe = Recipe(name="probe", data=data, stages=[])
+    try:
+        stage_config(kind, cfg, probe, "<out>", {k: Path(f"<{k}>") for k in seen}, Path("<model>"), "auto")
+    except CompressorError as e:
+        return [str(e)]
+    return []
 
 
 def _msg(err) -> str:
@@ -208,7 +151,7 @@ def _hash(obj) -> str:
     return json_digest(obj)[:16]
 
 
-def stage_key(upstream: str, kind: str, cfg: _Strict) -> str:
+def stage_key(upstream: str, kind: str, cfg: Config) -> str:
     """What a stage's result depends on: everything upstream, its kind and its resolved settings."""
     return _hash({"upstream": upstream, "cfg": cfg.model_dump(), "kind": kind})
 
@@ -244,57 +187,63 @@ def artifact_digest(stage_dir: Path) -> str:
     return h.hexdigest()
 
 
-def run_stage(kind: str, cfg: _Strict, recipe: Recipe, stage_dir: Path, paths: dict[str, Path],
+def stage_config(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path | str, paths: dict[str, Path],
+                 last_model: Path | None, device: str, cache_dir: Path | None = None, resume: bool = False) -> Config:
+    """The stage's full config: the recipe's settings for it, the recipe's data, seed and device, and
+    the artifacts of earlier stages as its inputs (`paths` maps stage kinds to their directories)."""
+    data = {src: getattr(recipe.data, DATA_KEYS.get(src, src)) for src in DataFields.model_fields}
+    values = {**data, **cfg.model_dump(exclude_unset=True), "seed": recipe.seed, "device": device,
+              "out": str(stage_dir)}
+    if kind in ("select", "prune", "export"):
+        values["model_dir"] = str(last_model)
+    if kind in MODEL_STAGES:  # the stages that train
+        values["resume"] = resume
+    if kind == "distill":
+        values["teacher"] = cfg.teacher or (str(paths["teach"]) if "teach" in paths else None)
+        values["channels"] = str(paths["select"]) if "select" in paths else None
+        values["cache_dir"] = str(cache_dir) if cache_dir is not None else None
+    if kind == "prune":
+        values["teacher"] = str(paths["teach"]) if cfg.teacher else None
+        if cfg.importance == "discriminability":
+            values["channels"] = str(paths["select"])
+    return STAGE_CONFIGS[kind].make(**{k: v for k, v in values.items() if v is not None or k in cfg.model_fields_set})
+
+
+def run_stage(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path, paths: dict[str, Path],
               last_model: Path | None, device: str, cache_dir: Path, resume: bool = False) -> None:
-    """Run one recipe stage into `stage_dir`; `paths` maps earlier stage kinds to their directories.
-
-    `resume`: continue from the stage's checkpoint when it has one (an interrupted run).
-    """
-    from compressor.distill.online import OnlineConfig
-    from compressor.stages import distill, export, prune, select, teach
-    from compressor.stages.common import DataOptions
-    from compressor.training import TrainConfig
-
-    c, d, seed = cfg.model_dump(), recipe.data, recipe.seed
-    data = DataOptions(name=d.name, root=d.root, image_size=d.image_size, download=d.download,
-                       train_size=c.get("train_size") or d.train_size)
-    train_keys = ("epochs", "lr", "batch_size", "optimizer", "weight_decay")
+    """Run one recipe stage into `stage_dir`; `resume`: continue from its checkpoint when it has one."""
+    from compressor import stages
     from compressor.checkpoint import has_checkpoint
 
     resume = resume and has_checkpoint(stage_dir)
     if resume:
         log(f"run: {stage_dir.name}: resuming from its checkpoint")
-    if kind == "teach":
-        teach(data=data, model=c["model"], out=stage_dir, pretrained=c["pretrained"], init=c["init"],
-              trainable=c["trainable"], train=TrainConfig(seed=seed, **{k: c[k] for k in train_keys}),
-              reinit_head=c["reinit_head"], resume=resume, device=device)
-    elif kind == "select":
-        select(last_model, data=data, out=stage_dir, top_k=c["top_k"], layers=c["layers"],
-               samples=c["samples"], seed=seed, device=device)
-    elif kind == "distill":
-        online = OnlineConfig(**{k: c[k] for k in ("chunk_size", "buffer_chunks", "epochs_per_buffer",
-                                                    "distill_after", "trainable", "teacher_lr")})
-        distill(teacher=c["teacher"] or paths.get("teach"), student=c["student"], data=data, out=stage_dir,
-                online=online,
-                method=c["method"], scheme=c["scheme"], temperature=c["temperature"], alpha=c["alpha"],
-                beta=c["beta"], layers=c["layers"], pairs=c["pairs"], hint_epochs=c["hint_epochs"],
-                channels=str(paths["select"]) if "select" in paths else None, control=c["control"],
-                cache_teacher=c["cache_teacher"], cache_dir=cache_dir, resume=resume,
-                train=TrainConfig(seed=seed, **{k: c[k] for k in train_keys}), device=device)
-    elif kind == "prune":
-        prune(last_model, data=data, out=stage_dir, sparsity=c["sparsity"], structured=c["structured"],
-              schedule=c["schedule"], scope=c["scope"], include_all=c["include_all"],
-              importance=c["importance"], method=c["method"],
-              channels=str(paths["select"]) if c["importance"] == "discriminability" else None,
-              finetune_epochs=c["finetune_epochs"], teacher=str(paths["teach"]) if c["teacher"] else None,
-              temperature=c["temperature"], alpha=c["alpha"],
-              train=TrainConfig(seed=seed, epochs=c["finetune_epochs"],
-                                **{k: c[k] for k in train_keys if k != "epochs"}), resume=resume, device=device)
-    elif kind == "export":
-        export(last_model, data=data, out=stage_dir, int8=c["int8"], fp16=c["fp16"],
-               calibration_method=c["calibration_method"], per_channel=c["per_channel"],
-               calibration_batches=c["calibration_batches"], max_drop=c["max_drop"],
-               latency_batch=c["latency_batch"], fp32_stem=c["fp32_stem"], seed=seed, device=device)
+    getattr(stages, kind)(stage_config(kind, cfg, recipe, stage_dir, paths, last_model, device, cache_dir, resume))
+
+
+class Ledger:
+    """What `compress run` and `compress sweep` skip: per name, the key of the inputs that produced an
+    artifact and the sha256 of the artifact written (state.json). An entry counts only when the key
+    matches and the artifact still hashes the same."""
+
+    def __init__(self, path: Path, fresh: bool = False) -> None:
+        self.path = path
+        state = read_json(path) if path.is_file() and not fresh else {}
+        self.state = {k: v for k, v in state.items() if isinstance(v, dict)}
+
+    def verified(self, name: str, key: str, artifact: Path) -> str | None:
+        """The artifact's digest when it is what `key` produced and is intact; None to (re)run it."""
+        rec = self.state.get(name)
+        if not rec or rec.get("key") != key or not (artifact / METRICS_FILE).is_file():
+            return None  # hash a teacher's tens of MB only when the record could match
+        digest = artifact_digest(artifact)
+        return digest if rec.get("digest") == digest else None
+
+    def record(self, name: str, key: str, artifact: Path) -> str:
+        digest = artifact_digest(artifact)
+        self.state[name] = {"key": key, "digest": digest}
+        atomic_write_json(self.path, self.state)
+        return digest
 
 
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
@@ -308,8 +257,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
     """
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "state.json"
-    state = read_json(state_path) if (state_path.is_file() and not force) else {}
+    ledger = Ledger(out / "state.json", fresh=force)
     dev = device or recipe.device
     paths: dict[str, Path] = {}
     last_model: Path | None = None
@@ -319,19 +267,14 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
         stage_dir = out / name
         key = stage_key(upstream, kind, cfg)
         t0 = time.time()
-        rec = state.get(name)
-        # hash the artifact only when the record could match (a teacher's weights are tens of MB)
-        digest = (artifact_digest(stage_dir) if isinstance(rec, dict) and rec.get("key") == key
-                  and (stage_dir / METRICS_FILE).is_file() else None)
-        skipped = digest is not None and rec.get("digest") == digest
+        digest = ledger.verified(name, key, stage_dir)
+        skipped = digest is not None
         if skipped:
             log(f"run: {name}: unchanged and verified, skipped")
         else:
             log(f"run: {name} -> {stage_dir}")
             run_stage(kind, cfg, recipe, stage_dir, paths, last_model, dev, out / "cache", resume=resume)
-            digest = artifact_digest(stage_dir)
-            state[name] = {"key": key, "digest": digest}
-            atomic_write_json(state_path, state)
+            digest = ledger.record(name, key, stage_dir)
         paths[kind] = stage_dir
         if kind in MODEL_STAGES:
             last_model = stage_dir
@@ -341,7 +284,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
     return rows
 
 
-def named_stages(recipe: Recipe) -> list[tuple[str, str, _Strict]]:
+def named_stages(recipe: Recipe) -> list[tuple[str, str, Config]]:
     """(directory name, kind, settings) per stage: the second distill is distill-2, and so on."""
     counts: dict[str, int] = {}
     out = []

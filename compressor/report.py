@@ -12,6 +12,7 @@ import torch
 
 from compressor import CompressorError
 from compressor.artifacts import METRICS_FILE, MODEL_FILE, read_json, recorded_model_sizes
+from compressor.tables import Table, fmt
 
 ORDER = ("teach", "select", "distill", "prune", "export")
 
@@ -51,17 +52,12 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def summary_table(rows: list[dict], title: str):
+def summary_table(rows: list[dict], title: str = "") -> Table:
     """Stage, accuracy, params, zipped size, int8 accuracy and latency; distillation and pruning notes."""
-    from rich.table import Table
-
-    t = Table(title=title)
-    for col in ("stage", "accuracy", "params", "zipped", "int8 acc", "int8 ms", "fp32 ms", "notes"):
-        t.add_column(col, justify="left" if col in ("stage", "notes") else "right")
-
-    def f(v, fmt):
-        return "" if v is None else fmt.format(v)
-
+    t = Table(["stage", "accuracy", "params", "zipped", "int8 acc", "int8 ms", "fp32 ms", "notes"], title=title, text_last=True,
+              caption="accuracy: test split; zipped: model.safetensors, or the int8 ONNX for export, compressed with "
+                      "zip (deflate); ms: onnxruntime CPU latency at batch 64, median of repeated runs after warm-up; "
+                      "alone: the student trained without the teacher")
     for r in rows:
         notes = []
         if r["agreement"] is not None:
@@ -72,11 +68,26 @@ def summary_table(rows: list[dict], title: str):
             notes.append(f"sparsity {r['sparsity']:.3f}")
         if r["status"] != "ok":
             notes.append(str(r["status"]).upper())
-        t.add_row(r["stage"], f(r["accuracy"], "{:.4f}"), f(r["params"], "{:,}"), _size(r["zipped_bytes"]),
-                  f(r["accuracy_int8"], "{:.4f}"), f(r["latency_ms_int8"], "{:.2f}"), f(r["latency_ms_fp32"], "{:.2f}"),
-                  ", ".join(notes))
-    t.caption = ("accuracy: test split; zipped: model.safetensors, or the int8 ONNX for export; "
-                 "ms: onnxruntime CPU latency at batch 64; alone: the student trained without the teacher")
+        t.add(r["stage"], fmt(r["accuracy"], "{:.4f}"), fmt(r["params"], "{:,}"), _size(r["zipped_bytes"]),
+              fmt(r["accuracy_int8"], "{:.4f}"), fmt(r["latency_ms_int8"], "{:.2f}"), fmt(r["latency_ms_fp32"], "{:.2f}"),
+              ", ".join(notes))
+    return t
+
+
+def accuracy_table(acc: list[dict]) -> Table:
+    t = Table(["model", "hard labels", "teacher's labels"], title="accuracy on the test split",
+              caption="Hard: agreement with the ground truth. Soft: agreement with the teacher's prediction.")
+    for r in acc:
+        t.add(r["model"], f"{r['hard']:.4f}", f"{r['soft']:.4f}")
+    return t
+
+
+def cross_table(cross: list[dict], names: list[str]) -> Table:
+    t = Table(names + ["count"] + [f"p({n})" for n in names], left=len(names),
+              title="right/wrong cross table (count; mean probability of the predicted class)")
+    for r in cross:
+        t.add(*(r["cell"][n] for n in names), f"{r['count']:,}",
+              *(fmt(r["mean_confidence"][n], "{:.3f}") for n in names))
     return t
 
 
@@ -127,12 +138,12 @@ def test_outputs(run_dir: str | Path, device: str = "cpu") -> tuple[list[ModelOu
     if distill_dir is None:
         raise CompressorError(f"{run} has no distill stage; a report compares teacher and student")
     student = load_artifact(distill_dir)
-    teacher_path = student.spec.get("settings", {}).get("teacher") or _find(run, "teach")
+    teacher_path = student.spec.settings.get("teacher") or _find(run, "teach")
     if teacher_path is None or not Path(teacher_path).is_dir():
         raise CompressorError(f"cannot find the teacher of {distill_dir} (looked for {teacher_path})")
     teacher = load_artifact(teacher_path)
-    ident = student.spec.get("data", {})
-    data = load_data(ident.get("name", "synthetic"), ident.get("root"), image_size=student.spec["input_shape"][-1])
+    ident = student.spec.data
+    data = load_data(ident.get("name", "synthetic"), ident.get("root"), image_size=student.spec.input_shape[-1])
     models = [("teacher", teacher.model, teacher.spec), ("student alone", None, student.spec),
               ("distilled student", student.model, student.spec)]
     if (distill_dir / CONTROL_FILE).is_file():
@@ -143,7 +154,7 @@ def test_outputs(run_dir: str | Path, device: str = "cpu") -> tuple[list[ModelOu
     for name, model, spec in models:
         if model is None:
             continue
-        data.use_normalization(spec["mean"], spec["std"])
+        data.use_normalization(spec.mean, spec.std)
         logits, labels = predict(model, data.loader("test", 512), device)
         outs.append(ModelOutputs(name, torch.softmax(logits.float(), 1)))
     return outs, labels, data.test.images, data.class_names
@@ -253,20 +264,7 @@ def write_report(run_dir: str | Path, device: str = "cpu") -> dict:
         n_grid = image_grid(outs, labels, images, class_names, run / "images.png")
         md += _model_sections(outs, labels, acc, cross, n_grid)
     md += ["## Learning curves", "", f"Stages: {', '.join(curves) or 'none recorded'}.", "",
-           "![curves](curves.png)", "", "## Size and latency", "",
-           "| stage | accuracy | params | zipped bytes | int8 accuracy | int8 ms (batch 64) | fp32 ms (batch 64) |",
-           "|---|---|---|---|---|---|---|"]
-
-    def f(v, fmt):
-        return "" if v is None else fmt.format(v)
-
-    for r in summary:
-        md.append(f"| {r['stage']} | {f(r['accuracy'], '{:.4f}')} | {f(r['params'], '{:,}')} | "
-                  f"{f(r['zipped_bytes'], '{:,}')} | {f(r['accuracy_int8'], '{:.4f}')} | "
-                  f"{f(r['latency_ms_int8'], '{:.2f}')} | {f(r['latency_ms_fp32'], '{:.2f}')} |")
-    md += ["", "Zipped: model.safetensors (pruned weights stored sparse), or the int8 ONNX for export, "
-           "compressed with zip (deflate): zeros and int8 show their saving there. Latency: onnxruntime, CPU, "
-           "median of repeated runs after warm-up."]
+           "![curves](curves.png)", "", "## Size and latency", "", summary_table(summary).markdown()]
     atomic_write_bytes(run / "report.md", ("\n".join(md) + "\n").encode())
     return {"accuracy": acc, "cross": cross, "student_right_teacher_wrong": n_grid, "curves": curves,
             "summary": summary, "report": str(run / "report.md")}
@@ -277,17 +275,9 @@ def _model_sections(outs, labels, acc, cross, n_grid) -> list[str]:
     md = [f"Test split: {len(labels):,} images.", ""]
     if "student alone" not in names:
         md += ["(No student-alone model: run distill with `--control` / `control: true` to compare with it.)", ""]
-    md += ["## Accuracy on hard and soft labels", "",
-           "Hard: agreement with the ground truth. Soft: agreement with the teacher's prediction.", "",
-           "| model | hard | soft |", "|---|---|---|"]
-    md += [f"| {r['model']} | {r['hard']:.4f} | {r['soft']:.4f} |" for r in acc]
-    md += ["", "## Right and wrong, model by model", "",
-           "Count of test images in each cell, and each model's mean probability for the class it predicted.", "",
-           "| " + " | ".join(names) + " | count | " + " | ".join(f"p({n})" for n in names) + " |",
-           "|---" * (2 * len(names) + 1) + "|"]
-    for r in cross:
-        conf = [("" if r["mean_confidence"][n] is None else f"{r['mean_confidence'][n]:.3f}") for n in names]
-        md.append("| " + " | ".join(r["cell"][n] for n in names) + f" | {r['count']:,} | " + " | ".join(conf) + " |")
+    md += ["## Accuracy on hard and soft labels", "", accuracy_table(acc).markdown(), "## Right and wrong, model by model",
+           "", "Count of test images in each cell, and each model's mean probability for the class it predicted.", "",
+           cross_table(cross, names).markdown()]
     md += ["", "## Where the distilled student beats its teacher", "",
            f"{n_grid} test images where the distilled student is right and the teacher wrong "
            "(captions: both predictions; the student's is the true class).", "", "![images](images.png)", ""]

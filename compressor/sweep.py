@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from compressor import CompressorError
 from compressor.artifacts import METRICS_FILE, atomic_write_bytes, atomic_write_json, read_json
 from compressor.console import log
-from compressor.recipe import (MODEL_STAGES, DistillCfg, Recipe, first_key, named_stages, run_recipe, run_stage,
-                               stage_key)
+from compressor.recipe import (MODEL_STAGES, DistillCfg, Ledger, Recipe, first_key, named_stages, run_recipe,
+                               run_stage, stage_key)
+from compressor.tables import Table, fmt
 
 SWEEP_DIR = "sweep"
 
@@ -70,7 +71,7 @@ def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list], *, at_epoc
     cfgs, errors = [], []
     for point in points:  # validate every point before anything runs
         try:
-            cfgs.append(DistillCfg.model_validate({**base.model_dump(), **point, "epochs": epochs,
+            cfgs.append(DistillCfg.model_validate({**base.model_dump(exclude_unset=True), **point, "epochs": epochs,
                                                    "control": False, "cache_teacher": False}))
         except ValidationError as e:
             errors += [f"{point_name(point)}: {err['loc'][0]}: {err['msg']}" for err in e.errors()]
@@ -89,14 +90,13 @@ def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list], *, at_epoc
 
     sweep_dir = out / SWEEP_DIR
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    state_path = sweep_dir / "state.json"
-    state = read_json(state_path) if state_path.is_file() else {}
+    ledger = Ledger(sweep_dir / "state.json")
     rows = []
     for i, (point, cfg) in enumerate(zip(points, cfgs), 1):
         name, key = point_name(point), stage_key(upstream, "distill", cfg)
         point_dir = sweep_dir / name
         t0 = time.time()
-        done = state.get(name) == key and (point_dir / METRICS_FILE).is_file()
+        done = ledger.verified(name, key, point_dir) is not None
         if done:
             log(f"sweep {i}/{len(points)} {name}: finished earlier, skipped")
         else:
@@ -104,8 +104,7 @@ def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list], *, at_epoc
             cached = cache_teacher and cfg.scheme == "offline"  # online/self teachers change or are absent
             run_stage("distill", cfg.model_copy(update={"cache_teacher": cached}), recipe, point_dir, paths,
                       last_model, device or recipe.device, out / "cache")
-            state[name] = key
-            atomic_write_json(state_path, state)
+            ledger.record(name, key, point_dir)
         m = read_json(point_dir / METRICS_FILE)
         rows.append({"point": point, "dir": str(point_dir), "skipped": done, "seconds": round(time.time() - t0, 1),
                      "test_accuracy": m.get("accuracy"), "test_agreement": m.get("agreement"),
@@ -144,20 +143,25 @@ def cell(result: dict, row: tuple, row_keys: list[str], col_key: str, col, epoch
     return None
 
 
-def results_markdown(result: dict) -> str:
+def result_tables(result: dict) -> list[Table]:
+    """The sweep's tables, built once: one per (epoch, hard/soft), rows every axis but the last."""
     row_keys, row_vals, col_key, col_vals = table_layout(result)
-    lines = [f"# Sweep: best validation accuracy (rows {', '.join(row_keys) or '-'}, columns {col_key})", ""]
+    tables = []
     for epoch in result["at_epochs"]:
-        for kind, label in (("hard", "hard labels (ground truth)"), ("soft", "soft labels (teacher's prediction)")):
-            lines += [f"## Epoch {epoch}, {label}", ""]
-            head = " / ".join(row_keys) or "-"
-            lines.append(f"| {head} \\ {col_key} | " + " | ".join(str(c) for c in col_vals) + " |")
-            lines.append("|---" * (len(col_vals) + 1) + "|")
+        for kind, label in (("hard", "hard labels"), ("soft", "soft labels (the teacher's labels)")):
+            t = Table([f"{' / '.join(row_keys) or '-'} \\ {col_key}"] + [str(c) for c in col_vals],
+                      title=f"best validation accuracy by epoch {epoch}, {label}")
             for row in row_vals:
-                vals = [cell(result, row, row_keys, col_key, c, epoch, kind) for c in col_vals]
-                lines.append(f"| {', '.join(map(str, row)) or '-'} | " +
-                             " | ".join("" if v is None else f"{v:.4f}" for v in vals) + " |")
-            lines.append("")
+                t.add(", ".join(map(str, row)) or "-",
+                      *(fmt(cell(result, row, row_keys, col_key, c, epoch, kind), "{:.4f}") for c in col_vals))
+            tables.append(t)
+    return tables
+
+
+def results_markdown(result: dict) -> str:
+    row_keys, _, col_key, _ = table_layout(result)
+    lines = [f"# Sweep: best validation accuracy (rows {', '.join(row_keys) or '-'}, columns {col_key})", ""]
+    lines += [t.markdown(heading="##") for t in result_tables(result)]
     lines.append("Each cell: the best validation accuracy over epochs 1..N of one run with the sweep's "
                  f"{result['epochs']}-epoch schedule. Per point: `sweep/<point>/metrics.json`.")
     return "\n".join(lines) + "\n"

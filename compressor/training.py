@@ -51,28 +51,28 @@ def peak_memory_mb(device: torch.device | str = "cpu") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 1
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    seed: int = 0
+class Task(nn.Module):
+    """What the training loop trains: `forward_train(x, y) -> (logits, {name: loss})` and a `model`
+    attribute (what is evaluated and saved). A task may also define its phases, what the optimizer
+    updates, a custom step and what it cost (see `compressor.distill.base.Distiller`)."""
 
-    def validate(self) -> None:
-        if self.epochs < 0:
-            raise CompressorError(f"--epochs must be 0 or more, got {self.epochs}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise CompressorError(f"--lr must be a positive number, got {self.lr}")
-        if self.batch_size < 1:
-            raise CompressorError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise CompressorError(f"--optimizer must be sgd or adam, got '{self.optimizer}'")
+    method_name: str | None = None
+    train_step = None  # or a method train_step(x, y, optimizer) -> (logits, {name: loss tensor})
+
+    def phases(self, epochs: int) -> list[tuple[str, int]]:
+        return [("main", epochs)]
+
+    def begin_phase(self, tag: str) -> None:
+        pass
+
+    def trainable_parameters(self) -> list[nn.Parameter] | None:
+        return None  # every parameter of the task that requires grad
+
+    def cost(self, device) -> dict:
+        return {}
 
 
-class Supervised(nn.Module):
+class Supervised(Task):
     """The plain task: cross-entropy on the hard labels."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -89,11 +89,10 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_val_accuracy: float = 0.0
-    last_state: dict | None = None
     wall_time_s: float = 0.0
 
 
-def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
@@ -118,15 +117,38 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
 
 
-def fit(task: nn.Module, data: DataBundle, cfg: TrainConfig, *, device: torch.device | str = "cpu",
-        desc: str = "train", params: list[nn.Parameter] | None = None,
-        after_step: Callable[[], None] | None = None, stage: str = "train",
-        train_step: Callable | None = None, val_reference: torch.Tensor | None = None,
+def train_task(task: Task, data: DataBundle, cfg, *, device, stage: str, desc: str | None = None,
+               loop: str | None = None, checkpoints=None, fingerprint: dict | None = None, val_reference: torch.Tensor | None = None,
+               after_step: Callable[[], None] | None = None) -> FitResult:
+    """Train any task through all its phases: the one function teach, distill and prune call.
+
+    Each phase (fitnet: hints, then kd) is a `fit` with its own checkpoint tag; the task says what
+    the optimizer updates and whether it has a custom step, so a method behaves the same in every
+    stage. `cfg` is a stage config with the `TrainConfig` fields; `loop` names the checkpoints of a
+    second training loop of the same stage (distill's control).
+    """
+    result = FitResult()
+    for tag, epochs in task.phases(cfg.epochs):
+        task.begin_phase(tag)
+        name = desc or stage + (f"[{task.method_name}]" if task.method_name else "")
+        result = fit(task, data, cfg if epochs == cfg.epochs else cfg.model_copy(update={"epochs": epochs}),
+                     device=device, desc=name if tag == "main" else f"{name} {tag}", stage=stage,
+                     params=task.trainable_parameters(), train_step=task.train_step, after_step=after_step,
+                     val_reference=val_reference,
+                     checkpoint=(checkpoints.fit(tag if loop is None else loop if tag == "main" else f"{loop}-{tag}",
+                                                 fingerprint or {}) if checkpoints is not None else None))
+    return result
+
+
+def fit(task: nn.Module, data: DataBundle, cfg, *, device: torch.device | str = "cpu", desc: str = "train",
+        params: list[nn.Parameter] | None = None, after_step: Callable[[], None] | None = None,
+        stage: str = "train", train_step: Callable | None = None, val_reference: torch.Tensor | None = None,
         checkpoint: FitCheckpoint | None = None) -> FitResult:
     """Train `task` for cfg.epochs, validating each epoch; leave the best weights in `task.model`.
 
     Args:
         task: module with forward_train(x, y) -> (logits, {name: loss}) and a `model` attribute.
+        cfg: anything with the `compressor.config.TrainConfig` fields (epochs, lr, batch_size, ...).
         params: what the optimizer updates (default: every parameter of `task` that requires grad).
         after_step: called after each optimizer step (e.g. to re-apply pruning masks); if it has
             state_dict/load_state_dict, its state is checkpointed too.
@@ -139,120 +161,148 @@ def fit(task: nn.Module, data: DataBundle, cfg: TrainConfig, *, device: torch.de
 
     A task with an `on_batch(epoch, index)` method is told which samples each batch holds.
     """
-    cfg.validate()
-    seed_everything(cfg.seed)
-    device = torch.device(device)
-    task.to(device)
-    model = task.model
-    if params is None:
-        params = [p for p in task.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg)
-    on_batch = getattr(task, "on_batch", None)
-    train_loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed)
-    val_loader = data.loader("val", 512)
-    steps = max(1, cfg.epochs * len(train_loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    result = FitResult()
-    best_state, t_start = None, time.time()
-    start_epoch, start_step, carry = 1, 0, ({}, 0, 0)
-    extra_optims = {k: v for k, v in vars(task).items() if isinstance(v, torch.optim.Optimizer)}
-    stateful_hook = after_step if hasattr(after_step, "state_dict") else None
+    return Trainer(task, data, cfg, device=device, desc=desc, params=params, after_step=after_step, stage=stage,
+                   train_step=train_step, val_reference=val_reference, checkpoint=checkpoint).run()
 
-    frozen = "teacher." if getattr(task, "teacher", None) is not None else None  # offline: never changes
 
-    def task_state() -> dict:
-        return {k: v for k, v in task.state_dict().items() if frozen is None or not k.startswith(frozen)}
+class Trainer:
+    """One training loop: optimizer, cosine schedule, epochs of steps, validation, best weights,
+    checkpoints and resume. Built and run by `fit`."""
 
-    def snapshot(epoch: int, step: int, sums: dict, correct: int, seen: int) -> dict:
-        return {"task": task_state(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "extra_optimizers": {k: o.state_dict() for k, o in extra_optims.items()},
-                "after_step": stateful_hook.state_dict() if stateful_hook else None,
+    def __init__(self, task, data, cfg, *, device, desc, params, after_step, stage, train_step, val_reference,
+                 checkpoint) -> None:
+        seed_everything(cfg.seed)
+        self.device = torch.device(device)
+        task.to(self.device)
+        self.task, self.model, self.cfg, self.desc, self.stage = task, task.model, cfg, desc, stage
+        params = params if params is not None else [p for p in task.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(params, cfg)
+        self.on_batch = getattr(task, "on_batch", None)
+        self.train_loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed)
+        self.val_loader = data.loader("val", 512)
+        steps = max(1, cfg.epochs * len(self.train_loader))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        self.after_step, self.train_step, self.val_reference, self.checkpoint = after_step, train_step, val_reference, checkpoint
+        self.result, self.best_state = FitResult(), None
+        self.start_epoch, self.start_step, self.carry = 1, 0, ({}, 0, 0)
+        self.extra_optims = {k: v for k, v in vars(task).items() if isinstance(v, torch.optim.Optimizer)}
+        self.stateful_hook = after_step if hasattr(after_step, "state_dict") else None
+        self.frozen = "teacher." if getattr(task, "teacher", None) is not None else None  # offline: never changes
+
+    def run(self) -> FitResult:
+        t_start = time.time()
+        self.restore()
+        with StopSignals() as stop:
+            for epoch in range(self.start_epoch, self.cfg.epochs + 1):
+                self.task.train()
+                sums, correct, seen, t0 = self.train_epoch(epoch, stop)
+                self.validate(epoch, sums, correct, seen, t0)
+                if self.checkpoint is not None:
+                    self.checkpoint.save(self.snapshot(epoch + 1, 0, {}, 0, 0))
+                if stop.received:
+                    _stop(stop.received, self.checkpoint, None, self.stage, epoch + 1, 0)
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.result.wall_time_s = round(time.time() - t_start, 2)
+        self.model.eval()
+        return self.result
+
+    def task_state(self) -> dict:
+        return {k: v for k, v in self.task.state_dict().items() if self.frozen is None or not k.startswith(self.frozen)}
+
+    def snapshot(self, epoch: int, step: int, sums: dict, correct: int, seen: int) -> dict:
+        return {"task": self.task_state(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "extra_optimizers": {k: o.state_dict() for k, o in self.extra_optims.items()},
+                "after_step": self.stateful_hook.state_dict() if self.stateful_hook else None,
                 "epoch": epoch, "step": step, "sums": sums, "correct": correct, "seen": seen,
-                "history": result.history, "best_state": best_state, "best_epoch": result.best_epoch,
-                "best_val_accuracy": result.best_val_accuracy, "rng": rng_state()}
+                "history": self.result.history, "best_state": self.best_state, "best_epoch": self.result.best_epoch,
+                "best_val_accuracy": self.result.best_val_accuracy, "rng": rng_state()}
 
-    saved = checkpoint.load() if checkpoint is not None else None
-    if saved is not None:
-        missing, unexpected = task.load_state_dict(saved["task"], strict=False)
-        if unexpected or any(frozen is None or not k.startswith(frozen) for k in missing):
-            raise CompressorError(f"checkpoint {checkpoint.path} does not match this model; run without --resume")
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        for k, o in extra_optims.items():
+    def restore(self) -> None:
+        """Continue from the checkpoint when resuming (model, optimizers, schedule, RNG, position)."""
+        saved = self.checkpoint.load() if self.checkpoint is not None else None
+        if saved is None:
+            return
+        missing, unexpected = self.task.load_state_dict(saved["task"], strict=False)
+        if unexpected or any(self.frozen is None or not k.startswith(self.frozen) for k in missing):
+            raise CompressorError(f"checkpoint {self.checkpoint.path} does not match this model; run without --resume")
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        for k, o in self.extra_optims.items():
             o.load_state_dict(saved["extra_optimizers"][k])
-        if stateful_hook is not None:
-            stateful_hook.load_state_dict(saved["after_step"])
-        result.history, best_state = saved["history"], saved["best_state"]
-        result.best_epoch, result.best_val_accuracy = saved["best_epoch"], saved["best_val_accuracy"]
-        start_epoch, start_step = saved["epoch"], saved["step"]
-        carry = (saved["sums"], saved["correct"], saved["seen"])
+        if self.stateful_hook is not None:
+            self.stateful_hook.load_state_dict(saved["after_step"])
+        self.result.history, self.best_state = saved["history"], saved["best_state"]
+        self.result.best_epoch, self.result.best_val_accuracy = saved["best_epoch"], saved["best_val_accuracy"]
+        self.start_epoch, self.start_step = saved["epoch"], saved["step"]
+        self.carry = (saved["sums"], saved["correct"], saved["seen"])
         set_rng_state(saved["rng"])
-        log(f"{desc}: resuming from {checkpoint.path} at epoch {start_epoch}, step {start_step}")
-    with StopSignals() as stop:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            task.train()
-            train_loader.set_epoch(epoch)
-            first = epoch == start_epoch
-            train_loader.skip_batches = start_step if first else 0
-            sums, correct, seen = (dict(carry[0]), carry[1], carry[2]) if first else ({}, 0, 0)
-            t0 = time.time()
-            with progress(f"{desc} epoch {epoch}/{cfg.epochs}", len(train_loader)) as bar:
-                bar.advance(train_loader.skip_batches)
-                for step, (x, y) in enumerate(train_loader, train_loader.skip_batches + 1):
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    if on_batch is not None:
-                        on_batch(epoch, train_loader.last_index)
-                    if train_step is not None:
-                        logits, losses = train_step(x, y, optimizer)
-                    else:
-                        logits, losses = task.forward_train(x, y)
-                    loss = sum(losses.values())
-                    if not torch.isfinite(loss):
-                        kept = (f"; the last good checkpoint (end of epoch {epoch - 1}) is kept at {checkpoint.path}"
-                                if checkpoint is not None and checkpoint.path.is_file() else "")
-                        raise CompressorError(f"{stage}: loss became non-finite ({float(loss)}) at epoch {epoch} "
-                                              f"step {step}; lower --lr (now {cfg.lr}){kept}")
-                    if train_step is None:
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                    scheduler.step()
-                    if after_step is not None:
-                        after_step()
-                    n = len(y)
-                    seen += n
-                    correct += int((logits.detach().argmax(1) == y).sum())
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-                    bar.advance(1, f"loss {float(loss.detach()):.4f}")
-                    if stop.received:
-                        _stop(stop.received, checkpoint, snapshot(epoch, step, sums, correct, seen), stage, epoch, step)
-            train_loader.skip_batches = 0
-            val_logits, val_labels = predict(model, val_loader, device)
-            val_acc = accuracy(val_logits, val_labels)
-            row = {"epoch": epoch, "train_loss": sum(sums.values()) / max(seen, 1),
-                   **{k: v / max(seen, 1) for k, v in sums.items()},
-                   "train_accuracy": correct / max(seen, 1), "val_accuracy": val_acc,
-                   **({"val_agreement": float((val_logits.argmax(1) == val_reference).float().mean())}
-                      if val_reference is not None else {}),
-                   "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": round(time.time() - t0, 2),
-                   "images_per_s": round(seen / max(time.time() - t0, 1e-9), 1)}
-            result.history.append(row)
-            log(f"{desc} epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
-                f"train acc {row['train_accuracy']:.4f}  val acc {val_acc:.4f}  ({row['images_per_s']:.0f} img/s)")
-            if best_state is None or val_acc > result.best_val_accuracy:
-                result.best_val_accuracy, result.best_epoch = val_acc, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            if checkpoint is not None:
-                checkpoint.save(snapshot(epoch + 1, 0, {}, 0, 0))
-            if stop.received:
-                _stop(stop.received, checkpoint, None, stage, epoch + 1, 0)
-    result.last_state = copy.deepcopy(model.state_dict())
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    result.wall_time_s = round(time.time() - t_start, 2)
-    model.eval()
-    return result
+        log(f"{self.desc}: resuming from {self.checkpoint.path} at epoch {self.start_epoch}, step {self.start_step}")
+
+    def train_epoch(self, epoch: int, stop: StopSignals):
+        loader = self.train_loader
+        loader.set_epoch(epoch)
+        first = epoch == self.start_epoch
+        loader.skip_batches = self.start_step if first else 0
+        sums, correct, seen = (dict(self.carry[0]), self.carry[1], self.carry[2]) if first else ({}, 0, 0)
+        t0 = time.time()
+        with progress(f"{self.desc} epoch {epoch}/{self.cfg.epochs}", len(loader)) as bar:
+            bar.advance(loader.skip_batches)
+            for step, (x, y) in enumerate(loader, loader.skip_batches + 1):
+                logits, losses, loss = self.step(x, y, epoch, step)
+                n = len(y)
+                seen += n
+                correct += int((logits.detach().argmax(1) == y.to(logits.device)).sum())
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+                bar.advance(1, f"loss {float(loss.detach()):.4f}")
+                if stop.received:
+                    _stop(stop.received, self.checkpoint, self.snapshot(epoch, step, sums, correct, seen), self.stage,
+                          epoch, step)
+        loader.skip_batches = 0
+        return sums, correct, seen, t0
+
+    def step(self, x, y, epoch: int, step: int):
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.on_batch is not None:
+            self.on_batch(epoch, self.train_loader.last_index)
+        if self.train_step is not None:
+            logits, losses = self.train_step(x, y, self.optimizer)
+        else:
+            logits, losses = self.task.forward_train(x, y)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            kept = (f"; the last good checkpoint (end of epoch {epoch - 1}) is kept at {self.checkpoint.path}"
+                    if self.checkpoint is not None and self.checkpoint.path.is_file() else "")
+            raise CompressorError(f"{self.stage}: loss became non-finite ({float(loss)}) at epoch {epoch} "
+                                  f"step {step}; lower --lr (now {self.cfg.lr}){kept}")
+        if self.train_step is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+        if self.after_step is not None:
+            self.after_step()
+        return logits, losses, loss
+
+    def validate(self, epoch: int, sums: dict, correct: int, seen: int, t0: float) -> None:
+        val_logits, val_labels = predict(self.model, self.val_loader, self.device)
+        val_acc = accuracy(val_logits, val_labels)
+        row = {"epoch": epoch, "train_loss": sum(sums.values()) / max(seen, 1),
+               **{k: v / max(seen, 1) for k, v in sums.items()},
+               "train_accuracy": correct / max(seen, 1), "val_accuracy": val_acc,
+               **({"val_agreement": float((val_logits.argmax(1) == self.val_reference).float().mean())}
+                  if self.val_reference is not None else {}),
+               "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": round(time.time() - t0, 2),
+               "images_per_s": round(seen / max(time.time() - t0, 1e-9), 1)}
+        self.result.history.append(row)
+        log(f"{self.desc} epoch {epoch}/{self.cfg.epochs}: loss {row['train_loss']:.4f}  "
+            f"train acc {row['train_accuracy']:.4f}  val acc {val_acc:.4f}  ({row['images_per_s']:.0f} img/s)")
+        if self.best_state is None or val_acc > self.result.best_val_accuracy:
+            self.result.best_val_accuracy, self.result.best_epoch = val_acc, epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
 
 
 def _stop(signame: str, checkpoint: FitCheckpoint | None, state: dict | None, stage: str, epoch: int,

@@ -12,7 +12,6 @@ from compressor.distill import build_distiller
 from compressor.distill.cache import TeacherCache, cache_key
 from compressor.models import create_model
 from compressor.stages import distill, teach
-from compressor.training import TrainConfig
 
 from conftest import SYN
 
@@ -55,10 +54,10 @@ def test_cache_returns_what_the_teacher_computes(tmp_path, teacher_dir, method):
 
 
 def test_cached_distillation_trains_identically_and_skips_the_teacher(workdir, teacher_dir, tmp_path):
-    cfg = TrainConfig(epochs=2, lr=0.05)
-    plain = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "plain", train=cfg,
+    cfg = dict(epochs=2, lr=0.05)
+    plain = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "plain", **cfg,
                     device="cpu")
-    runs = [distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / f"cached{i}", train=cfg,
+    runs = [distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / f"cached{i}", **cfg,
                     cache_teacher=True, cache_dir=tmp_path / "cache", temperature=4.0 + i, device="cpu")
             for i in range(2)]
     batches = 2 * len(load_data("synthetic").loader("train", 128, train=True))  # 2 epochs
@@ -74,24 +73,24 @@ def test_cached_distillation_trains_identically_and_skips_the_teacher(workdir, t
 
 def test_a_changed_teacher_gets_a_fresh_cache(workdir, teacher_dir, tmp_path):
     other = tmp_path / "teacher2"
-    teach(data=SYN, model="convtiny", out=other, train=TrainConfig(epochs=1, lr=0.05, seed=1), device="cpu")
-    cfg = TrainConfig(epochs=1, lr=0.05)
-    first = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "a", train=cfg,
+    teach(data=SYN, model="convtiny", out=other, epochs=1, lr=0.05, seed=1, device="cpu")
+    cfg = dict(epochs=1, lr=0.05)
+    first = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "a", **cfg,
                     cache_teacher=True, cache_dir=tmp_path / "cache", device="cpu")
-    second = distill(teacher=other, student="convverytiny", data=SYN, out=tmp_path / "b", train=cfg,
+    second = distill(teacher=other, student="convverytiny", data=SYN, out=tmp_path / "b", **cfg,
                      cache_teacher=True, cache_dir=tmp_path / "cache", device="cpu")
     assert first["teacher_cache"]["dir"] != second["teacher_cache"]["dir"]
     assert second["teacher_cache"]["hits"] == 0 and second["teacher_cache"]["misses"] > 0
     # a different augmentation seed is a different key too
     third = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "c",
-                    train=TrainConfig(epochs=1, lr=0.05, seed=5), cache_teacher=True, cache_dir=tmp_path / "cache",
+                    epochs=1, lr=0.05, seed=5, cache_teacher=True, cache_dir=tmp_path / "cache",
                     device="cpu")
     assert third["teacher_cache"]["dir"] not in (first["teacher_cache"]["dir"], second["teacher_cache"]["dir"])
     # a damaged cache file is recomputed, never trusted
     shutil.rmtree(tmp_path / "a")
     for f in (tmp_path / "cache" / "teacher").glob("*/train-e1.safetensors"):
         f.write_bytes(b"garbage")
-    again = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "a", train=cfg,
+    again = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "a", **cfg,
                     cache_teacher=True, cache_dir=tmp_path / "cache", device="cpu")
     assert again["teacher_cache"]["misses"] > 0 and again["accuracy"] == first["accuracy"]
 
@@ -99,4 +98,4 @@ def test_a_changed_teacher_gets_a_fresh_cache(workdir, teacher_dir, tmp_path):
 def test_cache_is_offline_only(teacher_dir, tmp_path):
     with pytest.raises(CompressorError, match="offline only"):
         distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "x", scheme="self",
-                cache_teacher=True, train=TrainConfig(epochs=1), device="cpu")
+                cache_teacher=True, epochs=1, device="cpu")

@@ -11,7 +11,6 @@ from compressor.distill.functional import (attention_map, attention_transfer_los
                                            rkd_loss)
 from compressor.models import ConvNet, create_model
 from compressor.stages import distill
-from compressor.training import TrainConfig
 
 from conftest import SYN
 
@@ -108,15 +107,24 @@ def test_channels_really_shrink_teacher_features():
     assert vid.regressors[0].mean[-1].out_channels == 3
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+KNOWN_TO_HURT = {"at": "#13: at's beta = 1000 (tuned for CIFAR maps) swamps the cross-entropy",
+                 "vid": "#13: vid's Gaussian NLL at its defaults swamps the cross-entropy"}
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=KNOWN_TO_HURT[m]))
+                                    if m in KNOWN_TO_HURT else m for m in sorted(METHODS)])
 def test_every_method_offline_on_synthetic(method, workdir, teacher_dir):
     out = workdir / f"method-{method}"
     m = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=out, method=method,
-                channels=None, train=TrainConfig(epochs=1, lr=0.05), device="cpu")
+                channels=None, epochs=1, lr=0.05, control=True, device="cpu")
     assert {"accuracy", "agreement", "teacher_accuracy"} <= set(m)
-    assert m["accuracy"] > 0.2, m  # well above chance (0.1) after one epoch
+    # at its defaults no method may wreck the student: within 10 points of the same student alone
+    assert m["accuracy"] >= m["control_accuracy"] - 0.10, m
     spec = json.loads((out / "model.json").read_text())
     assert spec["settings"]["method"] == method
+    info = METHODS[method]
+    for k, v in info.defaults.items():  # the method's own defaults are what it ran with, and recorded
+        assert spec["settings"][k] == v, k
 
 
 def test_feature_methods_leave_teacher_frozen_and_in_eval():
@@ -136,14 +144,11 @@ def test_feature_methods_leave_teacher_frozen_and_in_eval():
 
 def test_online_scheme_trains_both_and_reports_per_chunk(workdir, teacher_dir):
     from compressor.artifacts import load_artifact
-    from compressor.distill.online import OnlineConfig
-
     before = {k: v.clone() for k, v in load_artifact(teacher_dir).model.state_dict().items()}
     out = workdir / "online"
     m = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=out, scheme="online",
-                online=OnlineConfig(chunk_size=400, buffer_chunks=2, epochs_per_buffer=1, distill_after=2,
-                                    trainable=r"blocks\.2"),
-                train=TrainConfig(lr=0.05), device="cpu")
+                chunk_size=400, buffer_chunks=2, epochs_per_buffer=1, distill_after=2, trainable=r"blocks\.2",
+                lr=0.05, device="cpu")
     chunks = m["chunks"]
     assert len(chunks) == 3600 // 400
     assert [c["distilling"] for c in chunks] == [False, False] + [True] * 7
@@ -156,14 +161,17 @@ def test_online_scheme_trains_both_and_reports_per_chunk(workdir, teacher_dir):
 def test_online_trains_only_matching_teacher_params(teacher_dir):
     from compressor.artifacts import load_artifact
     from compressor.data import load_data
-    from compressor.distill.online import OnlineConfig, train_online
+    from compressor.config import DistillConfig
+    from compressor.distill.online import train_online
 
     teacher = load_artifact(teacher_dir).model
     before = {k: v.clone() for k, v in teacher.named_parameters()}
     student = create_model("convverytiny", num_classes=10, in_chans=3)
-    train_online(student, teacher, load_data("synthetic"), TrainConfig(lr=0.05),
-                 OnlineConfig(chunk_size=1800, buffer_chunks=1, epochs_per_buffer=1, distill_after=0,
-                              trainable=r"^fc\."), torch.device("cpu"))
+    cfg = DistillConfig.make(data="synthetic", student="convverytiny", teacher=str(teacher_dir), out="unused",
+                             scheme="online", lr=0.05, chunk_size=1800, buffer_chunks=1, epochs_per_buffer=1,
+                             distill_after=0, trainable=r"^fc\.")
+    train_online(student, teacher, load_data("synthetic"), cfg, {"temperature": 4.0, "alpha": 0.5},
+                 torch.device("cpu"))
     changed = {k for k, v in teacher.named_parameters() if not torch.equal(before[k], v)}
     assert changed and all(k.startswith("fc.") or k.startswith("fc1.") for k in changed), changed
     assert "blocks.0.0.weight" not in changed
@@ -172,8 +180,8 @@ def test_online_trains_only_matching_teacher_params(teacher_dir):
 def test_self_scheme_needs_no_teacher_and_drops_heads(workdir):
     out = workdir / "self"
     m = distill(teacher=None, student="convverytiny", data=SYN, out=out, scheme="self",
-                train=TrainConfig(epochs=1, lr=0.05), device="cpu")
-    assert m["accuracy"] > 0.2 and "agreement" not in m
+                epochs=1, lr=0.05, control=True, device="cpu")
+    assert m["accuracy"] >= m["control_accuracy"] - 0.10 and "agreement" not in m
     from compressor.artifacts import load_state_dict
 
     saved = set(load_state_dict(out / "model.safetensors"))
@@ -200,5 +208,41 @@ def test_l2tww_updates_meta_networks_and_reports_cost(workdir, teacher_dir):
     assert all(p.grad is None for p in teacher.parameters())
     d.close()
     m = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=workdir / "l2tww-cost", method="l2tww",
-                pairs="all", train=TrainConfig(epochs=1, lr=0.05), device="cpu")
+                pairs="all", epochs=1, lr=0.05, device="cpu")
     assert m["cost"]["seconds_per_step"] > 0 and m["cost"]["peak_memory_mb"] > 0 and m["cost"]["steps"] > 0
+
+
+def test_the_registry_is_the_one_list_of_methods(tmp_path):
+    """CLI choices, recipe validation and the README's table all come from the registry."""
+    from pathlib import Path
+
+
+    from compressor import CompressorError
+    from compressor.distill.registry import method_table_markdown
+    from compressor.recipe import parse_recipe
+
+    import subprocess
+    import sys
+
+    names = list(METHODS)
+    choices = ", ".join(f"'{n}'" for n in names)
+    for args in (["distill", "--student", "s"], ["prune", "S", "--sparsity", "0.5"]):
+        res = subprocess.run([sys.executable, "-m", "compressor.cli.main", *args, "--data", "synthetic", "--out",
+                              str(tmp_path / "x"), "--method", "xx"], capture_output=True, text=True)
+        assert res.returncode == 2 and f"is not one of {choices}." in res.stderr, res.stderr
+    with pytest.raises(CompressorError) as e:
+        parse_recipe({"name": "x", "data": {"name": "synthetic"},
+                      "stages": [{"teach": {"model": "convtiny"}}, {"distill": {"student": "convtiny", "method": "xx"}}]})
+    assert all(f"'{n}'" in str(e.value) for n in names)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert method_table_markdown() in readme, "README's method table is stale: python -m compressor.distill.registry"
+
+
+def test_an_option_the_method_does_not_use_is_refused(teacher_dir, tmp_path):
+    from compressor import CompressorError
+
+    with pytest.raises(CompressorError, match="--method kd does not use --beta"):
+        distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "x", beta=2.0)
+    with pytest.raises(CompressorError, match="--method at does not use --temperature"):
+        distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "x", method="at", temperature=3)
+    assert not (tmp_path / "x").exists()

@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 
 from compressor import CompressorError
 from compressor.cli.main import app
-from compressor.recipe import load_recipe, parse_recipe
+from compressor.recipe import load_recipe, parse_recipe, run_recipe
+
 
 
 def test_all_recipe_problems_reported_at_once_with_dotted_paths():
@@ -85,3 +86,34 @@ def test_run_recipe_end_to_end_with_summary(tmp_path):
     assert set(rep["curves"]) >= {"teach", "distill", "distill (student alone)", "prune"}
     res = CliRunner().invoke(app, ["report", str(out)])
     assert res.exit_code == 0 and "cross table" in res.stdout
+
+
+def _recipe(alpha: float):
+    return parse_recipe({"name": "idem", "seed": 0, "device": "cpu", "data": {"name": "synthetic"},
+                         "stages": [{"teach": {"model": "convtiny", "epochs": 1}},
+                                    {"distill": {"student": "convverytiny", "epochs": 1, "alpha": alpha}},
+                                    {"prune": {"sparsity": 0.5, "finetune_epochs": 1}}]}, "test")
+
+
+def test_rerunning_a_recipe_skips_unchanged_stages_and_reruns_from_a_change(tmp_path):
+    out = tmp_path / "run"
+    first = run_recipe(_recipe(0.5), out)
+    assert not any(r["skipped"] for r in first)
+    again = run_recipe(_recipe(0.5), out)
+    assert all(r["skipped"] for r in again)
+    recipe = tmp_path / "r.yaml"  # the same through `compress run`
+    recipe.write_text(yaml.safe_dump({"name": "idem", "seed": 0, "device": "cpu", "data": {"name": "synthetic"},
+                                      "stages": [{"teach": {"model": "convtiny", "epochs": 1}},
+                                                 {"distill": {"student": "convverytiny", "epochs": 1, "alpha": 0.5}},
+                                                 {"prune": {"sparsity": 0.5, "finetune_epochs": 1}}]}))
+    res = CliRunner().invoke(app, ["run", str(recipe), "--out", str(out)])
+    assert res.exit_code == 0 and res.output.count("unchanged and verified, skipped") == 3, res.output
+    changed = run_recipe(_recipe(0.3), out)
+    assert [r["skipped"] for r in changed] == [True, False, False]  # distill and after rerun, teach does not
+    # an artifact that no longer matches its record is rerun, with everything after it
+    m = out / "distill" / "metrics.json"
+    m.write_text(m.read_text().replace('"accuracy"', '"accuracy" ', 1))
+    tampered = run_recipe(_recipe(0.3), out)
+    assert [r["skipped"] for r in tampered] == [True, False, False]
+    forced = run_recipe(_recipe(0.3), out, force=True)
+    assert not any(r["skipped"] for r in forced)

@@ -83,7 +83,7 @@ def test_sweep_through_the_cli(teacher_dir, tmp_path):
     res = CliRunner().invoke(app, ["sweep", str(recipe), "--grid", "distill.alpha=0.5,1", "--out", str(tmp_path / "run"),
                                    "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "hard labels" in res.output and "teacher's labels" in res.output and "alpha=0.5" in res.output
+    assert "hard labels" in res.output and "teacher's labels" in res.output and "- \\ alpha" in res.output
     res = CliRunner().invoke(app, ["sweep", str(recipe), "--grid", "distill.alpha=0.5,1", "--out", str(tmp_path / "run"),
                                    "--json", "--quiet"])
     assert res.exit_code == 0 and all(p["skipped"] for p in json.loads(res.stdout)["points"])

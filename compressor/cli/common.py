@@ -1,4 +1,5 @@
-"""Glue for the thin commands: runtime settings, error handling and the closing summary."""
+"""Glue for the thin commands: options derived from the stage configs, runtime settings, error
+handling and the closing summary."""
 
 from __future__ import annotations
 
@@ -6,25 +7,26 @@ import functools
 import inspect
 import json
 import sys
-from dataclasses import dataclass
+import typing
+from enum import Enum
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from compressor import CompressorError
 from compressor.cli import options as opt
+from compressor.config import Config, field_extra
 from compressor.console import set_quiet
-from compressor.stages.common import DataOptions
-from compressor.training import TrainConfig
+from compressor.tables import Table, fmt
 
 stdout = Console(highlight=False)
 if not stdout.is_terminal:  # logs and CI: wide enough for the summary tables
     stdout = Console(highlight=False, width=140)
 
 
-def _apply_runtime(quiet: bool, workers: int | None) -> None:
+def apply_runtime(quiet: bool, workers: int | None) -> None:
     set_quiet(quiet)
     if workers is not None:
         if workers < 1:
@@ -37,76 +39,96 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-# Option groups shared by the commands: (parameter name, annotated type, default).
-GROUPS = {
-    "data": [("data_root", opt.DataRootOpt, None), ("image_size", opt.ImageSizeOpt, None),
-             ("download", opt.DownloadOpt, False), ("train_size", opt.TrainSizeOpt, None)],
-    "train": [("lr", opt.LrOpt, 0.05), ("batch_size", opt.BatchOpt, 128), ("optimizer", opt.OptimOpt, opt.Optim("sgd")),
-              ("weight_decay", opt.WeightDecayOpt, 5e-4), ("resume", opt.ResumeOpt, False)],
-    "runtime": [("seed", opt.SeedOpt, 0), ("device", opt.DeviceOpt, opt.Device("auto")), ("workers", opt.WorkersOpt, None),
-                ("json_", opt.JsonOpt, False), ("quiet", opt.QuietOpt, False)],
-}
+def guarded(fn):
+    """User errors become one line on stderr with a non-zero exit; Ctrl-C becomes exit 130."""
 
-
-@dataclass
-class Shared:
-    """The shared options a command was called with, grouped as the library wants them."""
-
-    values: dict
-
-    def __getattr__(self, name):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
         try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+            return fn(*args, **kwargs)
+        except CompressorError as e:
+            fail(str(e), getattr(e, "exit_code", 1))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
 
-    @property
-    def device_name(self) -> str:
-        return getattr(self.values.get("device", "auto"), "value", self.values.get("device", "auto"))
-
-    def data(self, name: str) -> DataOptions:
-        v = self.values
-        return DataOptions(name=name, root=v.get("data_root"), image_size=v.get("image_size"),
-                           download=v.get("download", False), train_size=v.get("train_size"))
-
-    def train(self, epochs: int) -> TrainConfig:
-        v = self.values
-        return TrainConfig(epochs=epochs, lr=v["lr"], batch_size=v["batch_size"],
-                           optimizer=getattr(v["optimizer"], "value", v["optimizer"]),
-                           weight_decay=v["weight_decay"], seed=v.get("seed", 0))
+    return wrapper
 
 
-def command(*groups: str, **defaults):
-    """Give a command the shared option groups ('data', 'train', 'runtime') as one `shared` argument.
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of the given values: typer shows them in --help and rejects anything else."""
+    return Enum(name, {v: v for v in values}, type=str)
 
-    Also turns user errors into one line on stderr with a non-zero exit, and Ctrl-C into exit 130.
-    """
 
-    def decorate(fn):
-        sig = inspect.signature(fn, eval_str=True)
-        own = [p for p in sig.parameters.values() if p.name != "shared"]
-        names = [n for g in groups for n, _, _ in GROUPS[g]]
-        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(n, d), annotation=a)
-                 for g in groups for n, a, d in GROUPS[g]]
+def _cli_type(annotation) -> Any:
+    """The type typer is given for a config field: Literal choices become a str Enum."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is Literal:
+        return choices("Choice", typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+        return Optional[_cli_type(args[0])]
+    return annotation
 
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            shared = Shared({n: kwargs.pop(n) for n in names if n in kwargs})
-            try:
-                if "runtime" in groups:
-                    _apply_runtime(shared.quiet, shared.workers)
-                return fn(*args, shared=shared, **kwargs) if "shared" in sig.parameters else fn(*args, **kwargs)
-            except CompressorError as e:
-                fail(str(e), getattr(e, "exit_code", 1))
-            except KeyboardInterrupt:
-                fail("interrupted", 130)
 
-        wrapper.__signature__ = sig.replace(parameters=own + extra)
-        wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
-        del wrapper.__wrapped__
-        return wrapper
+def config_parameters(config: type[Config]) -> list[inspect.Parameter]:
+    """One CLI parameter per config field: its flag, type, default and help come from the field."""
+    params = []
+    for name, info in config.model_fields.items():
+        extra, public = field_extra(info), info.alias or name
+        typ = _cli_type(info.annotation)
+        default = inspect.Parameter.empty if info.is_required() else info.default
+        if extra.get("argument"):
+            decl = typer.Argument(help=info.description)
+        else:
+            flag = extra.get("flag") or "--" + public.replace("_", "-")
+            if typ is bool and default is True and "/" not in flag:
+                flag = f"{flag}/--no-{flag[2:]}"
+            decl = typer.Option(flag, *([extra["short"]] if extra.get("short") else []), help=info.description)
+        if isinstance(default, str) and isinstance(typ, type) and issubclass(typ, Enum):
+            default = typ(default)
+        params.append((extra.get("argument", False), inspect.Parameter(
+            public, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[typ, decl])))
+    return [p for _, p in sorted(params, key=lambda t: (not t[0], _group(config, t[1].name)))]
 
-    return decorate
+
+def _group(config: type[Config], public: str) -> int:
+    """--help order: arguments, the stage's own options, then the shared groups (what to read, how to
+    train, where to run, where to write)."""
+    from compressor.config import DataFields, DistillOptions, Output, Runtime, TrainConfig
+
+    name = next((n for n, f in config.model_fields.items() if (f.alias or n) == public), public)
+    for rank, cls in enumerate((config, DistillOptions, DataFields, TrainConfig, Runtime, Output)):
+        if name in cls.__dict__.get("__annotations__", {}):
+            return rank
+    return 0
+
+
+PRESENTATION = [inspect.Parameter("workers", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt.WorkersOpt),
+                inspect.Parameter("json_", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=opt.JsonOpt),
+                inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=opt.QuietOpt)]
+
+
+def stage_command(config: type[Config], run, title: str, after=None):
+    """A CLI command for a stage: its options come from `config`; it validates them, runs the stage
+    and prints the summary. Only the options given (different from their default) count as given,
+    so a method can tell an explicit --beta from its own default."""
+    params = config_parameters(config)
+    defaults = {p.name: p.default for p in params}
+
+    @guarded
+    def command(**kw):
+        json_, quiet, workers = kw.pop("json_"), kw.pop("quiet"), kw.pop("workers")
+        apply_runtime(quiet, workers)
+        values = {k: v.value if isinstance(v, Enum) else v for k, v in kw.items()}
+        given = {k: v for k, v in values.items() if defaults[k] is inspect.Parameter.empty
+                 or v != (defaults[k].value if isinstance(defaults[k], Enum) else defaults[k])}
+        metrics = run(config.make(**given))
+        show(metrics, json_, title.format(**values))
+        if after is not None and not json_:
+            after(metrics)
+
+    command.__signature__ = inspect.Signature(params + PRESENTATION)
+    command.__doc__ = inspect.getdoc(run)
+    return command
 
 
 SUMMARY_KEYS = [("accuracy", "accuracy", "{:.4f}"), ("teacher_accuracy", "teacher acc", "{:.4f}"),
@@ -122,10 +144,8 @@ def show(metrics: dict, as_json: bool, title: str) -> None:
     if as_json:
         print(json.dumps(metrics, indent=2, default=str))
         return
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, label, fmt in SUMMARY_KEYS:
+    table = Table(["metric", "value"], title=title)
+    for key, label, spec in SUMMARY_KEYS:
         if metrics.get(key) is not None:
-            table.add_row(label, fmt.format(metrics[key]))
-    stdout.print(table)
+            table.add(label, fmt(metrics[key], spec))
+    stdout.print(table.rich())

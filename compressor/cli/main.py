@@ -11,15 +11,10 @@ try:  # typer >= 0.2x vendors its own click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import ClickException
 
-from compressor.cli.distill import distill
-from compressor.cli.evaluate import evaluate
-from compressor.cli.export import export
-from compressor.cli.prune import prune
 from compressor.cli.report import report
 from compressor.cli.run import run
-from compressor.cli.select import select
+from compressor.cli.stages import distill, evaluate, export, prune, select, teach
 from compressor.cli.sweep import sweep
-from compressor.cli.teach import teach
 
 app = typer.Typer(
     name="compress",

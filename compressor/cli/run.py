@@ -1,19 +1,19 @@
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from compressor.cli.common import _apply_runtime, command, stdout
-from compressor.cli.options import JsonOpt, QuietOpt, RecipeDeviceOpt, WorkersOpt
+from compressor.cli.common import apply_runtime, guarded, stdout
+from compressor.cli.options import JsonOpt, QuietOpt, RecipeArg, RecipeDeviceOpt, RunOutOpt, WorkersOpt
 from compressor.recipe import load_recipe, run_recipe
 from compressor.report import summary_rows, summary_table
 
 
-@command()
+@guarded
 def run(
-    recipe: Annotated[str, typer.Argument(help="Recipe YAML: name, seed, data and the stages to run.")],
-    out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default: runs/<recipe name>); one subdirectory per stage.")] = None,
+    recipe: RecipeArg,
+    out: RunOutOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage (Ctrl-C, SIGTERM, a crash) from its checkpoint instead of starting it over.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, even those whose inputs are unchanged and whose artifact verifies.")] = False,
     device: RecipeDeviceOpt = None,
@@ -27,7 +27,7 @@ def run(
     version) are unchanged and whose artifact still verifies is skipped; a change reruns that stage
     and every stage after it.
     """
-    _apply_runtime(quiet, workers)
+    apply_runtime(quiet, workers)
     r = load_recipe(recipe)
     run_dir = Path(out or Path("runs") / r.name)
     run_recipe(r, run_dir, resume=resume, force=force, device=device)
@@ -35,4 +35,4 @@ def run(
     if json_:
         print(json.dumps({"run_dir": str(run_dir), "stages": rows}, indent=2))
     else:
-        stdout.print(summary_table(rows, f"{r.name}: {run_dir}"))
+        stdout.print(summary_table(rows, f"{r.name}: {run_dir}").rich())

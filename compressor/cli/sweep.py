@@ -3,16 +3,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
-
 from compressor import CompressorError
-from compressor.cli.common import _apply_runtime, command, stdout
+from compressor.cli.common import apply_runtime, guarded, stdout
 from compressor.cli.options import JsonOpt, QuietOpt, RecipeDeviceOpt, WorkersOpt
 from compressor.recipe import load_recipe
-from compressor.sweep import SWEEP_DIR, cell, parse_grid, run_sweep, table_layout
+from compressor.sweep import SWEEP_DIR, parse_grid, result_tables, run_sweep
 
 
-@command()
+@guarded
 def sweep(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML with a distill stage; the stages before it run once.")],
     grid: Annotated[list[str], typer.Option("--grid", help="A distill setting and its values, e.g. distill.temperature=1,3,8; repeat for more axes (the last one gives the table's columns).")],
@@ -28,7 +26,7 @@ def sweep(
 
     Writes <out>/sweep/results.md, results.json and heatmap.png. A rerun skips finished points.
     """
-    _apply_runtime(quiet, workers)
+    apply_runtime(quiet, workers)
     epochs = None
     if at_epochs:
         try:
@@ -42,17 +40,8 @@ def sweep(
     if json_:
         print(json.dumps(result, indent=2))
         return
-    row_keys, row_vals, col_key, col_vals = table_layout(result)
-    for epoch in result["at_epochs"]:
-        for kind, label in (("hard", "hard labels"), ("soft", "teacher's labels")):
-            t = Table(title=f"best val accuracy by epoch {epoch}, {label}")
-            t.add_column(" / ".join(row_keys) or "-")
-            for c in col_vals:
-                t.add_column(f"{col_key}={c}", justify="right")
-            for row in row_vals:
-                vals = [cell(result, row, row_keys, col_key, c, epoch, kind) for c in col_vals]
-                t.add_row(", ".join(map(str, row)) or "-", *("" if v is None else f"{v:.4f}" for v in vals))
-            stdout.print(t)
+    for table in result_tables(result):
+        stdout.print(table.rich())
     total = sum(p["seconds"] for p in result["points"])
     stdout.print(f"{len(result['points'])} points in {total:.0f} s "
                  f"({sum(p['skipped'] for p in result['points'])} finished earlier); "

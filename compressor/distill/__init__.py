@@ -1,59 +1,47 @@
-"""Distillation methods, one per file, each a Distiller returning a dict of named losses.
+"""Distillation methods, one per file, each a registered Distiller that owns its whole protocol.
 
-The pure losses live in `compressor.distill.functional`.
+A method file holds its losses' use, its learnable parameters, its phases and any custom step;
+`@register_method` puts it in `compressor.distill.registry.METHODS`, from which the CLI choices,
+the recipe validation and the README's method table come. The pure losses live in
+`compressor.distill.functional`.
 """
 
 from __future__ import annotations
 
-from compressor import CompressorError
-from compressor.distill.at import AT
 from compressor.distill.base import Distiller, FeatureDistiller
-from compressor.distill.fitnet import FitNet
 from compressor.distill.kd import KD
-from compressor.distill.l2tww import L2TWW
 from compressor.distill.mse import MSE
+from compressor.distill.fitnet import FitNet
+from compressor.distill.at import AT
 from compressor.distill.rkd import RKD
 from compressor.distill.vid import VID
+from compressor.distill.l2tww import L2TWW
+from compressor.distill.registry import METHODS, SCHEME_NAMES, get_method, resolve_options
 
-METHOD_NAMES = ("kd", "mse", "fitnet", "at", "rkd", "vid", "l2tww")
+METHOD_NAMES = tuple(METHODS)
 __all__ = ["AT", "Distiller", "FeatureDistiller", "FitNet", "KD", "L2TWW", "MSE", "RKD", "VID", "METHODS",
-           "METHOD_NAMES", "SCHEME_NAMES", "build_distiller", "get_method", "check_scheme"]
-SCHEME_NAMES = ("offline", "online", "self")
-METHODS: dict[str, type[Distiller]] = {"kd": KD, "mse": MSE, "fitnet": FitNet, "at": AT, "rkd": RKD, "vid": VID,
-                                      "l2tww": L2TWW}
-SCHEMES = ("offline", "online", "self")
+           "METHOD_NAMES", "SCHEME_NAMES", "build_distiller"]
 
 
-def get_method(name: str) -> type[Distiller]:
-    if name not in METHOD_NAMES:
-        raise CompressorError(f"unknown method '{name}'; choose one of {', '.join(METHOD_NAMES)}")
-    if name not in METHODS:
-        raise CompressorError(f"method '{name}' is not implemented yet; available now: {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def check_scheme(name: str) -> None:
-    if name not in SCHEME_NAMES:
-        raise CompressorError(f"unknown scheme '{name}'; choose one of {', '.join(SCHEME_NAMES)}")
-    if name not in SCHEMES:
-        raise CompressorError(f"scheme '{name}' is not implemented yet; available now: {', '.join(SCHEMES)}")
-
-
-def build_distiller(method: str, student, teacher, *, input_shape: list[int], temperature: float = 4.0,
-                    alpha: float = 0.5, beta: float | None = None, layers: str | None = None, pairs: str = "matched",
+def build_distiller(method: str, student, teacher, *, input_shape: list[int], options: dict | None = None,
+                    explicit: set[str] | frozenset = frozenset(),
                     channels: dict[str, list[int]] | None = None) -> Distiller:
-    """Build any method the same way: feature methods get their layer pairs and channel subsets.
+    """Build any registered method the same way, from the shared options (`DistillOptions`).
 
-    Layer pairs: explicit 'teacher_layer:student_layer,...' (`layers`), or each model's stage
-    outputs (timm feature_info) paired by `pairs` (matched or all).
+    `options` may hold temperature, alpha, beta, layers, pairs and hint_epochs; the method's own
+    defaults fill those left None, and one in `explicit` that the method does not read is an error.
+    Feature methods get their layer pairs: explicit 'teacher_layer:student_layer,...' (`layers`),
+    or each model's stage outputs (timm feature_info) paired by `pairs` (matched or all).
     """
+    from compressor.config import DistillOptions
     from compressor.distill.features import pair_layers, parse_layer_pairs
     from compressor.models import stage_layers
 
-    cls = get_method(method)
-    kw = {"temperature": temperature, "alpha": alpha, "beta": beta, "input_shape": input_shape}
-    if issubclass(cls, FeatureDistiller):
-        kw["pairs"] = parse_layer_pairs(layers) if layers else pair_layers(stage_layers(teacher), stage_layers(student),
-                                                                           pairs)
+    info = get_method(method)
+    kw = resolve_options(method, {**DistillOptions().model_dump(), **(options or {})}, set(explicit))
+    layers, mode = kw.pop("layers", None), kw.pop("pairs", "matched")
+    if info.feature:
+        kw["pairs"] = (parse_layer_pairs(layers) if layers else
+                       pair_layers(stage_layers(teacher), stage_layers(student), mode))
         kw["channels"] = channels
-    return cls(student, teacher, **kw)
+    return info.cls(student, teacher, input_shape=input_shape, **kw)

@@ -6,16 +6,19 @@ import torch.nn.functional as F
 
 from compressor.distill.base import FeatureDistiller
 from compressor.distill.functional import attention_transfer_loss
+from compressor.distill.registry import register_method
 
-DEFAULT_BETA = 1000.0  # as in the original code
 
-
+@register_method("at", summary="attention transfer: per layer pair, mean over channels of \\|A\\|², L2-normalized "
+                 "maps, squared difference (pooled to the smaller map); α·CE + β·AT",
+                 uses=("alpha", "beta", "layers", "pairs"), defaults={"alpha": 1.0, "beta": 1000.0})  # as the paper's code
 class AT(FeatureDistiller):
-    def __init__(self, student, teacher, beta: float | None = None, p: float = 2.0, **kw) -> None:
+    def __init__(self, student, teacher, *, alpha: float | None = None, beta: float | None = None, p: float = 2.0,
+                 **kw) -> None:
         super().__init__(student, teacher, **kw)
-        self.beta, self.p = DEFAULT_BETA if beta is None else beta, p
+        self.alpha, self.beta, self.p = self.default("alpha", alpha), self.default("beta", beta), p
 
     def forward_train(self, x, y):
         logits, _, s, t = self.features(x)
         at = attention_transfer_loss([s[b] for _, b in self.pairs], [t[a] for a, _ in self.pairs], self.p)
-        return logits, {"loss_ce": F.cross_entropy(logits, y), "loss_at": self.beta * at}
+        return logits, {"loss_ce": self.alpha * F.cross_entropy(logits, y), "loss_at": self.beta * at}

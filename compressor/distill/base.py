@@ -7,17 +7,27 @@ import torch.nn as nn
 
 from compressor import CompressorError
 from compressor.distill.features import FeatureTap, probe_shapes
+from compressor.training import Task
 
 
-class Distiller(nn.Module):
-    """Wrap a student and a teacher. `forward_train(x, y)` returns (student logits, {name: loss}).
+class Distiller(Task):
+    """Wrap a student and a teacher; a subclass owns its method's whole protocol.
+
+    `forward_train(x, y)` returns (student logits, {name: loss}); the trainer sums and logs the
+    losses and never branches on the method. Besides it, a method may override:
+
+    - `phases(epochs)`: the training phases as (tag, epochs) (fitnet: hints, then kd);
+      `begin_phase(tag)` is called before each.
+    - `trainable_parameters()`: what the optimizer updates (default: every parameter that requires
+      grad: the student's and the method's own adapters).
+    - `train_step(x, y, optimizer)`: a custom step replacing the default one (l2tww's bilevel step).
+    - `cost(device)`: what the method cost, for metrics.json.
 
     Offline scheme: the teacher is frozen (no gradients) and always in eval mode, whatever
-    `train()` is called with. Subclasses accept the shared keyword options they need and ignore
-    the rest, so the stage can build any method the same way.
+    `train()` is called with.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, **_) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, input_shape: list[int] | None = None) -> None:
         super().__init__()
         self.model = student
         self.teacher = teacher
@@ -78,10 +88,11 @@ class Distiller(nn.Module):
         if self.cache is not None:
             self.cache.close()
 
-    def extra_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters besides the student's (adapters, regressors)."""
-        student = {id(p) for p in self.model.parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in student]
+    def default(self, name: str, value):
+        """`value`, or the registered default of this method's option `name` when it is None."""
+        from compressor.distill.registry import METHODS
+
+        return METHODS[self.method_name].defaults[name] if value is None else value
 
 
 class FeatureDistiller(Distiller):

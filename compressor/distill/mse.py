@@ -6,12 +6,15 @@ import torch.nn.functional as F
 
 from compressor.distill.base import Distiller
 from compressor.distill.functional import logit_mse_loss
+from compressor.distill.registry import register_method
 
 
+@register_method("mse", summary="regression of the student's logits onto the teacher's: α·CE + (1 − α)·MSE",
+                 uses=("alpha",), defaults={"alpha": 0.5})
 class MSE(Distiller):
-    def __init__(self, student, teacher, alpha: float = 0.5, **kw) -> None:
+    def __init__(self, student, teacher, *, alpha: float | None = None, **kw) -> None:
         super().__init__(student, teacher, **kw)
-        self.alpha = alpha
+        self.alpha = self.default("alpha", alpha)
 
     def forward_train(self, x, y):
         logits = self.model(x)

@@ -9,8 +9,6 @@ split is recorded after every chunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,38 +17,19 @@ from compressor import CompressorError
 from compressor.console import log, progress
 from compressor.data import BatchLoader, DataBundle
 from compressor.distill.functional import kd_terms
-from compressor.training import TrainConfig, accuracy, make_optimizer, predict, seed_everything
+from compressor.training import accuracy, make_optimizer, predict, seed_everything
 
 
-@dataclass
-class OnlineConfig:
-    chunk_size: int = 1800
-    buffer_chunks: int = 5
-    epochs_per_buffer: int = 2
-    distill_after: int = 5
-    trainable: str | None = None
-    teacher_lr: float = 1e-3
-    temperature: float = 3.0
-    alpha: float = 0.5
-
-    def validate(self, n_train: int) -> None:
-        if self.chunk_size < 1 or self.chunk_size > n_train:
-            raise CompressorError(f"--chunk-size must be between 1 and the {n_train} training images, got {self.chunk_size}")
-        if self.buffer_chunks < 1:
-            raise CompressorError(f"--buffer-chunks must be at least 1, got {self.buffer_chunks}")
-        if self.epochs_per_buffer < 1:
-            raise CompressorError(f"--epochs-per-buffer must be at least 1, got {self.epochs_per_buffer}")
-        if self.distill_after < 0:
-            raise CompressorError(f"--distill-after must be 0 or more chunks, got {self.distill_after}")
-
-
-def train_online(student: nn.Module, teacher: nn.Module, data: DataBundle, train: TrainConfig, cfg: OnlineConfig,
-                 device: torch.device) -> list[dict]:
-    """Train both models over the stream; returns one record per chunk."""
+def train_online(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg, options: dict,
+                 device: torch.device) -> dict:
+    """Train both models over the stream (`cfg`: a DistillConfig; `options`: kd's temperature and
+    alpha); returns one record per chunk under "chunks" and the student's last validation accuracy."""
     from compressor.stages.teach import set_trainable
 
     n = len(data.train)
-    cfg.validate(n)
+    if cfg.chunk_size > n:
+        raise CompressorError(f"--chunk-size must be between 1 and the {n} training images, got {cfg.chunk_size}")
+    train = cfg
     seed_everything(train.seed)
     set_trainable(teacher, cfg.trainable)
     teacher_params = [p for p in teacher.parameters() if p.requires_grad]
@@ -83,7 +62,7 @@ def train_online(student: nn.Module, teacher: nn.Module, data: DataBundle, train
                     t_opt.step()
                     s_logits = student(x)
                     if distilling:
-                        ce, soft = kd_terms(s_logits, t_logits.detach(), y, cfg.temperature, cfg.alpha)
+                        ce, soft = kd_terms(s_logits, t_logits.detach(), y, options["temperature"], options["alpha"])
                         s_loss = ce + soft
                     else:
                         s_loss = F.cross_entropy(s_logits, y)
@@ -102,7 +81,7 @@ def train_online(student: nn.Module, teacher: nn.Module, data: DataBundle, train
     student.eval(), teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(True)
-    return history
+    return {"chunks": history, "val_accuracy": history[-1]["student_val_accuracy"] if history else None}
 
 
 def _train_unfrozen(model: nn.Module) -> None:

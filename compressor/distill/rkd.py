@@ -8,12 +8,18 @@ from compressor import CompressorError
 from compressor.distill.base import Distiller
 from compressor.distill.features import FeatureTap
 from compressor.distill.functional import rkd_loss
+from compressor.distill.registry import register_method
 from compressor.models import classifier_name
 
 
+@register_method("rkd", summary="relational: distance-wise (weight 25) and angle-wise (50) potentials of the "
+                 "penultimate embeddings, Huber loss; α·CE + β·RKD", uses=("alpha", "beta"),
+                 defaults={"alpha": 1.0, "beta": 1.0})
 class RKD(Distiller):
-    def __init__(self, student, teacher, distance_weight: float = 25.0, angle_weight: float = 50.0, **kw) -> None:
+    def __init__(self, student, teacher, *, alpha: float | None = None, beta: float | None = None,
+                 distance_weight: float = 25.0, angle_weight: float = 50.0, **kw) -> None:
         super().__init__(student, teacher, **kw)
+        self.alpha, self.beta = self.default("alpha", alpha), self.default("beta", beta)
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
         heads = classifier_name(student), classifier_name(teacher)
         if None in heads:
@@ -26,8 +32,8 @@ class RKD(Distiller):
         (t_emb,) = t.values()
         logits = self.model(x)
         (s_emb,) = self._s_tap.pop().values()
-        return logits, {"loss_ce": F.cross_entropy(logits, y),
-                        "loss_rkd": rkd_loss(s_emb, t_emb, self.distance_weight, self.angle_weight)}
+        return logits, {"loss_ce": self.alpha * F.cross_entropy(logits, y),
+                        "loss_rkd": self.beta * rkd_loss(s_emb, t_emb, self.distance_weight, self.angle_weight)}
 
     def close(self) -> None:
         super().close()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from compressor.distill.features import FeatureTap, probe_shapes
 from compressor.distill.functional import kd_terms
+from compressor.training import Task
 
 
 class AuxHead(nn.Module):
@@ -25,7 +26,7 @@ class AuxHead(nn.Module):
         return self.fc(feat), feat
 
 
-class SelfDistiller(nn.Module):
+class SelfDistiller(Task):
     """Loss = CE(final) + sum over shallow heads of [alpha CE + (1 - alpha) T^2 KL(final || head)
     + feature_weight * ||f_head - f_final||^2]. No external teacher."""
 

@@ -2,7 +2,8 @@
 
 For each (teacher layer i, student layer j) pair, a Gaussian q(t_i | s_j) whose mean is a small
 1x1-conv network of s_j and whose per-channel variance is learned (softplus) gives a variational
-lower bound of I(t_i; s_j). Loss = beta * CE + (1 - beta) * sum_ij lambda_ij * (-log q).
+lower bound of I(t_i; s_j). Loss = alpha * CE + beta * sum_ij lambda_ij * (-log q): the study's
+L = b * task + (1 - b) * sum(lambda * I) is alpha = b, beta = 1 - b (both 0.5 by default).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import torch.nn.functional as F
 from compressor import CompressorError
 from compressor.distill.base import FeatureDistiller
 from compressor.distill.functional import gaussian_nll, match_spatial
-
-DEFAULT_BETA = 0.5
+from compressor.distill.registry import register_method
 
 
 class VariationalRegressor(nn.Module):
@@ -39,12 +39,15 @@ class VariationalRegressor(nn.Module):
         return gaussian_nll(self.mean(s), self.variance(), t)
 
 
+@register_method("vid", summary="variational information: per (teacher layer, student layer) pair a Gaussian "
+                 "q(t \\| s) with a 1×1-conv mean and learned per-channel variance; α·CE + β·Σ λ·(−log q) (the "
+                 "study's b·task + (1 − b)·Σλ·I is α = b, β = 1 − b)", uses=("alpha", "beta", "layers", "pairs"),
+                 defaults={"alpha": 0.5, "beta": 0.5})
 class VID(FeatureDistiller):
-    def __init__(self, student, teacher, beta: float | None = None, lambdas: list[list[float]] | None = None, **kw):
+    def __init__(self, student, teacher, *, alpha: float | None = None, beta: float | None = None,
+                 lambdas: list[list[float]] | None = None, **kw):
         super().__init__(student, teacher, **kw)
-        self.beta = DEFAULT_BETA if beta is None else beta
-        if not 0 <= self.beta <= 1:
-            raise CompressorError(f"--beta for vid weights the task loss and must be in [0, 1], got {self.beta}")
+        self.alpha, self.beta = self.default("alpha", alpha), self.default("beta", beta)
         self.regressors = nn.ModuleList(
             VariationalRegressor(_channels(self.s_shapes[s]), _channels(self.t_shapes[t])) for t, s in self.pairs)
         n = len(self.pairs)
@@ -57,7 +60,7 @@ class VID(FeatureDistiller):
         logits, _, s, t = self.features(x)
         nll = sum(lam * reg(_as_map(s[b]), _as_map(t[a]))
                   for lam, reg, (a, b) in zip(self.lambdas, self.regressors, self.pairs))
-        return logits, {"loss_ce": self.beta * F.cross_entropy(logits, y), "loss_vid": (1 - self.beta) * nll}
+        return logits, {"loss_ce": self.alpha * F.cross_entropy(logits, y), "loss_vid": self.beta * nll}
 
 
 def _channels(shape: tuple) -> int:

@@ -2,48 +2,39 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
 from compressor import CompressorError
 from compressor.data import DataBundle, load_data
+from compressor.models import ModelSpec
 from compressor.training import accuracy, predict
 
 
-@dataclass
-class DataOptions:
-    """Which data a stage reads (the --data family of options)."""
-
-    name: str = "synthetic"
-    root: str | None = None
-    image_size: int | None = None
-    download: bool = False
-    train_size: int | None = None
-
-    def load(self, spec: dict | None = None) -> DataBundle:
-        """Load the data; with an upstream model's spec, check it fits and use its normalization."""
-        size = self.image_size
-        if spec is not None and size is None:
-            size = spec["input_shape"][-1]
-        data = load_data(self.name, self.root, image_size=size, download=self.download, train_size=self.train_size)
-        if spec is not None:
-            check_data_matches(spec, data)
-            data.use_normalization(spec["mean"], spec["std"])
-        return data
+def load_bundle(fields, spec: ModelSpec | None = None) -> DataBundle:
+    """Load the data a stage's `DataFields` name; with an upstream model's spec, check it fits and
+    use its normalization and input size."""
+    size = fields.image_size
+    if spec is not None and size is None:
+        size = spec.input_shape[-1]
+    data = load_data(fields.data, fields.data_root, image_size=size, download=fields.download,
+                     train_size=fields.train_size)
+    if spec is not None:
+        check_data_matches(spec, data)
+        data.use_normalization(spec.mean, spec.std)
+    return data
 
 
-def check_data_matches(spec: dict, data: DataBundle) -> None:
-    if spec["num_classes"] != data.num_classes:
-        raise CompressorError(f"the model has {spec['num_classes']} classes but data '{data.name}' has "
+def check_data_matches(spec: ModelSpec, data: DataBundle) -> None:
+    if spec.num_classes != data.num_classes:
+        raise CompressorError(f"the model has {spec.num_classes} classes but data '{data.name}' has "
                               f"{data.num_classes}; use the data it was trained on")
-    if spec["input_shape"][0] != data.input_shape[0]:
-        raise CompressorError(f"the model takes {spec['input_shape'][0]}-channel images but data '{data.name}' has "
+    if spec.input_shape[0] != data.input_shape[0]:
+        raise CompressorError(f"the model takes {spec.input_shape[0]}-channel images but data '{data.name}' has "
                               f"{data.input_shape[0]} channel(s); use the data it was trained on")
-    if list(spec["input_shape"]) != data.input_shape:
-        raise CompressorError(f"the model takes input {spec['input_shape']} (C, H, W) but data '{data.name}' "
-                              f"gives {data.input_shape}; pass --image-size {spec['input_shape'][-1]}")
+    if list(spec.input_shape) != data.input_shape:
+        raise CompressorError(f"the model takes input {spec.input_shape} (C, H, W) but data '{data.name}' "
+                              f"gives {data.input_shape}; pass --image-size {spec.input_shape[-1]}")
 
 
 def check_input_fits(model: nn.Module, data: DataBundle, name: str) -> None:
@@ -65,10 +56,10 @@ def check_input_fits(model: nn.Module, data: DataBundle, name: str) -> None:
                               f"{data.num_classes}")
 
 
-def make_spec(architecture: str, data: DataBundle, *, stage: str, settings: dict, kwargs: dict | None = None) -> dict:
-    return {"architecture": architecture, "kwargs": kwargs or {}, "num_classes": data.num_classes,
-            "input_shape": data.input_shape, "mean": data.mean, "std": data.std,
-            "class_names": data.class_names, "stage": stage, "data": data.identity, "settings": settings}
+def make_spec(architecture: str, data: DataBundle, *, stage: str, settings: dict, kwargs: dict | None = None) -> ModelSpec:
+    return ModelSpec(architecture=architecture, kwargs=kwargs or {}, num_classes=data.num_classes,
+                     input_shape=data.input_shape, mean=data.mean, std=data.std, class_names=data.class_names,
+                     stage=stage, data=data.identity, settings=settings)
 
 
 def test_logits(model: nn.Module, data: DataBundle, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,10 +68,3 @@ def test_logits(model: nn.Module, data: DataBundle, device) -> tuple[torch.Tenso
 
 def test_accuracy(model: nn.Module, data: DataBundle, device) -> float:
     return accuracy(*test_logits(model, data, device))
-
-
-def check_fraction(name: str, value: float, *, low: float = 0.0, high: float = 1.0, high_open: bool = False) -> None:
-    ok = low <= value < high if high_open else low <= value <= high
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise CompressorError(f"{name} must be in [{low}, {high}{bracket}, got {value}")

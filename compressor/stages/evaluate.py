@@ -9,26 +9,30 @@ import numpy as np
 from compressor import CompressorError
 from compressor.artifacts import SPEC_FILE, load_artifact, read_json
 from compressor.export import ort_predict, session
-from compressor.stages.common import DataOptions, check_data_matches, test_logits
+from compressor.config import EvalConfig
+from compressor.models import ModelSpec
+from compressor.stages.common import check_data_matches, test_logits
+from compressor.stages.runner import as_config
 from compressor.training import resolve_device
 
 
-def evaluate(target: str | Path, *, data: DataOptions, teacher: str | None = None, device: str = "auto") -> dict:
+def evaluate(target=None, /, **options) -> dict:
     """Test accuracy of a model (artifact dir or .onnx beside its model.json); agreement with a teacher."""
-    dev = resolve_device(device)
-    p = Path(target).expanduser()
+    data = as_config(EvalConfig, target, options)
+    dev = resolve_device(data.device)
+    p, teacher = Path(data.target).expanduser(), data.teacher
     if p.suffix == ".onnx":
         if not p.is_file():
             raise CompressorError(f"ONNX file {p} does not exist")
         if not (p.parent / SPEC_FILE).is_file():
             raise CompressorError(f"no {SPEC_FILE} beside {p}: it says how inputs are normalized")
-        spec = read_json(p.parent / SPEC_FILE)
-        bundle = data.load(spec)
+        spec = ModelSpec.read(read_json(p.parent / SPEC_FILE), p.parent / SPEC_FILE)
+        bundle = data.load_data(spec)
         logits, labels = ort_predict(session(p), bundle.loader("test", 256))
         pred = logits.argmax(1)
     else:
         art = load_artifact(p)
-        bundle = data.load(art.spec)
+        bundle = data.load_data(art.spec)
         lg, lb = test_logits(art.model.to(dev), bundle, dev)
         pred, labels = lg.argmax(1).numpy(), lb.numpy()
     out = {"model": str(p), "accuracy": float((pred == labels).mean()), "samples": int(len(labels))}

@@ -1,125 +1,112 @@
 """prune: magnitude pruning to a target sparsity, then fine-tuning that keeps the zeros; or
-structured pruning that physically removes channels."""
+structured pruning that physically removes channels. With a teacher, fine-tuning distills with any
+registered method, exactly as `distill` trains it (phases, custom steps and all)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from compressor import CompressorError
-from compressor.artifacts import (ArtifactWriter, base_metrics, load_artifact, recorded_model_sizes,
-                                  state_dict_for_saving)
-from compressor.checkpoint import Checkpoints
+from compressor.artifacts import load_artifact, recorded_model_sizes, state_dict_for_saving
+from compressor.config import PruneConfig
 from compressor.console import log
 from compressor.distill import build_distiller
 from compressor.export import onnx_latency
 from compressor.models import count_params
 from compressor.prune import (GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers,
                               remove_channels)
-from compressor.stages.common import DataOptions, check_fraction, test_accuracy
-from compressor.training import Supervised, TrainConfig, fit, resolve_device
+from compressor.stages.common import test_accuracy
+from compressor.stages.distill import method_options
+from compressor.stages.runner import StageRun, stage
+from compressor.training import Supervised, train_task
 
 
-def prune(model_dir: str | Path, *, data: DataOptions, out: str | Path, sparsity: float,
-          structured: bool = False, schedule: str = "gradual", scope: str = "global", include_all: bool = False,
-          importance: str = "magnitude", channels: str | None = None, finetune_epochs: int = 1,
-          teacher: str | None = None, method: str = "kd", temperature: float = 4.0, alpha: float = 0.5,
-          train: TrainConfig | None = None, resume: bool = False, device: str = "auto") -> dict:
+@stage("prune", PruneConfig, trains=True)
+def prune(run: StageRun) -> dict:
     """Prune the model in `model_dir` and fine-tune it; write the pruned artifact.
 
-    Args:
-        sparsity: unstructured: fraction of conv/linear weights set to zero; structured: fraction
-            of each prunable convolution's output channels removed.
-        schedule: oneshot, or gradual (Zhu & Gupta's cubic ramp over the first 3/4 of fine-tuning).
-        scope: global (one magnitude threshold across layers) or layer (the same fraction per layer).
-        include_all: also prune the first convolution and the classifier (excluded by default).
-        importance: structured only: magnitude (filter L2 norm) or discriminability (the scores
-            `select` wrote for this model, passed as `channels`: least discriminative go first).
-        teacher: fine-tune while distilling from this artifact with `method` (kd with alpha 0.5:
-            the mean of the teacher's soft targets and the hard labels).
-        resume: continue an interrupted fine-tuning of the same command from its checkpoint.
+    Unstructured: `sparsity` of the conv/linear weights set to zero, oneshot or gradual (Zhu &
+    Gupta's cubic ramp over the first 3/4 of fine-tuning), one global threshold or per layer.
+    Structured: that fraction of each prunable convolution's output channels removed, by filter
+    norm or by `select`'s discriminability scores. The first convolution and the classifier are
+    excluded unless `include_all`. With `teacher`, fine-tuning distills with `method`.
     """
-    started = time.time()
-    check_fraction("--sparsity", sparsity, high_open=True)
-    if finetune_epochs < 0:
-        raise CompressorError(f"--finetune-epochs must be 0 or more, got {finetune_epochs}")
-    if importance == "discriminability" and not channels:
-        raise CompressorError("--importance discriminability needs --channels SELECT_DIR (the scores select wrote)")
-    train = train or TrainConfig(lr=0.01)
-    train.epochs = finetune_epochs
-    train.validate()
-    dev = resolve_device(device)
-    art = load_artifact(model_dir)
-    t_art = load_artifact(teacher) if teacher else None
-    bundle = data.load(art.spec)
-    model = art.model
-    shape = art.spec["input_shape"]
-    exclude = () if include_all else default_exclusions(model)
-    acc_before, params_before = test_accuracy(model, bundle, dev), count_params(model)
-    size_before = recorded_model_sizes(art.path, art.metrics)
-    metrics: dict = {}
-    ckpt = Checkpoints(out, "prune", resume)
-    fingerprint = {"source": str(Path(model_dir).absolute()), "sparsity": sparsity, "structured": structured,
-                   "schedule": schedule, "scope": scope, "include_all": include_all, "importance": importance,
-                   "channels": channels, "teacher": teacher, "method": method, "temperature": temperature,
-                   "alpha": alpha, "train": vars(train), "data": bundle.identity}
-    with ArtifactWriter(out) as writer:
-        spec = {**art.spec, "stage": "prune"}
-        if structured:
-            scores = _scores(channels) if channels else None
-            latency_before = onnx_latency(model, shape, writer.dir)
-            plan = plan_structured(model.cpu(), shape, sparsity, importance, scores, exclude)
-            remove_channels(model, shape, plan)
-            spec["structured_pruning"] = spec.get("structured_pruning", []) + [plan]
-            metrics["channels_removed"] = {p["layer"]: f"{len(p['removed'])}/{p['channels']}" for p in plan}
-            after_step = None
-        else:
-            layers = prunable_layers(model, exclude)
-            steps = max(1, finetune_epochs * len(bundle.loader("train", train.batch_size)))
-            masker = GradualMasker(layers, sparsity, steps if finetune_epochs else 0, scope, schedule)
-            after_step = masker
-        acc_pruned = test_accuracy(model, bundle, dev)
-        log(f"prune: {'channels' if structured else 'weights'} at {sparsity:.0%} "
-            f"({'structured' if structured else f'{schedule}, {scope}'}): test accuracy {acc_before:.4f} -> "
-            f"{acc_pruned:.4f} before fine-tuning" + ("" if structured or schedule == "oneshot" else " (first step)"))
-        task = (build_distiller(method, model, t_art.model, input_shape=shape, temperature=temperature, alpha=alpha)
-                if t_art else Supervised(model))
-        try:
-            result = fit(task, bundle, train, device=dev, desc="prune finetune", stage="prune", after_step=after_step,
-                         checkpoint=ckpt.fit("main", fingerprint))
-        finally:
-            getattr(task, "close", lambda: None)()
-        model = model.cpu()
-        if not structured:
-            masker.finish()
-        acc = test_accuracy(model, bundle, dev)
-        state = state_dict_for_saving(model)
-        names = list(prunable_layers(model, exclude))
-        overall, per_layer = measured_sparsity(state, names)
-        settings = dict(art.spec.get("settings", {}))
-        settings["prune"] = {"source": str(Path(model_dir).absolute()), "sparsity": sparsity, "structured": structured,
-                             "schedule": schedule, "scope": scope, "include_all": include_all, "excluded": list(exclude),
-                             "importance": importance, "channels": channels, "teacher": teacher, "method": method,
-                             "temperature": temperature, "alpha": alpha, **vars(train)}
-        spec["settings"] = settings
-        writer.save_model(model, spec)
-        size_after = (writer.model_sizes["size_bytes"], writer.model_sizes["zipped_bytes"])
-        metrics.update({"accuracy": acc, "params": count_params(model), "params_before": params_before,
-                        "sparsity": overall, "sparsity_per_layer": per_layer,
-                        "nonzero_weights": sum(int((state[f"{n}.weight"] != 0).sum()) for n in names),
-                        "size_bytes_before": size_before[0], "size_bytes": size_after[0],
-                        "zipped_bytes_before": size_before[1], "zipped_bytes": size_after[1],
-                        "accuracy_before": acc_before, "accuracy_pruned_no_finetune": acc_pruned,
-                        "val_accuracy": result.best_val_accuracy, "history": result.history})
-        if structured:
-            metrics["latency_ms_before"] = latency_before
-            metrics["latency_ms"] = onnx_latency(model, shape, writer.dir)
-        metrics.update(base_metrics(train.seed, started))
-        writer.commit(metrics)
-    ckpt.clear()
-    log(f"prune: measured sparsity {overall:.4f}, params {params_before:,} -> {metrics['params']:,}, "
-        f"zipped {size_before[1]:,} -> {size_after[1]:,} bytes, test accuracy {acc:.4f} -> {Path(out)}")
+    cfg = run.cfg
+    art = load_artifact(cfg.model_dir)
+    t_art = load_artifact(cfg.teacher) if cfg.teacher else None
+    bundle = cfg.load_data(art.spec)
+    model, shape = art.model, art.spec.input_shape
+    exclude = () if cfg.include_all else default_exclusions(model)
+    before = {"accuracy_before": test_accuracy(model, bundle, run.device), "params_before": count_params(model)}
+    before["size_bytes_before"], before["zipped_bytes_before"] = recorded_model_sizes(art.path, art.metrics)
+    spec = art.spec.model_copy(update={"stage": "prune"}, deep=True)
+    metrics, masker = _cut(run, model, shape, exclude, spec, bundle)
+    acc_pruned = test_accuracy(model, bundle, run.device)
+    log(f"prune: {'channels' if cfg.structured else 'weights'} at {cfg.sparsity:.0%} "
+        f"({'structured' if cfg.structured else f'{cfg.schedule}, {cfg.scope}'}): test accuracy "
+        f"{before['accuracy_before']:.4f} -> {acc_pruned:.4f} before fine-tuning"
+        + ("" if cfg.structured or cfg.schedule == "oneshot" else " (first step)"))
+    result, options, cost = _finetune(run, model, t_art, bundle, shape, masker)
+    model = model.cpu()
+    if masker is not None:
+        masker.finish()
+    state = state_dict_for_saving(model)
+    names = list(prunable_layers(model, exclude))
+    overall, per_layer = measured_sparsity(state, names)
+    settings = {**art.spec.settings, "prune": {**cfg.settings(), **options, "excluded": list(exclude)}}
+    run.writer.save_model(model, spec.model_copy(update={"settings": settings}))
+    metrics.update(before)
+    metrics.update({"accuracy": test_accuracy(model, bundle, run.device), "params": count_params(model),
+                    "sparsity": overall, "sparsity_per_layer": per_layer,
+                    "nonzero_weights": sum(int((state[f"{n}.weight"] != 0).sum()) for n in names),
+                    "size_bytes": run.writer.model_sizes["size_bytes"],
+                    "zipped_bytes": run.writer.model_sizes["zipped_bytes"],
+                    "accuracy_pruned_no_finetune": acc_pruned, "val_accuracy": result.best_val_accuracy,
+                    "history": result.history})
+    if cost:
+        metrics["cost"] = cost
+    if cfg.structured:
+        metrics["latency_ms"] = onnx_latency(model, shape, run.writer.dir)
+    log(f"prune: measured sparsity {overall:.4f}, params {before['params_before']:,} -> {metrics['params']:,}, "
+        f"zipped {before['zipped_bytes_before']:,} -> {metrics['zipped_bytes']:,} bytes, test accuracy "
+        f"{metrics['accuracy']:.4f} -> {Path(cfg.out)}")
     return metrics
+
+
+def _cut(run: StageRun, model, shape, exclude, spec, bundle):
+    """Remove channels now (structured), or set up the masks fine-tuning keeps (unstructured)."""
+    cfg = run.cfg
+    if cfg.structured:
+        scores = _scores(cfg.channels) if cfg.channels else None
+        latency_before = onnx_latency(model, shape, run.writer.dir)
+        plan = plan_structured(model.cpu(), shape, cfg.sparsity, cfg.importance, scores, exclude)
+        remove_channels(model, shape, plan)
+        spec.structured_pruning.append(plan)
+        return {"channels_removed": {p["layer"]: f"{len(p['removed'])}/{p['channels']}" for p in plan},
+                "latency_ms_before": latency_before}, None
+    layers = prunable_layers(model, exclude)
+    steps = max(1, _epochs(cfg) * len(bundle.loader("train", cfg.batch_size)))
+    return {}, GradualMasker(layers, cfg.sparsity, steps if _epochs(cfg) else 0, cfg.scope, cfg.schedule)
+
+
+def _epochs(cfg) -> int:
+    """Fine-tuning epochs over all phases of the distillation method (fitnet adds its hint epochs)."""
+    if not cfg.teacher:
+        return cfg.epochs
+    return cfg.epochs + (method_options(cfg).get("hint_epochs") or 0)
+
+
+def _finetune(run: StageRun, model, t_art, bundle, shape, masker):
+    cfg = run.cfg
+    options = method_options(cfg) if t_art else {}
+    task = (build_distiller(cfg.method, model, t_art.model, input_shape=shape, options=options)
+            if t_art else Supervised(model))
+    try:
+        result = train_task(task, bundle, cfg, device=run.device, stage="prune", desc="prune finetune",
+                            checkpoints=run.checkpoints, fingerprint=run.fingerprint(bundle.identity),
+                            after_step=masker)
+    finally:
+        getattr(task, "close", lambda: None)()
+    return result, options, task.cost(run.device)
 
 
 def _scores(select_dir: str) -> dict[str, list[float]]:

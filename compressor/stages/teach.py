@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import torch
 
 from compressor import CompressorError
-from compressor.artifacts import ArtifactWriter, base_metrics, check_finite, load_state_dict
+from compressor.artifacts import check_finite, load_state_dict
+from compressor.config import TeachConfig
 from compressor.console import log
 from compressor.models import classifier_name, count_params, create_model
-from compressor.checkpoint import Checkpoints
-from compressor.stages.common import DataOptions, check_input_fits, make_spec, test_accuracy
-from compressor.training import Supervised, TrainConfig, fit, resolve_device, seed_everything
+from compressor.stages.common import check_input_fits, make_spec, test_accuracy
+from compressor.stages.runner import StageRun, stage
+from compressor.training import Supervised, seed_everything, train_task
 
 
 def load_init(path: str | Path) -> dict[str, torch.Tensor]:
@@ -84,49 +84,35 @@ def set_trainable(model: torch.nn.Module, pattern: str | None) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def teach(*, data: DataOptions, model: str, out: str | Path, pretrained: bool = False, init: str | None = None,
-          trainable: str | None = None, train: TrainConfig | None = None, reinit_head: bool = False,
-          resume: bool = False, device: str = "auto") -> dict:
+@stage("teach", TeachConfig, trains=True)
+def teach(run: StageRun) -> dict:
     """Fine-tune a teacher and write its artifact directory. Returns metrics.json's content.
 
     `resume` continues an interrupted run of the same command from its checkpoint (see
     compressor.checkpoint); without it, any old checkpoint for `out` is discarded.
     """
-    started = time.time()
-    train = train or TrainConfig(epochs=1)
-    train.validate()
-    if pretrained and init:
-        raise CompressorError("pass either --pretrained or --init, not both")
-    dev = resolve_device(device)
-    seed_everything(train.seed)
-    init_state = load_init(init) if init else None
-    bundle = data.load()
-    ckpt = Checkpoints(out, "teach", resume)
-    with ArtifactWriter(out) as writer:
-        net = create_model(model, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0], pretrained=pretrained)
-        check_input_fits(net, bundle, model)
-        skipped = []
-        if init_state is not None:
-            skipped = apply_init(net, init_state, init, reinit_head)
-            if skipped:
-                log(f"teach: --reinit-head: {', '.join(skipped)} start fresh")
-        n_train = set_trainable(net, trainable)
-        log(f"teach: {model} ({count_params(net):,} params, {n_train:,} trainable) on {bundle.name} "
-            f"({len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test)")
-        fingerprint = {"model": model, "init": init, "trainable": trainable, "train": vars(train),
-                       "data": bundle.identity}
-        result = fit(Supervised(net), bundle, train, device=dev, desc="teach", stage="teach",
-                     checkpoint=ckpt.fit("main", fingerprint))
-        for p in net.parameters():
-            p.requires_grad_(True)
-        acc = test_accuracy(net, bundle, dev)
-        settings = {"model": model, "pretrained": pretrained, "init": init, "trainable": trainable,
-                    "init_skipped": skipped, **vars(train)}
-        writer.save_model(net, make_spec(model, bundle, stage="teach", settings=settings))
-        metrics = {"accuracy": acc, "params": count_params(net), "trainable_params": n_train,
-                   "val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
-                   "history": result.history, **base_metrics(train.seed, started)}
-        writer.commit(metrics)
-    ckpt.clear()
-    log(f"teach: test accuracy {acc:.4f} -> {Path(out)}")
-    return metrics
+    cfg = run.cfg
+    seed_everything(cfg.seed)
+    init_state = load_init(cfg.init) if cfg.init else None
+    bundle = cfg.load_data()
+    net = create_model(cfg.model, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0],
+                       pretrained=cfg.pretrained)
+    check_input_fits(net, bundle, cfg.model)
+    skipped = []
+    if init_state is not None:
+        skipped = apply_init(net, init_state, cfg.init, cfg.reinit_head)
+        if skipped:
+            log(f"teach: --reinit-head: {', '.join(skipped)} start fresh")
+    n_train = set_trainable(net, cfg.trainable)
+    log(f"teach: {cfg.model} ({count_params(net):,} params, {n_train:,} trainable) on {bundle.name} "
+        f"({len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test)")
+    result = train_task(Supervised(net), bundle, cfg, device=run.device, stage="teach",
+                        checkpoints=run.checkpoints, fingerprint=run.fingerprint(bundle.identity))
+    for p in net.parameters():
+        p.requires_grad_(True)
+    acc = test_accuracy(net, bundle, run.device)
+    run.writer.save_model(net, make_spec(cfg.model, bundle, stage="teach",
+                                         settings={**cfg.settings(), "init_skipped": skipped}))
+    log(f"teach: test accuracy {acc:.4f} -> {Path(cfg.out)}")
+    return {"accuracy": acc, "params": count_params(net), "trainable_params": n_train,
+            "val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "history": result.history}

@@ -1,0 +1,305 @@
+"""One typed config per stage: the single home of every option's name, type, default, bounds and help.
+
+The CLI (`compressor.cli`), the recipe schema (`compressor.recipe`), the stage functions
+(`compressor.stages`) and the settings recorded in model.json and in checkpoints all derive from
+these classes. Adding an option to a stage touches one class here (plus its use).
+
+Option groups are mixins: `DataFields` (--data ...), `Runtime` (--seed, --device), `TrainConfig`
+(--epochs, --lr, ... : also what `compressor.training.fit` reads) and `DistillOptions` (--teacher,
+--method, --temperature, --alpha, --beta, ...: shared by distill and prune --teacher).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from compressor import CompressorError
+from compressor.data import DATA_NAMES
+from compressor.distill import METHOD_NAMES, SCHEME_NAMES
+from compressor.export import CALIBRATION_METHODS
+
+DataName = Literal[DATA_NAMES]  # type: ignore[valid-type]
+MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
+SchemeName = Literal[SCHEME_NAMES]  # type: ignore[valid-type]
+
+
+def option(default: Any = ..., help: str = "", *, flag: str | None = None, short: str | None = None,
+           argument: bool = False, recipe: bool = True, setting: bool = True, alias: str | None = None,
+           **bounds) -> Any:
+    """A config field with what the CLI and the recipe need to know about it.
+
+    Args:
+        flag: the CLI spelling (default: --name-with-dashes; for a bool defaulting to True,
+            --name/--no-name).
+        argument: a positional CLI argument instead of an option.
+        recipe: whether a recipe stage may set it (inputs such as model_dir come from earlier stages).
+        setting: whether it is part of the stage's recorded settings and checkpoint fingerprint
+            (where to write, whether to resume and which device are not: they change no result).
+    """
+    extra = {"flag": flag, "short": short, "argument": argument, "recipe": recipe, "setting": setting}
+    return Field(default, description=help, alias=alias, json_schema_extra=extra, **bounds)
+
+
+def field_extra(info) -> dict:
+    return info.json_schema_extra or {}
+
+
+class Config(BaseModel):
+    """Strict: unknown keys, wrong types and out-of-bounds values are errors naming the option."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    @classmethod
+    def make(cls, **values):
+        """Validate keyword values; every problem becomes one line naming its CLI option."""
+        values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in values.items()}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            raise CompressorError(cls.describe_errors(e)) from None
+
+    @classmethod
+    def describe_errors(cls, e: ValidationError, prefix: str = "") -> str:
+        parts = []
+        for err in e.errors():
+            name = str(err["loc"][0]) if err["loc"] else ""
+            where = prefix + name if prefix else cls.flag_of(name) if name else cls.__name__
+            msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"].replace("Value error, ", "")
+            shown = f" (got {err['input']!r})" if err["loc"] and err["type"] != "extra_forbidden" else ""
+            parts.append(f"{where}: {msg}{shown}")
+        return "; ".join(parts)
+
+    @classmethod
+    def flag_of(cls, name: str) -> str:
+        info = cls.model_fields.get(name) or next((f for f in cls.model_fields.values() if f.alias == name), None)
+        if info is None:
+            return name
+        flag = field_extra(info).get("flag")
+        return (flag or "--" + (info.alias or name).replace("_", "-")).split("/")[0]
+
+    def settings(self) -> dict:
+        """The resolved settings that decide the result: written to model.json, fingerprinted."""
+        skip = {n for n, f in type(self).model_fields.items() if not field_extra(f).get("setting", True)}
+        return self.model_dump(mode="json", by_alias=True, exclude=skip)
+
+
+# --- option groups ---------------------------------------------------------------------------
+
+
+class DataFields(Config):
+    """Which data a stage reads (the --data family of options)."""
+
+    data: DataName = option(help="Dataset name.", recipe=False)
+    data_root: Optional[str] = option(
+        None, "Directory holding the data (fashion-mnist defaults to /usr/share/datasets/fashion-mnist; imagefolder "
+        "wants train/ and val/ class folders).", recipe=False)
+    image_size: Optional[int] = option(None, "Resize images to this square size (default: native size, or the "
+                                             "upstream model's).", ge=8, recipe=False)
+    download: bool = option(False, "Allow torchvision to download the dataset into --data-root.", recipe=False)
+    train_size: Optional[int] = option(None, "Use only the first N training images (after the fixed validation "
+                                             "split).", ge=1)
+
+    def load_data(self, spec=None):
+        """Load the data; with an upstream model's spec, check it fits and use its normalization."""
+        from compressor.stages.common import load_bundle
+
+        return load_bundle(self, spec)
+
+
+class Runtime(Config):
+    seed: int = option(0, "Seed for initialization, data order and augmentation.", recipe=False)
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "Where to run: auto picks cuda when available.",
+                                                    recipe=False, setting=False)
+
+
+class Output(Config):
+    out: str = option(help="Artifact directory to write (replaced atomically if it is one; never an input "
+                           "artifact or a directory the tool did not write).", recipe=False, setting=False)
+
+
+class TrainConfig(Runtime):
+    """What the training loop reads (`compressor.training.fit`)."""
+
+    epochs: int = option(1, "Training epochs.", ge=0)
+    lr: float = option(0.05, "Peak learning rate (cosine schedule down to 0).", gt=0, allow_inf_nan=False)
+    batch_size: int = option(128, "Training batch size.", ge=1)
+    optimizer: Literal["sgd", "adam"] = option("sgd", "SGD with Nesterov momentum, or Adam.")
+    momentum: float = option(0.9, "SGD momentum.", ge=0, lt=1)
+    weight_decay: float = option(5e-4, "L2 weight decay.", ge=0)
+    resume: bool = option(False, "Continue an interrupted run of this same command from its checkpoint "
+                                 "(.OUT.checkpoint/ beside --out); an error if there is none.",
+                          recipe=False, setting=False)
+
+
+class DistillOptions(Config):
+    """How a student learns from a teacher: shared by distill and by prune's fine-tuning with --teacher.
+
+    alpha, beta and temperature default to None: the chosen method's own default (see
+    `compressor.distill.registry`); one given explicitly that the method does not use is an error.
+    """
+
+    teacher: Optional[str] = option(None, "Teacher artifact directory (from teach). distill: needed except with "
+                                          "--scheme self; prune: fine-tune while distilling from it.")
+    method: MethodName = option("kd", "Distillation method (see the README's method table).")
+    temperature: Optional[float] = option(None, "Softmax temperature T of the kd term (loss scaled by T^2); "
+                                                "default: the method's (4).", short="-T", gt=0)
+    alpha: Optional[float] = option(None, "Weight of the hard-label cross-entropy, in [0, 1] (kd and mse give "
+                                          "1 - alpha to the teacher); default: the method's.", ge=0, le=1)
+    beta: Optional[float] = option(None, "Weight of the method's knowledge term (at 1000, rkd 1, vid 0.5, l2tww 0.5). "
+                                         "vid: the study's L = b*task + (1 - b)*sum(lambda*I) is --alpha b --beta 1-b.",
+                                   ge=0)
+    layers: Optional[str] = option(None, "Feature methods: explicit TEACHER:STUDENT layer pairs, comma-separated "
+                                         "(default: stage outputs before each downsampling).")
+    pairs: Literal["matched", "all"] = option("matched", "How stage layers pair: matched (stage by stage) or all "
+                                                         "(every teacher layer with every student layer; vid).")
+    hint_epochs: int = option(1, "fitnet: epochs of stage one (hint loss only) before the kd epochs.", ge=0)
+
+
+# --- stages ----------------------------------------------------------------------------------
+
+
+class TeachConfig(DataFields, TrainConfig, Output):
+    model: str = option(help="Any timm model name (e.g. resnet18) or a built-in: convtiny, convverytiny.")
+    pretrained: bool = option(False, "Start from timm's pretrained weights (needs the network).")
+    init: Optional[str] = option(None, "Start from these weights (.safetensors, or .pt/.pth read with "
+                                       "weights_only=True, never unsafely); NaN/Inf weights are refused.")
+    reinit_head: bool = option(False, "With --init weights whose classifier has another class count: start the "
+                                      "classifier fresh (otherwise an error).")
+    trainable: Optional[str] = option(None, "Regex: only parameters whose names match train (the classifier always "
+                                            "does), e.g. 'conv2|bn'.")
+    epochs: int = option(3, "Training epochs.", ge=0)
+
+    @model_validator(mode="after")
+    def _one_start(self):
+        if self.pretrained and self.init:
+            raise ValueError("pass either --pretrained or --init, not both")
+        return self
+
+
+class SelectConfig(DataFields, Runtime, Output):
+    model_dir: str = option(help="Artifact directory of the model to read.", argument=True, recipe=False)
+    top_k: int = option(help="Channels to keep per layer (all of a layer's, if it has fewer).", ge=1)
+    layers: str = option("auto", "'auto' (each stage's output before a downsampling, from timm feature_info) or "
+                                 "comma-separated module names.")
+    samples: int = option(5000, "Training images used to score channels (no augmentation).", ge=2)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _join(cls, v):
+        return ",".join(map(str, v)) if isinstance(v, list) else v
+
+
+class DistillConfig(DataFields, TrainConfig, DistillOptions, Output):
+    student: str = option(help="Student model: convtiny, convverytiny or any timm name.")
+    scheme: SchemeName = option("offline", "offline (frozen teacher), online (teacher and student train together "
+                                           "over a stream of chunks), self (the student teaches its own "
+                                           "auxiliary heads).")
+    channels: Optional[str] = option(None, "Select artifact: feature methods see only the teacher channels it kept.",
+                                     recipe=False)
+    control: bool = option(False, "Also train the student alone (alpha = 1, same budget and seed) and report "
+                                  "control_accuracy.")
+    chunk_size: int = option(1800, "online: images per chunk of the stream.", ge=1)
+    buffer_chunks: int = option(5, "online: the sliding buffer holds the last N chunks.", ge=1)
+    epochs_per_buffer: int = option(2, "online: epochs over each buffer (the student's last at lr/10).", ge=1)
+    distill_after: int = option(5, "online: chunks the teacher sees before distillation switches on.", ge=0)
+    trainable: Optional[str] = option(None, "online: regex of teacher parameters that train (default: all).")
+    teacher_lr: float = option(1e-3, "online: the teacher's Adam learning rate.", gt=0)
+    cache_teacher: bool = option(False, "offline: store the frozen teacher's outputs per (epoch, sample) and reuse "
+                                        "them in later runs with the same teacher, data and seed.",
+                                 flag="--cache-teacher/--no-cache-teacher")
+    cache_dir: Optional[str] = option(None, "Where the teacher cache lives (default: the directory holding --out, "
+                                            "i.e. the run directory, /cache).", recipe=False, setting=False)
+    epochs: int = option(5, "Training epochs.", ge=0)
+
+    @model_validator(mode="after")
+    def _scheme_fits(self):
+        if self.scheme != "offline" and self.method != "kd":
+            raise ValueError(f"scheme '{self.scheme}' distills with kd; --method {self.method} works with "
+                             "--scheme offline")
+        if self.teacher is None and self.scheme != "self":
+            raise ValueError(f"scheme '{self.scheme}' needs --teacher (only --scheme self trains without one)")
+        if self.cache_teacher and self.scheme != "offline":
+            raise ValueError(f"--cache-teacher works with --scheme offline only: the {self.scheme} scheme's teacher "
+                             "changes during training (or is absent), so its outputs cannot be reused")
+        if self.resume and self.scheme == "online":
+            raise ValueError("--resume is not supported for --scheme online (its teacher and student train over a "
+                             "stream of chunks); rerun it from the start")
+        return self
+
+
+class PruneConfig(DataFields, TrainConfig, DistillOptions, Output):
+    model_dir: str = option(help="Artifact directory of the model to read.", argument=True, recipe=False)
+    sparsity: float = option(help="Unstructured: fraction of conv/linear weights to zero; --structured: fraction "
+                                  "of each prunable convolution's output channels removed. In [0, 1).", ge=0, lt=1)
+    structured: bool = option(False, "Remove whole output channels of convolutions (and their inputs downstream): "
+                                     "a physically smaller, faster model.")
+    schedule: Literal["oneshot", "gradual"] = option(
+        "gradual", "oneshot, or gradual: Zhu & Gupta's cubic ramp from 0 to --sparsity over the first 3/4 of "
+        "fine-tuning.")
+    scope: Literal["global", "layer"] = option("global", "global: one magnitude threshold across layers; layer: the "
+                                                         "same sparsity in each layer.")
+    include_all: bool = option(False, "Also prune the first convolution and the classifier (excluded by default).")
+    importance: Literal["magnitude", "discriminability"] = option(
+        "magnitude", "--structured: magnitude (filter L2 norm) or discriminability (select's scores; needs --channels).")
+    channels: Optional[str] = option(None, "Select artifact of this model, for --importance discriminability.",
+                                     recipe=False)
+    epochs: int = option(1, "Fine-tuning epochs; pruned weights stay exactly zero.", ge=0, alias="finetune_epochs")
+    lr: float = option(0.01, "Peak fine-tuning learning rate (cosine schedule down to 0).", gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.importance == "discriminability" and not self.channels:
+            raise ValueError("--importance discriminability needs --channels SELECT_DIR (the scores select wrote)")
+        given = sorted(self.model_fields_set & set(DistillOptions.model_fields) - {"teacher"})
+        if given and not self.teacher:
+            raise ValueError(f"{', '.join(self.flag_of(g) for g in given)} only apply with --teacher (fine-tuning "
+                             "while distilling)")
+        return self
+
+
+class ExportConfig(DataFields, Runtime, Output):
+    model_dir: str = option(help="Artifact directory of the model to read.", argument=True, recipe=False)
+    onnx: bool = option(True, "Write model.onnx (fp32, opset 17, dynamic batch). Always on.", flag="--onnx",
+                        recipe=False)
+    int8: bool = option(False, "Also write model.int8.onnx: static QDQ, uint8 activations, per-channel int8 weights.")
+    fp16: bool = option(False, "Also write model.fp16.onnx (fp16 weights and compute, float32 input/output).")
+    calibration_batches: int = option(8, "Training batches (64 images) used to calibrate int8.", ge=1)
+    calibration_method: Literal[CALIBRATION_METHODS] = option(  # type: ignore[valid-type]
+        "minmax", "How activation ranges are set from the calibration data.")
+    per_channel: bool = option(True, "int8 weight scales per output channel (default) or one per tensor.",
+                               flag="--per-channel/--per-tensor")
+    quant_format: Literal["qdq"] = option("qdq", "Quantized graph format: qdq (QuantizeLinear/DequantizeLinear "
+                                                 "around each op).", flag="--format")
+    max_drop: Optional[float] = option(None, "Fail (exit 1, artifact marked failed) if int8 loses more than this "
+                                             "many accuracy points.", ge=0)
+    latency_batch: int = option(64, "Batch size for the latency measurement.", ge=1)
+    fp32_stem: bool = option(False, "int8: keep the first conv (on a 1-4 channel input) and its max-pool in float32, "
+                                    "where onnxruntime's int8 kernel is slowest; the rest is int8.")
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if not self.onnx:
+            raise ValueError("export writes ONNX; pass --onnx")
+        if self.max_drop is not None and not self.int8:
+            raise ValueError("--max-drop gates the int8 model; pass --int8 too")
+        return self
+
+
+class EvalConfig(DataFields, Runtime):
+    target: str = option(help="Artifact directory, or an .onnx file with its model.json beside it.", argument=True)
+    teacher: Optional[str] = option(None, "Teacher artifact: also report agreement with it.")
+
+
+STAGE_CONFIGS: dict[str, type[Config]] = {"teach": TeachConfig, "select": SelectConfig, "distill": DistillConfig,
+                                          "prune": PruneConfig, "export": ExportConfig}
+INPUT_FIELDS = ("model_dir", "teacher", "channels", "target")  # artifact directories a stage reads
+
+
+def input_dirs(cfg: Config) -> list[Path]:
+    """The artifact directories a stage reads (its --out must be none of them, nor inside one)."""
+    return [Path(v).expanduser().absolute() for k in INPUT_FIELDS if isinstance(v := getattr(cfg, k, None), str)]
+

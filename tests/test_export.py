@@ -1,0 +1,97 @@
+"""compressor.export and the export stage: ONNX checked against PyTorch, int8 QDQ, the --max-drop
+gate, fp16, and the fp32-stem rewrite."""
+
+import importlib
+import json
+
+import pytest
+
+from compressor import CompressorError
+from compressor.artifacts import load_artifact
+from compressor.export import convs_wrapped_in_qdq
+from compressor.models import create_model
+from compressor.stages import evaluate, export
+
+from conftest import SYN
+
+
+def _metrics(d):
+    return json.loads((d / "metrics.json").read_text())
+
+
+def test_export_int8_verified(workdir, student_dir):
+    out = workdir / "export"
+    m = export(student_dir, data=SYN, out=out, int8=True, calibration_batches=4, device="cpu")
+    for k in ("accuracy_fp32", "accuracy_int8", "latency_ms_fp32", "latency_ms_int8", "size_bytes_fp32",
+              "size_bytes_int8", "zipped_bytes_fp32", "zipped_bytes_int8"):
+        assert k in m
+    assert m["max_abs_diff_fp32"] < 1e-3
+    assert convs_wrapped_in_qdq(out / "model.int8.onnx")
+    assert m["size_bytes_int8"] < m["size_bytes_fp32"]
+    import onnx
+
+    onnx.checker.check_model(str(out / "model.int8.onnx"))
+    again = evaluate(out / "model.onnx", data=SYN)
+    assert again["accuracy"] == pytest.approx(m["accuracy_fp32"])
+
+
+def test_export_max_drop_gate_marks_failed(workdir, student_dir, monkeypatch):
+    """A badly calibrated int8 model (inputs x1000 during calibration) must trip the CI gate."""
+    from compressor import export as ex
+
+    stage_module = importlib.import_module("compressor.stages.export")  # the module, not the function
+    real = ex.quantize_int8
+    monkeypatch.setattr(stage_module, "quantize_int8",
+                        lambda f, q, calib, **kw: real(f, q, [c * 1000 for c in calib], **kw))
+    out = workdir / "export-gated"
+    with pytest.raises(CompressorError, match="max-drop"):
+        export(student_dir, data=SYN, out=out, int8=True, calibration_batches=2, max_drop=1.0, device="cpu")
+    m = _metrics(out)
+    assert m["status"] == "failed" and m["accuracy_drop_points"] > 1.0 and "max-drop" in m["failure"]
+
+
+def test_export_options_fp16_per_tensor_entropy(workdir, student_dir):
+    out = workdir / "export-options"
+    m = export(student_dir, data=SYN, out=out, int8=True, fp16=True, per_channel=False, calibration_method="entropy",
+               calibration_batches=2, device="cpu")
+    for kind in ("fp32", "int8", "fp16"):
+        assert (out / {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}[kind]).is_file()
+        for key in ("accuracy", "latency_ms", "latency_ms_{}_batch1", "max_abs_diff", "max_abs_diff_{}_batch1",
+                    "zipped_bytes"):
+            name = key.format(kind) if "{}" in key else f"{key}_{kind}"
+            assert name in m, name
+    assert m["max_abs_diff_fp16"] < 0.05 and m["per_channel"] is False and m["calibration_method"] == "entropy"
+    assert 0 <= m["agreement_fp32_int8"] <= 1
+    assert evaluate(out / "model.int8.onnx", data=SYN)["accuracy"] == pytest.approx(m["accuracy_int8"])
+
+
+def test_fp32_stem_rewrite_keeps_outputs_and_leaves_the_rest_int8(workdir, student_dir, tmp_path):
+    import numpy as np
+    import onnx
+
+    from compressor.export import export_onnx, fp32_stem, session
+
+    model = load_artifact(student_dir).model
+    export_onnx(model, tmp_path / "m.onnx", [3, 16, 16])
+    g = onnx.load(str(tmp_path / "m.onnx"))
+    names = fp32_stem(g)
+    assert len(names) == 2 and [n.op_type for n in g.graph.node[:3]] == ["Conv", "MaxPool", "Relu"]
+    onnx.checker.check_model(g)
+    onnx.save(g, str(tmp_path / "swapped.onnx"))
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    a = session(tmp_path / "m.onnx").run(["logits"], {"input": x})[0]
+    b = session(tmp_path / "swapped.onnx").run(["logits"], {"input": x})[0]
+    assert np.allclose(a, b, atol=1e-5)  # max-pooling commutes with ReLU: same function
+    wide = create_model("convverytiny", num_classes=10, in_chans=8).eval()
+    export_onnx(wide, tmp_path / "wide.onnx", [8, 16, 16])
+    assert fp32_stem(onnx.load(str(tmp_path / "wide.onnx"))) == []  # an 8-channel input is left to int8
+
+    m = export(student_dir, data=SYN, out=workdir / "export-stem", int8=True, fp32_stem=True, device="cpu")
+    assert m["fp32_nodes"] == names and m["convs_wrapped_in_qdq"]
+    assert abs(m["accuracy_int8"] - m["accuracy_fp32"]) < 0.03 and m["agreement_fp32_int8"] > 0.9
+    q = onnx.load(str(workdir / "export-stem" / "model.int8.onnx")).graph
+    producers = {o: n for n in q.node for o in n.output}
+    convs = [n for n in q.node if n.op_type == "Conv"]
+    stem = [c for c in convs if c.name == names[0]]
+    assert stem and producers.get(stem[0].input[0]) is None  # the stem reads the float input directly
+    assert all(producers[c.input[0]].op_type == "DequantizeLinear" for c in convs if c.name != names[0])

@@ -1,0 +1,135 @@
+"""compressor.training: Ctrl-C / SIGTERM stop cleanly after the current step, --resume is exact
+(bit for bit on the CPU), and training that diverges stops naming the stage, epoch and step."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from compressor import CompressorError
+from compressor.artifacts import load_state_dict
+from compressor.stages import teach
+
+from conftest import SYN, cli as _cli, one_line_error as _one_line_error
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def _teach_cmd(out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "compressor.cli.main", "teach", "--data", "synthetic", "--model", "convtiny",
+            "--epochs", "3", "--lr", "0.05", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_teach_then_resume_gives_bit_identical_weights(tmp_path, sig):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(_teach_cmd(out), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+    lines = []
+    for line in proc.stderr:  # wait until the first epoch is done, then stop it mid-run
+        lines.append(line)
+        if "teach epoch 1/3:" in line:
+            time.sleep(0.3)
+            proc.send_signal(sig)
+            proc.send_signal(sig)  # a second signal changes nothing
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 128 + sig, "".join(lines) + rest
+    err = [ln for ln in rest.splitlines() if ln.startswith("error:")]
+    assert err and f"stopped by {signal.Signals(sig).name}" in err[0] and "--resume" in err[0], rest
+    assert "Traceback" not in rest
+    assert not out.exists()  # no half-written artifact
+    ckpt = tmp_path / ".interrupted.checkpoint" / "main.pt"
+    assert ckpt.is_file()
+    resumed = subprocess.run(_teach_cmd(out, "--resume"), capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert not ckpt.parent.exists()  # removed once the artifact is committed
+    straight = tmp_path / "straight"
+    full = subprocess.run(_teach_cmd(straight), capture_output=True, text=True, env=ENV, timeout=300)
+    assert full.returncode == 0, full.stderr
+    a, b = load_state_dict(out / "model.safetensors"), load_state_dict(straight / "model.safetensors")
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path):
+    _one_line_error(_cli("teach", "--data", "synthetic", "--model", "convtiny", "--out", tmp_path / "x", "--resume"),
+                    "no checkpoint")
+    assert not (tmp_path / "x").exists()
+
+
+def _stop_at_check(n: int):
+    """A StopSignals that reports SIGTERM at its n-th check (one check per step and per epoch end)."""
+    import compressor.training as training
+
+    class StopAtCheck(training.StopSignals):
+        checks = 0
+
+        @property
+        def received(self):
+            StopAtCheck.checks += 1
+            return "SIGTERM" if StopAtCheck.checks >= n else None
+
+        @received.setter
+        def received(self, value):
+            pass
+
+    return StopAtCheck
+
+
+def test_resume_in_process_mid_epoch_matches(tmp_path, monkeypatch):
+    """The same promise without subprocesses: stop at a chosen step, resume, compare bit for bit."""
+    import compressor.training as training
+
+    cfg = dict(epochs=2, lr=0.05)
+    teach(data=SYN, model="convverytiny", out=tmp_path / "straight", **cfg, device="cpu")
+    real = training.StopSignals
+    monkeypatch.setattr(training, "StopSignals", _stop_at_check(40))  # 29 steps + 1 epoch end, then step 10
+    with pytest.raises(CompressorError, match="stopped by SIGTERM at epoch 2 step 10"):
+        teach(data=SYN, model="convverytiny", out=tmp_path / "resumed", **cfg, device="cpu")
+    monkeypatch.setattr(training, "StopSignals", real)
+    teach(data=SYN, model="convverytiny", out=tmp_path / "resumed", **cfg, device="cpu", resume=True)
+    a = load_state_dict(tmp_path / "straight" / "model.safetensors")
+    b = load_state_dict(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distill_with_control_resumes_in_its_second_loop(tmp_path, teacher_dir, monkeypatch):
+    """Stopped while the control student trains: the distilled student's loop is restored from its own
+    checkpoint, the control resumes mid-epoch; everything equals the uninterrupted run."""
+    import compressor.training as training
+    from compressor.stages import distill
+
+    kw = dict(teacher=teacher_dir, student="convverytiny", data=SYN, epochs=1, lr=0.05,
+              control=True, device="cpu")
+    straight = distill(out=tmp_path / "straight", **kw)
+    real = training.StopSignals
+    monkeypatch.setattr(training, "StopSignals", _stop_at_check(1))
+    with pytest.raises(CompressorError, match="at epoch 1 step 1;"):
+        distill(out=tmp_path / "resumed", **kw)  # the first loop already stops at its first check
+    monkeypatch.setattr(training, "StopSignals", _stop_at_check(28 + 1 + 5))  # main: steps 2-29 + end; control: 5
+    with pytest.raises(CompressorError, match="at epoch 1 step 5;"):
+        distill(out=tmp_path / "resumed", resume=True, **kw)
+    saved = torch.load(tmp_path / ".resumed.checkpoint" / "main.pt", weights_only=True)
+    assert not any(k.startswith("teacher.") for k in saved["task"])  # the frozen teacher is not copied
+    monkeypatch.setattr(training, "StopSignals", real)
+    resumed = distill(out=tmp_path / "resumed", resume=True, **kw)
+    assert resumed["accuracy"] == straight["accuracy"]
+    assert resumed["control_accuracy"] == straight["control_accuracy"]
+    for f in ("model.safetensors", "control.safetensors"):
+        a, b = load_state_dict(tmp_path / "straight" / f), load_state_dict(tmp_path / "resumed" / f)
+        assert all(torch.equal(a[k], b[k]) for k in a), f
+
+
+def test_divergence_stops_naming_stage_epoch_and_step(tmp_path):
+    line = _one_line_error(_cli("teach", "--data", "synthetic", "--model", "convtiny", "--lr", "1e6", "--epochs", "2",
+                                "--out", tmp_path / "t"), "non-finite")
+    assert "teach:" in line and "epoch 1 step" in line
+    assert not (tmp_path / "t").exists()
