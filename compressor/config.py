@@ -21,10 +21,12 @@ from compressor import CompressorError
 from compressor.data import DATA_NAMES
 from compressor.distill import METHOD_NAMES, SCHEME_NAMES
 from compressor.export import CALIBRATION_METHODS
+from compressor.precision import PRECISIONS
 
 DataName = Literal[DATA_NAMES]  # type: ignore[valid-type]
 MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 SchemeName = Literal[SCHEME_NAMES]  # type: ignore[valid-type]
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 
 
 def option(default: Any = ..., help: str = "", *, flag: str | None = None, short: str | None = None,
@@ -130,6 +132,11 @@ class TrainConfig(Runtime):
     optimizer: Literal["sgd", "adam"] = option("sgd", "SGD with Nesterov momentum, or Adam.")
     momentum: float = option(0.9, "SGD momentum.", ge=0, lt=1)
     weight_decay: float = option(5e-4, "L2 weight decay.", ge=0)
+    precision: Precision = option("32", "Training precision (names as in Lightning): 32; bf16-mixed (forward passes "
+                                        "under autocast in bfloat16, CPU or GPU); 16-mixed (float16 with a gradient "
+                                        "scaler). Losses are always computed in float32.")
+    channels_last: bool = option(False, "Train in channels-last memory format (faster convolutions on GPUs and on "
+                                        "CPUs with AMX/AVX-512).")
     resume: bool = option(False, "Continue an interrupted run of this same command from its checkpoint "
                                  "(.OUT.checkpoint/ beside --out); an error if there is none.",
                           recipe=False, setting=False)
@@ -225,6 +232,8 @@ class DistillConfig(DataFields, TrainConfig, DistillOptions, Output):
         if self.cache_teacher and self.scheme != "offline":
             raise ValueError(f"--cache-teacher works with --scheme offline only: the {self.scheme} scheme's teacher "
                              "changes during training (or is absent), so its outputs cannot be reused")
+        if self.precision != "32" and self.scheme == "online":
+            raise ValueError("--scheme online trains in float32; drop --precision")
         if self.resume and self.scheme == "online":
             raise ValueError("--resume is not supported for --scheme online (its teacher and student train over a "
                              "stream of chunks); rerun it from the start")

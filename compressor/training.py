@@ -18,12 +18,12 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from compressor import CompressorError
 from compressor.console import log, progress
 from compressor.checkpoint import FitCheckpoint, Interrupted, StopSignals, rng_state, set_rng_state
 from compressor.data import BatchLoader, DataBundle
+from compressor.precision import autocast, cross_entropy, grad_scaler
 
 
 def seed_everything(seed: int) -> None:
@@ -81,7 +81,7 @@ class Supervised(Task):
 
     def forward_train(self, x, y):
         logits = self.model(x)
-        return logits, {"loss_ce": F.cross_entropy(logits, y)}
+        return logits, {"loss_ce": cross_entropy(logits, y)}
 
 
 @dataclass
@@ -189,6 +189,12 @@ class Trainer:
         self.extra_optims = {k: v for k, v in vars(task).items() if isinstance(v, torch.optim.Optimizer)}
         self.stateful_hook = after_step if hasattr(after_step, "state_dict") else None
         self.frozen = "teacher." if getattr(task, "teacher", None) is not None else None  # offline: never changes
+        self.scaler = grad_scaler(cfg.precision, self.device)
+        if train_step is not None and self.scaler.is_enabled():
+            raise CompressorError(f"{stage}: --precision 16-mixed needs a gradient scaler, which "
+                                  f"{task.method_name}'s own training step does not use; use bf16-mixed or 32")
+        if cfg.channels_last:
+            task.to(memory_format=torch.channels_last)
 
     def run(self) -> FitResult:
         t_start = time.time()
@@ -215,6 +221,7 @@ class Trainer:
         return {"task": self.task_state(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "extra_optimizers": {k: o.state_dict() for k, o in self.extra_optims.items()},
+                "scaler": self.scaler.state_dict(),
                 "after_step": self.stateful_hook.state_dict() if self.stateful_hook else None,
                 "epoch": epoch, "step": step, "sums": sums, "correct": correct, "seen": seen,
                 "history": self.result.history, "best_state": self.best_state, "best_epoch": self.result.best_epoch,
@@ -232,6 +239,8 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         for k, o in self.extra_optims.items():
             o.load_state_dict(saved["extra_optimizers"][k])
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
         if self.stateful_hook is not None:
             self.stateful_hook.load_state_dict(saved["after_step"])
         self.result.history, self.best_state = saved["history"], saved["best_state"]
@@ -266,12 +275,15 @@ class Trainer:
 
     def step(self, x, y, epoch: int, step: int):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.on_batch is not None:
             self.on_batch(epoch, self.train_loader.last_index)
-        if self.train_step is not None:
-            logits, losses = self.train_step(x, y, self.optimizer)
-        else:
-            logits, losses = self.task.forward_train(x, y)
+        with autocast(self.cfg.precision, self.device):
+            if self.train_step is not None:
+                logits, losses = self.train_step(x, y, self.optimizer)
+            else:
+                logits, losses = self.task.forward_train(x, y)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             kept = (f"; the last good checkpoint (end of epoch {epoch - 1}) is kept at {self.checkpoint.path}"
@@ -280,8 +292,9 @@ class Trainer:
                                   f"step {step}; lower --lr (now {self.cfg.lr}){kept}")
         if self.train_step is None:
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # with the scaler off (32, bf16-mixed): optimizer.step()
+            self.scaler.update()
         self.scheduler.step()
         if self.after_step is not None:
             self.after_step()

@@ -51,3 +51,20 @@ def test_kd_gradient_reaches_student_not_teacher():
     kd_loss(s, t, torch.tensor([0, 1, 2, 0])).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert t.grad is None
+
+
+def test_kd_on_fp16_logits_at_t8_equals_the_fp32_loss():
+    """Losses are computed in float32 from what they receive: no overflow, no NaN (issue #11)."""
+    from compressor.distill.functional import kd_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(64, 100, generator=g) * 30, torch.randn(64, 100, generator=g) * 30
+    y = torch.randint(0, 100, (64,), generator=g)
+    full = kd_loss(s.half().float(), t.half().float(), y, temperature=8.0, alpha=0.0)
+    half = kd_loss(s.half(), t.half(), y, temperature=8.0, alpha=0.0)
+    assert half.dtype == torch.float32 and torch.isfinite(half)
+    assert abs(half.item() - full.item()) < 1e-3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = kd_loss(s, t, y, temperature=8.0, alpha=0.5)
+    assert under_autocast.dtype == torch.float32
+    assert abs(under_autocast.item() - kd_loss(s, t, y, temperature=8.0, alpha=0.5).item()) < 1e-4

@@ -1,6 +1,7 @@
 """compressor.training: Ctrl-C / SIGTERM stop cleanly after the current step, --resume is exact
 (bit for bit on the CPU), and training that diverges stops naming the stage, epoch and step."""
 
+import math
 import os
 import signal
 import subprocess
@@ -133,3 +134,21 @@ def test_divergence_stops_naming_stage_epoch_and_step(tmp_path):
                                 "--out", tmp_path / "t"), "non-finite")
     assert "teach:" in line and "epoch 1 step" in line
     assert not (tmp_path / "t").exists()
+
+
+def test_bf16_mixed_and_channels_last_train_on_the_cpu(tmp_path, teacher_dir):
+    """--precision bf16-mixed trains (autocast on the CPU) to about the float32 accuracy; so does
+    channels-last; the saved weights are plain float32 tensors either way."""
+    from compressor.stages import distill
+
+    kw = dict(teacher=teacher_dir, student="convverytiny", data=SYN, epochs=1, device="cpu")
+    fp32 = distill(out=tmp_path / "fp32", **kw)
+    bf16 = distill(out=tmp_path / "bf16", precision="bf16-mixed", **kw)
+    cl = distill(out=tmp_path / "cl", channels_last=True, **kw)
+    for m in (bf16, cl):
+        assert abs(m["accuracy"] - fp32["accuracy"]) < 0.05, (m["accuracy"], fp32["accuracy"])
+        assert all(math.isfinite(r["train_loss"]) for r in m["history"])
+    state = load_state_dict(tmp_path / "bf16" / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    with pytest.raises(CompressorError, match="16-mixed"):
+        distill(out=tmp_path / "x", method="l2tww", precision="16-mixed", **kw)

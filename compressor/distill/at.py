@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 
 from compressor.distill.base import FeatureDistiller
-from compressor.distill.functional import attention_transfer_loss
+from compressor.distill.functional import attention_transfer_loss, cross_entropy
 from compressor.distill.registry import register_method
 
 
@@ -21,4 +20,4 @@ class AT(FeatureDistiller):
     def forward_train(self, x, y):
         logits, _, s, t = self.features(x)
         at = attention_transfer_loss([s[b] for _, b in self.pairs], [t[a] for a, _ in self.pairs], self.p)
-        return logits, {"loss_ce": self.alpha * F.cross_entropy(logits, y), "loss_at": self.beta * at}
+        return logits, {"loss_ce": self.alpha * cross_entropy(logits, y), "loss_at": self.beta * at}

@@ -1,9 +1,16 @@
-"""Pure distillation losses, usable in any training loop (like torch.nn.functional)."""
+"""Pure distillation losses, usable in any training loop (like torch.nn.functional).
+
+Every loss is computed in float32 from what it receives, whatever the training precision: fp16 or
+bf16 logits and features are cast up and autocast is off inside (`float32`), so a temperature of 8
+on fp16 logits gives the fp32 loss, never an overflow.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from compressor.precision import cross_entropy, float32  # noqa: F401 - cross_entropy is part of this API
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None,
@@ -16,6 +23,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
     return ce + soft
 
 
+@float32
 def kd_terms(student_logits, teacher_logits, targets, temperature: float = 4.0, alpha: float = 0.5):
     """The two weighted terms of `kd_loss`: (alpha * CE, (1 - alpha) * T^2 * KL)."""
     zero = student_logits.new_zeros(())
@@ -30,6 +38,7 @@ def kd_terms(student_logits, teacher_logits, targets, temperature: float = 4.0, 
     return ce, soft
 
 
+@float32
 def logit_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean squared error between student and teacher logits (logit regression)."""
     return F.mse_loss(student_logits, teacher_logits.detach())
@@ -50,6 +59,7 @@ def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return F.normalize(feature.abs().pow(p).mean(1).flatten(1), dim=1)
 
 
+@float32
 def attention_transfer_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
                             p: float = 2.0) -> torch.Tensor:
     """Sum over layer pairs of the mean squared difference of attention maps (unweighted).
@@ -87,6 +97,7 @@ def rkd_angle_potential(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(diff, diff.transpose(1, 2)).flatten()
 
 
+@float32
 def rkd_loss(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, distance_weight: float = 25.0,
              angle_weight: float = 50.0) -> torch.Tensor:
     """Park et al. relational KD: Huber (smooth L1) loss between distance-wise and angle-wise potentials.
@@ -102,6 +113,7 @@ def rkd_loss(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor,
     return loss
 
 
+@float32
 def gaussian_nll(mean: torch.Tensor, variance: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """-log q(t | s) up to a constant for a Gaussian with per-channel variance (VID), averaged."""
     var = variance.view(1, -1, *([1] * (target.dim() - 2)))

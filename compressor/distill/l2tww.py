@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compressor.distill.base import FeatureDistiller
-from compressor.distill.functional import match_spatial
+from compressor.distill.functional import cross_entropy, match_spatial
 from compressor.distill.registry import register_method
 
 SECOND_ORDER, FINITE_DIFFERENCE = "second-order", "first-order (finite differences)"
@@ -72,7 +72,7 @@ class L2TWW(FeatureDistiller):
         out = []
         for reg, (tn, sn) in zip(self.regressors, self.pairs):
             a, b = match_spatial(reg(s[sn]), t[tn])
-            out.append((a - b).pow(2).sum(dim=(2, 3)) / (a.shape[2] * a.shape[3]))
+            out.append((a.float() - b.float()).pow(2).sum(dim=(2, 3)) / (a.shape[2] * a.shape[3]))
         return out
 
     def weighted(self, errors: list[torch.Tensor], t: dict) -> torch.Tensor:
@@ -91,13 +91,13 @@ class L2TWW(FeatureDistiller):
 
     def forward_train(self, x, y):
         logits, _, s, t = self.features(x)
-        return logits, {"loss_ce": self.alpha * F.cross_entropy(logits, y), "loss_wfm": self.beta * self.wfm(s, t)}
+        return logits, {"loss_ce": self.alpha * cross_entropy(logits, y), "loss_wfm": self.beta * self.wfm(s, t)}
 
     def train_step(self, x, y, optimizer):
         """The bilevel steps of one batch; returns the first step's logits and losses."""
         t0 = time.perf_counter()
         logits, _, s, t = self.features(x)  # teacher features are computed once per batch
-        ce, wfm = self.alpha * F.cross_entropy(logits, y), self.beta * self.wfm(s, t)
+        ce, wfm = self.alpha * cross_entropy(logits, y), self.beta * self.wfm(s, t)
         if not torch.isfinite(ce + wfm):
             return logits, {"loss_ce": ce.detach(), "loss_wfm": wfm.detach()}  # the loop stops on it
         optimizer.zero_grad(set_to_none=True)
@@ -110,7 +110,7 @@ class L2TWW(FeatureDistiller):
             optimizer.step()
         logits3, _ = self._student(x)
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(logits3, y).backward()
+        cross_entropy(logits3, y).backward()
         optimizer.step()
         self._meta_step(x, y, t, optimizer.param_groups[0]["lr"])
         self.step_times.append(time.perf_counter() - t0)
@@ -122,7 +122,7 @@ class L2TWW(FeatureDistiller):
         theta = self.student_parameters()
         logits, _ = self._student(x)
         g_ce = [g.detach() if g is not None else None
-                for g in torch.autograd.grad(F.cross_entropy(logits, y), theta, allow_unused=True)]
+                for g in torch.autograd.grad(cross_entropy(logits, y), theta, allow_unused=True)]
         if self.meta_gradient == SECOND_ORDER:
             try:
                 self._meta_update(self._hyper_exact(x, t, theta, g_ce), lr)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 
 from compressor.distill.base import Distiller
-from compressor.distill.functional import logit_mse_loss
+from compressor.distill.functional import cross_entropy, logit_mse_loss
 from compressor.distill.registry import register_method
 
 
@@ -18,5 +17,5 @@ class MSE(Distiller):
 
     def forward_train(self, x, y):
         logits = self.model(x)
-        return logits, {"loss_ce": self.alpha * F.cross_entropy(logits, y),
+        return logits, {"loss_ce": self.alpha * cross_entropy(logits, y),
                         "loss_mse": (1 - self.alpha) * logit_mse_loss(logits, self.teacher_logits(x))}

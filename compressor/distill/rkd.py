@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 
 from compressor import CompressorError
 from compressor.distill.base import Distiller
 from compressor.distill.features import FeatureTap
-from compressor.distill.functional import rkd_loss
+from compressor.distill.functional import cross_entropy, rkd_loss
 from compressor.distill.registry import register_method
 from compressor.models import classifier_name
 
@@ -32,7 +31,7 @@ class RKD(Distiller):
         (t_emb,) = t.values()
         logits = self.model(x)
         (s_emb,) = self._s_tap.pop().values()
-        return logits, {"loss_ce": self.alpha * F.cross_entropy(logits, y),
+        return logits, {"loss_ce": self.alpha * cross_entropy(logits, y),
                         "loss_rkd": self.beta * rkd_loss(s_emb, t_emb, self.distance_weight, self.angle_weight)}
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compressor.distill.features import FeatureTap, probe_shapes
-from compressor.distill.functional import kd_terms
+from compressor.distill.functional import cross_entropy, kd_terms
 from compressor.training import Task
 
 
@@ -44,7 +44,7 @@ class SelfDistiller(Task):
         logits = self.model(x)
         feats = self._tap.pop()
         final_feat = F.adaptive_avg_pool2d(feats[self.stages[-1]], 1).flatten(1).detach()
-        losses = {"loss_ce": F.cross_entropy(logits, y)}
+        losses = {"loss_ce": cross_entropy(logits, y)}
         kd_total = hint_total = logits.new_zeros(())
         for head, name in zip(self.heads, self.stages[:-1]):
             h_logits, h_feat = head(feats[name])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from compressor import CompressorError
 from compressor.distill.base import FeatureDistiller
-from compressor.distill.functional import gaussian_nll, match_spatial
+from compressor.distill.functional import cross_entropy, gaussian_nll, match_spatial
 from compressor.distill.registry import register_method
 
 
@@ -60,7 +60,7 @@ class VID(FeatureDistiller):
         logits, _, s, t = self.features(x)
         nll = sum(lam * reg(_as_map(s[b]), _as_map(t[a]))
                   for lam, reg, (a, b) in zip(self.lambdas, self.regressors, self.pairs))
-        return logits, {"loss_ce": self.alpha * F.cross_entropy(logits, y), "loss_vid": self.beta * nll}
+        return logits, {"loss_ce": self.alpha * cross_entropy(logits, y), "loss_vid": self.beta * nll}
 
 
 def _channels(shape: tuple) -> int:
