@@ -42,6 +42,25 @@ def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def cli_subprocess(*args, cwd=None):
+    """Run `python -m compressor.cli.main ARGS...` in a fresh process (real stderr, real exit code)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "compressor.cli.main", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def one_stderr_line(res, needle: str) -> str:
+    """A failed process printed exactly one `error:` line holding `needle`, and no traceback."""
+    assert res.returncode != 0, res.stdout
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 def one_line_error(res, needle: str) -> str:
     """A failed command ends with one `error:` line holding `needle`."""
     assert res.exit_code != 0, res.output

@@ -1,7 +1,5 @@
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -13,7 +11,8 @@ from safetensors.torch import save_file
 from compressor.cli.main import app
 from compressor.models import create_model
 
-from conftest import cli as _cli_in_process, one_line_error as _one_line_error
+from conftest import cli as _cli_in_process, cli_subprocess as _cli, one_line_error as _one_line_error, \
+    one_stderr_line as _assert_one_line_error
 
 runner = CliRunner()
 
@@ -45,19 +44,6 @@ def test_stages_through_the_cli(tmp_path):
     m = json.loads(r.stdout)
     assert m["accuracy"] == pytest.approx(json.loads((e / "metrics.json").read_text())["accuracy_int8"])
     assert 0 <= m["agreement"] <= 1
-
-
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "compressor.cli.main", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
-
-
-def _assert_one_line_error(res, must_contain: str):
-    assert res.returncode != 0
-    assert "Traceback" not in res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    assert must_contain in lines[0], lines[0]
 
 
 def test_bad_inputs_give_one_clear_line_and_leave_nothing(tmp_path, teacher_dir, student_dir):

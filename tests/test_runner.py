@@ -11,21 +11,7 @@ from typer.testing import CliRunner
 
 from compressor.cli.main import app
 
-from conftest import SYN
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "compressor.cli.main", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
-
-
-def _one_line(res, needle: str) -> str:
-    assert res.returncode != 0, res.stdout
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    assert needle in lines[0], lines[0]
-    return lines[0]
+from conftest import SYN, cli_subprocess as _cli, one_stderr_line as _one_line
 
 
 def _snapshot(d):

@@ -29,26 +29,25 @@ def train_online(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg, 
     n = len(data.train)
     if cfg.chunk_size > n:
         raise CompressorError(f"--chunk-size must be between 1 and the {n} training images, got {cfg.chunk_size}")
-    train = cfg
-    seed_everything(train.seed)
+    seed_everything(cfg.seed)
     set_trainable(teacher, cfg.trainable)
     teacher_params = [p for p in teacher.parameters() if p.requires_grad]
     t_opt = torch.optim.Adam(teacher_params, lr=cfg.teacher_lr)
-    s_opt = make_optimizer(student.parameters(), train)
+    s_opt = make_optimizer(student.parameters(), cfg)
     student.to(device), teacher.to(device)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(train.seed))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
     chunks = [order[i:i + cfg.chunk_size] for i in range(0, n - cfg.chunk_size + 1, cfg.chunk_size)]
     val = data.loader("val", 512)
     history = []
     for c in range(len(chunks)):
         buffer = torch.cat(chunks[max(0, c - cfg.buffer_chunks + 1):c + 1])
-        loader = BatchLoader(data.train.subset(buffer), train.batch_size, mean=data.mean, std=data.std,
+        loader = BatchLoader(data.train.subset(buffer), cfg.batch_size, mean=data.mean, std=data.std,
                              image_size=data.image_size, shuffle=True, augment=True, flip=data.flip,
-                             seed=train.seed + c)
+                             seed=cfg.seed + c)
         distilling = c >= cfg.distill_after
         with progress(f"online chunk {c + 1}/{len(chunks)}", cfg.epochs_per_buffer * len(loader)) as bar:
             for epoch in range(cfg.epochs_per_buffer):
-                lr = train.lr / 10 if epoch == cfg.epochs_per_buffer - 1 and cfg.epochs_per_buffer > 1 else train.lr
+                lr = cfg.lr / 10 if epoch == cfg.epochs_per_buffer - 1 and cfg.epochs_per_buffer > 1 else cfg.lr
                 for group in s_opt.param_groups:
                     group["lr"] = lr
                 loader.set_epoch(epoch)

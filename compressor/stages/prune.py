@@ -39,13 +39,14 @@ def prune(run: StageRun) -> dict:
     before = {"accuracy_before": test_accuracy(model, bundle, run.device), "params_before": count_params(model)}
     before["size_bytes_before"], before["zipped_bytes_before"] = recorded_model_sizes(art.path, art.metrics)
     spec = art.spec.model_copy(update={"stage": "prune"}, deep=True)
-    metrics, masker = _cut(run, model, shape, exclude, spec, bundle)
+    options = method_options(cfg) if t_art else {}
+    metrics, masker = _cut(run, model, shape, exclude, spec, bundle, options)
     acc_pruned = test_accuracy(model, bundle, run.device)
     log(f"prune: {'channels' if cfg.structured else 'weights'} at {cfg.sparsity:.0%} "
         f"({'structured' if cfg.structured else f'{cfg.schedule}, {cfg.scope}'}): test accuracy "
         f"{before['accuracy_before']:.4f} -> {acc_pruned:.4f} before fine-tuning"
         + ("" if cfg.structured or cfg.schedule == "oneshot" else " (first step)"))
-    result, options, cost = _finetune(run, model, t_art, bundle, shape, masker)
+    result, cost = _finetune(run, model, t_art, bundle, shape, masker, options)
     model = model.cpu()
     if masker is not None:
         masker.finish()
@@ -72,7 +73,7 @@ def prune(run: StageRun) -> dict:
     return metrics
 
 
-def _cut(run: StageRun, model, shape, exclude, spec, bundle):
+def _cut(run: StageRun, model, shape, exclude, spec, bundle, options: dict):
     """Remove channels now (structured), or set up the masks fine-tuning keeps (unstructured)."""
     cfg = run.cfg
     if cfg.structured:
@@ -84,20 +85,13 @@ def _cut(run: StageRun, model, shape, exclude, spec, bundle):
         return {"channels_removed": {p["layer"]: f"{len(p['removed'])}/{p['channels']}" for p in plan},
                 "latency_ms_before": latency_before}, None
     layers = prunable_layers(model, exclude)
-    steps = max(1, _epochs(cfg) * len(bundle.loader("train", cfg.batch_size)))
-    return {}, GradualMasker(layers, cfg.sparsity, steps if _epochs(cfg) else 0, cfg.scope, cfg.schedule)
+    epochs = cfg.epochs + (options.get("hint_epochs") or 0)  # all phases of the method (fitnet's hints too)
+    steps = max(1, epochs * len(bundle.loader("train", cfg.batch_size)))
+    return {}, GradualMasker(layers, cfg.sparsity, steps if epochs else 0, cfg.scope, cfg.schedule)
 
 
-def _epochs(cfg) -> int:
-    """Fine-tuning epochs over all phases of the distillation method (fitnet adds its hint epochs)."""
-    if not cfg.teacher:
-        return cfg.epochs
-    return cfg.epochs + (method_options(cfg).get("hint_epochs") or 0)
-
-
-def _finetune(run: StageRun, model, t_art, bundle, shape, masker):
+def _finetune(run: StageRun, model, t_art, bundle, shape, masker, options: dict):
     cfg = run.cfg
-    options = method_options(cfg) if t_art else {}
     task = (build_distiller(cfg.method, model, t_art.model, input_shape=shape, options=options)
             if t_art else Supervised(model))
     try:
@@ -106,7 +100,7 @@ def _finetune(run: StageRun, model, t_art, bundle, shape, masker):
                             after_step=masker)
     finally:
         getattr(task, "close", lambda: None)()
-    return result, options, task.cost(run.device)
+    return result, task.cost(run.device)
 
 
 def _scores(select_dir: str) -> dict[str, list[float]]:
