@@ -90,20 +90,21 @@ def has_checkpoint(out: str | Path) -> bool:
 class Checkpoints:
     """The checkpoints of one stage run, beside its output directory `out`."""
 
-    def __init__(self, out: str | Path, stage: str, resume: bool = False) -> None:
+    def __init__(self, out: str | Path, stage: str, resume: bool = False, *, write: bool = True) -> None:
         self.dir = checkpoint_dir(out)
-        self.resume = resume
+        self.resume, self.write = resume, write  # under torchrun only rank 0 writes; every rank reads
         if resume and not has_checkpoint(out):
             raise CompressorError(f"--resume: no checkpoint of {stage} for {Path(out).expanduser().absolute()} "
                                   f"(looked in {self.dir}); run without --resume to start fresh")
-        if not resume and self.dir.exists():
+        if not resume and self.dir.exists() and write:
             shutil.rmtree(self.dir, ignore_errors=True)  # a fresh run starts from nothing
 
     def fit(self, tag: str, fingerprint: dict) -> FitCheckpoint:
         return FitCheckpoint(self, tag, fingerprint)
 
     def clear(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.write:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class FitCheckpoint:
@@ -129,6 +130,8 @@ class FitCheckpoint:
         return state
 
     def save(self, state: dict) -> None:
+        if not self.owner.write:
+            return
         self.owner.dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save({**state, "fingerprint": self.fingerprint, "tag": self.tag}, buf)

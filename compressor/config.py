@@ -104,12 +104,39 @@ class DataFields(Config):
     download: bool = option(False, "Allow torchvision to download the dataset into --data-root.", recipe=False)
     train_size: Optional[int] = option(None, "Use only the first N training images (after the fixed validation "
                                              "split).", ge=1)
+    workers: Optional[int] = option(None, "imagefolder: DataLoader worker processes decoding and augmenting images "
+                                          "(default: one per CPU core, at most 8, shared by torchrun's processes; 0: "
+                                          "in the main process). Changes no result.", ge=0, recipe=False, setting=False)
+    interpolation: Optional[Literal["bilinear", "bicubic", "nearest"]] = option(
+        None, "imagefolder: resampling of resized images (default: the pretrained model's, else bilinear).",
+        recipe=False)
+    crop_pct: Optional[float] = option(None, "imagefolder: evaluation resizes to image-size / crop-pct, then crops the "
+                                             "centre (default: the pretrained model's, else 0.875).", gt=0, le=1,
+                                       recipe=False)
 
     def load_data(self, spec=None):
         """Load the data; with an upstream model's spec, check it fits and use its normalization."""
         from compressor.stages.common import load_bundle
 
         return load_bundle(self, spec)
+
+
+class Augmentation(Config):
+    """How training views of photographs are made (imagefolder; timm's pipeline, see compressor.folder).
+    Small tensor datasets are padded, cropped and flipped instead."""
+
+    scale: float = option(0.08, "imagefolder: RandomResizedCrop's smallest crop, as a fraction of the image area "
+                                "(crops range up to the whole image).", gt=0, le=1)
+    ratio: float = option(4 / 3, "imagefolder: RandomResizedCrop's aspect ratios range from 1/R to R.", ge=1)
+    hflip: float = option(0.5, "imagefolder: probability of a horizontal flip.", ge=0, le=1)
+    color_jitter: float = option(0.4, "imagefolder: colour jitter strength (brightness, contrast, saturation); "
+                                      "off with --auto-augment.", ge=0)
+    auto_augment: Optional[str] = option(None, "imagefolder: timm RandAugment / AutoAugment policy, e.g. "
+                                               "rand-m9-mstd0.5 or original.")
+    reprob: float = option(0.0, "imagefolder: random erasing probability.", ge=0, le=1)
+
+
+PIPELINE_FIELDS = ("scale", "ratio", "hflip", "color_jitter", "auto_augment", "reprob", "interpolation", "crop_pct")
 
 
 class Runtime(Config):
@@ -128,7 +155,8 @@ class TrainConfig(Runtime):
 
     epochs: int = option(1, "Training epochs.", ge=0)
     lr: float = option(0.05, "Peak learning rate (cosine schedule down to 0).", gt=0, allow_inf_nan=False)
-    batch_size: int = option(128, "Training batch size.", ge=1)
+    batch_size: int = option(128, "Training batch size (under torchrun: the global batch, shared by the "
+                                  "processes).", ge=1)
     optimizer: Literal["sgd", "adam"] = option("sgd", "SGD with Nesterov momentum, or Adam.")
     momentum: float = option(0.9, "SGD momentum.", ge=0, lt=1)
     weight_decay: float = option(5e-4, "L2 weight decay.", ge=0)
@@ -137,6 +165,10 @@ class TrainConfig(Runtime):
                                         "scaler). Losses are always computed in float32.")
     channels_last: bool = option(False, "Train in channels-last memory format (faster convolutions on GPUs and on "
                                         "CPUs with AMX/AVX-512).")
+    sync_batchnorm: bool = option(False, "Under torchrun on GPUs: batch-norm statistics over every process's share "
+                                         "of the batch (SyncBatchNorm) instead of each process's own.")
+    compile: bool = option(False, "Compile the training forward with torch.compile (faster steps on GPUs after a "
+                                  "warm-up; needs a C++ compiler on CPUs).")
     resume: bool = option(False, "Continue an interrupted run of this same command from its checkpoint "
                                  "(.OUT.checkpoint/ beside --out); an error if there is none.",
                           recipe=False, setting=False)
@@ -169,7 +201,7 @@ class DistillOptions(Config):
 # --- stages ----------------------------------------------------------------------------------
 
 
-class TeachConfig(DataFields, TrainConfig, Output):
+class TeachConfig(DataFields, Augmentation, TrainConfig, Output):
     model: str = option(help="Any timm model name (e.g. resnet18) or a built-in: convtiny, convverytiny.")
     pretrained: bool = option(False, "Start from timm's pretrained weights (needs the network).")
     init: Optional[str] = option(None, "Start from these weights (.safetensors, or .pt/.pth read with "
@@ -200,7 +232,7 @@ class SelectConfig(DataFields, Runtime, Output):
         return ",".join(map(str, v)) if isinstance(v, list) else v
 
 
-class DistillConfig(DataFields, TrainConfig, DistillOptions, Output):
+class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output):
     student: str = option(help="Student model: convtiny, convverytiny or any timm name.")
     scheme: SchemeName = option("offline", "offline (frozen teacher), online (teacher and student train together "
                                            "over a stream of chunks), self (the student teaches its own "
@@ -240,7 +272,7 @@ class DistillConfig(DataFields, TrainConfig, DistillOptions, Output):
         return self
 
 
-class PruneConfig(DataFields, TrainConfig, DistillOptions, Output):
+class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output):
     model_dir: str = option(help="Artifact directory of the model to read.", argument=True, recipe=False)
     sparsity: float = option(help="Unstructured: fraction of conv/linear weights to zero; --structured: fraction "
                                   "of each prunable convolution's output channels removed. In [0, 1).", ge=0, lt=1)

@@ -1,8 +1,11 @@
-"""Dataset names -> in-memory splits and fast, deterministic batch loaders.
+"""Dataset names -> splits and fast, deterministic batch loaders.
 
-Every dataset is held as uint8 tensors (N, C, H, W). Batches are augmented and normalized on the
-fly, vectorized per batch. Augmentation is a pure function of (seed, epoch, index), so a run is
-repeatable on CPU and a teacher's outputs for a given (epoch, index) are always for the same crop.
+Small tensor datasets (synthetic, Fashion-MNIST, CIFAR) are held as uint8 tensors (N, C, H, W);
+their batches are padded-and-cropped, flipped and normalized on the fly, vectorized per batch
+(`BatchLoader`: 1.36x a DataLoader loop on the quickstart). Folders of photographs are read lazily,
+decoded and augmented with timm's pipeline in DataLoader workers (`compressor.folder`). Either way
+augmentation is a pure function of (seed, epoch, index), so a run is repeatable on CPU and a
+teacher's outputs for a given (epoch, index) are always for the same view.
 """
 
 from __future__ import annotations
@@ -25,15 +28,22 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Sneaker", "Bag", "Ankle boot"]
 SPLIT_SEED = 20240601  # the validation split is fixed, independent of --seed, so stages agree on it
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGEFOLDER_SIZE = 224  # imagefolder images are resized to this by default (the size timm's models are built for)
 
 
 @dataclass
 class Split:
+    """An in-memory split: uint8 images (N, C, H, W) and their labels."""
+
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64 (N,)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
 
     def subset(self, index: torch.Tensor) -> Split:
         return Split(self.images[index], self.labels[index])
@@ -41,7 +51,12 @@ class Split:
 
 @dataclass
 class DataBundle:
-    """Train/val/test splits of one dataset plus what a model needs to know about its input."""
+    """Train/val/test splits of one dataset plus what a model needs to know about its input.
+
+    Splits are in memory (`Split`: small tensor datasets, batched by `BatchLoader`) or lists of
+    image files (`compressor.folder.FileSplit`: decoded and augmented lazily in DataLoader worker
+    processes by `compressor.folder.StreamLoader`). Both loaders have the same interface.
+    """
 
     name: str
     root: str | None
@@ -55,19 +70,44 @@ class DataBundle:
     image_size: int
     flip: bool = True
     identity: dict = field(default_factory=dict)
+    pipeline: dict = field(default_factory=dict)  # folder data: timm transform settings (compressor.folder)
+    workers: int = 0  # folder data: DataLoader worker processes
 
     @property
     def input_shape(self) -> list[int]:
-        return [int(self.train.images.shape[1]), self.image_size, self.image_size]
+        return [self.train.channels, self.image_size, self.image_size]
+
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.train, Split)
 
     def loader(self, split: str, batch_size: int = 128, *, train: bool = False, seed: int = 0,
-               limit: int | None = None) -> BatchLoader:
-        """A loader over `split`; `train=True` shuffles and augments (deterministically by seed)."""
+               limit: int | None = None, subset: torch.Tensor | None = None, shard: bool = False):
+        """A loader over `split`; `train=True` shuffles and augments (deterministically by seed).
+
+        `subset`: only these sample indices of the split; `limit`: only the first N samples;
+        `shard`: under torchrun, each process takes its share of every batch (`batch_size` is the
+        global batch)."""
         data = getattr(self, split)
+        if subset is not None:
+            data = data.subset(subset)
         if limit is not None and limit < len(data):
             data = data.subset(torch.arange(limit))
+        rank, world = _shard() if shard else (0, 1)
+        if self.streamed:
+            from compressor.folder import StreamLoader
+
+            return StreamLoader(data, batch_size, bundle=self, train=train, seed=seed, rank=rank, world=world)
         return BatchLoader(data, batch_size, mean=self.mean, std=self.std, image_size=self.image_size,
-                           shuffle=train, augment=train, flip=self.flip, seed=seed)
+                           shuffle=train, augment=train, flip=self.flip, seed=seed, rank=rank, world=world)
+
+    def test_images(self, index: list[int]) -> list:
+        """uint8 (C, H, W) test images, as a model sees them before normalization (for pictures)."""
+        if self.streamed:
+            from compressor.folder import view_images
+
+            return view_images(self, [self.test.files[i] for i in index])
+        return [self.test.images[i] for i in index]
 
     def use_normalization(self, mean: list[float], std: list[float]) -> None:
         """Normalize as an upstream model was trained (its model.json), not by this data's stats."""
@@ -77,39 +117,64 @@ class DataBundle:
         self.mean, self.std = list(mean), list(std)
 
 
-class BatchLoader:
-    """Yields (normalized float images, labels). Call `set_epoch` before each epoch."""
+def _shard() -> tuple[int, int]:
+    from compressor import distributed
 
-    def __init__(self, data: Split, batch_size: int, *, mean, std, image_size: int, shuffle: bool,
-                 augment: bool, flip: bool, seed: int) -> None:
-        self.data, self.batch_size = data, batch_size
-        self.shuffle, self.augment, self.flip, self.seed = shuffle, augment, flip, seed
-        self.image_size = image_size
-        c = data.images.shape[1]
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+    return distributed.rank(), distributed.world_size()
+
+
+class Batches:
+    """The sample order every loader shares: a permutation of (seed, epoch) when shuffling, cut in
+    global batches; under torchrun each process takes every world-th sample of each global batch,
+    so the samples of a step are the same whatever the number of processes. `skip_batches` starts
+    the next iteration that many batches in (resuming mid-epoch)."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world = rank, world
         self.epoch = 0
+        self.skip_batches = 0
         self.last_index: torch.Tensor | None = None  # sample indices of the batch last yielded
-        self.skip_batches = 0  # start the next iteration this many batches in (resuming mid-epoch)
-        h = data.images.shape[2]
-        self.pad = 4 if h >= 32 else 2
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(len(self.data) / self.batch_size)
+        if self.world > 1 and self.n % self.batch_size and self.n % self.batch_size < self.world:
+            return self.n // self.batch_size  # a last batch too small to give every process a sample
+        return math.ceil(self.n / self.batch_size)
 
     @property
     def num_samples(self) -> int:
-        return len(self.data)
+        return self.n
 
     def order(self) -> torch.Tensor:
-        n = len(self.data)
         if not self.shuffle:
-            return torch.arange(n)
+            return torch.arange(self.n)
         g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0))
-        return torch.randperm(n, generator=g)
+        return torch.randperm(self.n, generator=g)
+
+    def batch_indices(self):
+        """This process's sample indices of each remaining batch of the epoch."""
+        order = self.order()
+        for b in range(self.skip_batches, len(self)):
+            index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield index[self.rank::self.world] if self.world > 1 else index
+
+
+class BatchLoader(Batches):
+    """In-memory batches: yields (normalized float images, labels). Call `set_epoch` before each epoch."""
+
+    def __init__(self, data: Split, batch_size: int, *, mean, std, image_size: int, shuffle: bool,
+                 augment: bool, flip: bool, seed: int, rank: int = 0, world: int = 1) -> None:
+        super().__init__(len(data), batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world)
+        self.data, self.augment, self.flip = data, augment, flip
+        self.image_size = image_size
+        c = data.images.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+        h = data.images.shape[2]
+        self.pad = 4 if h >= 32 else 2
 
     def augmentation(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Crop offsets (dy, dx) and flip flags for the given sample indices at this epoch.
@@ -125,12 +190,10 @@ class BatchLoader:
                 torch.from_numpy(flips[idx]))
 
     def __iter__(self):
-        order = self.order()
         aug = None
         if self.augment:
             aug = self.augmentation(torch.arange(len(self.data)))
-        for start in range(self.skip_batches * self.batch_size, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
+        for index in self.batch_indices():
             x = self.data.images[index].float().div_(255.0)
             if aug is not None:
                 x = _crop_flip(x, aug[0][index], aug[1][index], aug[2][index], self.pad)
@@ -226,44 +289,6 @@ def _cifar(root: Path, download: bool, hundred: bool):
     return out[0], out[1], list(ds.classes), True
 
 
-def _imagefolder(root: Path, image_size: int | None):
-    from PIL import Image
-
-    splits, classes = {}, None
-    for split in ("train", "val"):
-        folder = root / split
-        if not folder.is_dir():
-            raise CompressorError(f"imagefolder root {root} has no '{split}/' folder of class folders")
-        names = sorted(d.name for d in folder.iterdir() if d.is_dir())
-        if classes is None:
-            classes = names
-        elif names != classes:
-            raise CompressorError(f"{folder} has classes {names} but train/ has {classes}")
-        size = image_size or 64
-        images, labels, unreadable = [], [], []
-        for label, name in enumerate(names):
-            for f in sorted((folder / name).iterdir()):
-                if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                try:
-                    with Image.open(f) as im:
-                        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-                except (OSError, ValueError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
-                    unreadable.append(f)
-                    continue
-                images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-                labels.append(label)
-        if unreadable:
-            more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
-            raise CompressorError(f"cannot read image {unreadable[0]}{more} ({len(unreadable)} unreadable file"
-                                  f"{'s' if len(unreadable) > 1 else ''} under {folder}); remove or fix "
-                                  f"{'them' if len(unreadable) > 1 else 'it'}")
-        if not images:
-            raise CompressorError(f"{folder} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-        splits[split] = Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
-    return splits["train"], splits["val"], classes, True
-
-
 def synthetic_splits(num_classes: int = 10, channels: int = 3, size: int = 16, train: int = 4000,
                      test: int = 400) -> tuple[Split, Split]:
     """A deterministic, class-structured dataset: each class is a smooth random pattern and a colour
@@ -288,7 +313,8 @@ def synthetic_splits(num_classes: int = 10, channels: int = 3, size: int = 16, t
 
 
 def load_data(name: str, root: str | os.PathLike | None = None, *, image_size: int | None = None,
-              download: bool = False, val_fraction: float = 0.1, train_size: int | None = None) -> DataBundle:
+              download: bool = False, val_fraction: float = 0.1, train_size: int | None = None,
+              pipeline: dict | None = None, workers: int | None = None) -> DataBundle:
     """Load a dataset by name into train/val/test splits.
 
     Args:
@@ -298,6 +324,8 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, image_size: i
         download: allow torchvision to download the data into `root`.
         val_fraction: share of the training set held out, with a fixed seed, for validation.
         train_size: keep only this many training images (after the validation split).
+        pipeline: imagefolder: the timm transform settings (`compressor.folder.PIPELINE_DEFAULTS`).
+        workers: imagefolder: DataLoader worker processes (default: one per CPU core, up to 8).
     """
     if name not in DATA_NAMES:
         raise CompressorError(f"unknown data '{name}'; choose one of {', '.join(DATA_NAMES)}")
@@ -324,7 +352,9 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, image_size: i
         elif name in ("cifar10", "cifar100"):
             train, test, classes, flip = _cifar(rpath, download, name == "cifar100")
         else:
-            train, test, classes, flip = _imagefolder(rpath, image_size)
+            from compressor.folder import list_imagefolder
+
+            train, test, classes = list_imagefolder(rpath)
         root = str(rpath)
     num_classes = len(classes)
     if len(train) == 0 or len(test) == 0:
@@ -344,12 +374,17 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, image_size: i
         if train_size < 1:
             raise CompressorError(f"--train-size must be positive, got {train_size}")
         train = train.subset(torch.arange(min(train_size, len(train))))
-    x = train.images.float().div(255.0)
-    mean = x.mean(dim=(0, 2, 3)).tolist()
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    size = image_size or int(train.images.shape[-1])
+    size = image_size or (IMAGEFOLDER_SIZE if name == "imagefolder" else int(train.images.shape[-1]))
     identity = {"name": name, "root": root, "train": len(train), "val": len(val), "test": len(test),
                 "image_size": size, "train_size": train_size, "val_fraction": val_fraction}
-    return DataBundle(name=name, root=root, num_classes=num_classes, class_names=list(classes), train=train,
-                      val=val, test=test, mean=[round(m, 6) for m in mean], std=[round(s, 6) for s in std],
-                      image_size=size, flip=flip, identity=identity)
+    bundle = DataBundle(name=name, root=root, num_classes=num_classes, class_names=list(classes), train=train,
+                        val=val, test=test, mean=[], std=[], image_size=size, flip=flip, identity=identity)
+    if bundle.streamed:
+        from compressor.folder import configure_stream
+
+        configure_stream(bundle, pipeline or {}, workers)
+    else:
+        x = train.images.float().div(255.0)
+        bundle.mean = [round(m, 6) for m in x.mean(dim=(0, 2, 3)).tolist()]
+        bundle.std = [round(s, 6) for s in x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()]
+    return bundle

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 
 from compressor import CompressorError
 from compressor.artifacts import METRICS_FILE, atomic_write_json, hash_file, json_digest, read_json
+from compressor import distributed
 from compressor.config import STAGE_CONFIGS, Config, DataFields, field_extra
 from compressor.console import log
 
@@ -242,7 +243,8 @@ class Ledger:
     def record(self, name: str, key: str, artifact: Path) -> str:
         digest = artifact_digest(artifact)
         self.state[name] = {"key": key, "digest": digest}
-        atomic_write_json(self.path, self.state)
+        if distributed.is_main():  # under torchrun every process keeps the record; rank 0 writes it
+            atomic_write_json(self.path, self.state)
         return digest
 
 

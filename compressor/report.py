@@ -127,7 +127,7 @@ def _find(run: Path, kind: str) -> Path | None:
 
 def test_outputs(run_dir: str | Path, device: str = "cpu") -> tuple[list[ModelOutputs], torch.Tensor, object, list]:
     """Test-split probabilities of the teacher, the student alone (if distill ran with --control)
-    and the distilled student; plus labels, the test images (uint8) and class names."""
+    and the distilled student; plus labels, the data (for test images) and class names."""
     from compressor.artifacts import CONTROL_FILE, load_artifact, load_state_dict
     from compressor.data import load_data
     from compressor.models import build_from_spec
@@ -157,7 +157,7 @@ def test_outputs(run_dir: str | Path, device: str = "cpu") -> tuple[list[ModelOu
         data.use_normalization(spec.mean, spec.std)
         logits, labels = predict(model, data.loader("test", 512), device)
         outs.append(ModelOutputs(name, torch.softmax(logits.float(), 1)))
-    return outs, labels, data.test.images, data.class_names
+    return outs, labels, data, data.class_names
 
 
 def accuracy_rows(outs: list[ModelOutputs], labels: torch.Tensor) -> list[dict]:
@@ -198,7 +198,7 @@ def save_png(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def image_grid(outs: list[ModelOutputs], labels, images, class_names: list[str], path: Path, limit: int = 24) -> int:
+def image_grid(outs: list[ModelOutputs], labels, data, class_names: list[str], path: Path, limit: int = 24) -> int:
     """Test images the distilled student gets right and the teacher wrong, both predictions as captions."""
     plt = pyplot()
     teacher, student = outs[0], outs[-1]
@@ -209,8 +209,7 @@ def image_grid(outs: list[ModelOutputs], labels, images, class_names: list[str],
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.2), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, shown):
-        img = images[i]
+    for ax, img, i in zip(axes.flat, data.test_images(shown), shown):
         ax.imshow(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy(),
                   cmap="gray" if img.shape[0] == 1 else None)
         ax.set_title(f"teacher: {class_names[int(teacher.pred[i])]}\nstudent: {class_names[int(student.pred[i])]}",
@@ -259,9 +258,9 @@ def write_report(run_dir: str | Path, device: str = "cpu") -> dict:
     if _find(run, "distill") is None:
         md += ["(No distill stage in this run: the teacher/student tables need one.)", ""]
     else:
-        outs, labels, images, class_names = test_outputs(run, device)
+        outs, labels, data, class_names = test_outputs(run, device)
         acc, cross = accuracy_rows(outs, labels), cross_rows(outs, labels)
-        n_grid = image_grid(outs, labels, images, class_names, run / "images.png")
+        n_grid = image_grid(outs, labels, data, class_names, run / "images.png")
         md += _model_sections(outs, labels, acc, cross, n_grid)
     md += ["## Learning curves", "", f"Stages: {', '.join(curves) or 'none recorded'}.", "",
            "![curves](curves.png)", "", "## Size and latency", "", summary_table(summary).markdown()]

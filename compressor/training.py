@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from compressor import CompressorError
+from compressor import CompressorError, distributed
 from compressor.console import log, progress
 from compressor.checkpoint import FitCheckpoint, Interrupted, StopSignals, rng_state, set_rng_state
 from compressor.data import BatchLoader, DataBundle
@@ -175,10 +175,11 @@ class Trainer:
         self.device = torch.device(device)
         task.to(self.device)
         self.task, self.model, self.cfg, self.desc, self.stage = task, task.model, cfg, desc, stage
+        explicit_params = params is not None
         params = params if params is not None else [p for p in task.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, cfg)
         self.on_batch = getattr(task, "on_batch", None)
-        self.train_loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed)
+        self.train_loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed, shard=True)
         self.val_loader = data.loader("val", 512)
         steps = max(1, cfg.epochs * len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -195,6 +196,13 @@ class Trainer:
                                   f"{task.method_name}'s own training step does not use; use bf16-mixed or 32")
         if cfg.channels_last:
             task.to(memory_format=torch.channels_last)
+        self.forward = parallel_forward(task, self.device, cfg, explicit_params=explicit_params,
+                                        custom_step=train_step is not None, stage=stage)
+        if getattr(cfg, "compile", False):
+            if train_step is not None:
+                raise CompressorError(f"{stage}: --compile compiles the standard training step; "
+                                      f"{task.method_name} has its own; drop --compile")
+            self.forward = torch.compile(self.forward)
 
     def run(self) -> FitResult:
         t_start = time.time()
@@ -206,8 +214,8 @@ class Trainer:
                 self.validate(epoch, sums, correct, seen, t0)
                 if self.checkpoint is not None:
                     self.checkpoint.save(self.snapshot(epoch + 1, 0, {}, 0, 0))
-                if stop.received:
-                    _stop(stop.received, self.checkpoint, None, self.stage, epoch + 1, 0)
+                if distributed.any_true(stop.received is not None, self.device):
+                    _stop(stop.received or "SIGTERM", self.checkpoint, None, self.stage, epoch + 1, 0)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.result.wall_time_s = round(time.time() - t_start, 2)
@@ -267,7 +275,8 @@ class Trainer:
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
                 bar.advance(1, f"loss {float(loss.detach()):.4f}")
-                if stop.received:
+                if distributed.any_true(stop.received is not None, self.device):  # a signal on any rank
+                    stop.received = stop.received or "SIGTERM"
                     _stop(stop.received, self.checkpoint, self.snapshot(epoch, step, sums, correct, seen), self.stage,
                           epoch, step)
         loader.skip_batches = 0
@@ -283,7 +292,7 @@ class Trainer:
             if self.train_step is not None:
                 logits, losses = self.train_step(x, y, self.optimizer)
             else:
-                logits, losses = self.task.forward_train(x, y)
+                logits, losses = self.forward(x, y)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             kept = (f"; the last good checkpoint (end of epoch {epoch - 1}) is kept at {self.checkpoint.path}"
@@ -301,7 +310,9 @@ class Trainer:
         return logits, losses, loss
 
     def validate(self, epoch: int, sums: dict, correct: int, seen: int, t0: float) -> None:
+        distributed.broadcast_buffers(self.model)  # every rank evaluates (and keeps) rank 0's statistics
         val_logits, val_labels = predict(self.model, self.val_loader, self.device)
+        sums, correct, seen = _global_counts(sums, correct, seen)
         val_acc = accuracy(val_logits, val_labels)
         row = {"epoch": epoch, "train_loss": sum(sums.values()) / max(seen, 1),
                **{k: v / max(seen, 1) for k, v in sums.items()},
@@ -316,6 +327,53 @@ class Trainer:
         if self.best_state is None or val_acc > self.result.best_val_accuracy:
             self.result.best_val_accuracy, self.result.best_epoch = val_acc, epoch
             self.best_state = copy.deepcopy(self.model.state_dict())
+
+
+def _global_counts(sums: dict, correct: int, seen: int) -> tuple[dict, int, int]:
+    """Training loss sums and counts over every process's share of the batches."""
+    if not distributed.active():
+        return sums, correct, seen
+    keys = sorted(sums)
+    t = distributed.sum_(torch.tensor([sums[k] for k in keys] + [correct, seen], dtype=torch.float64))
+    return dict(zip(keys, t[:len(keys)].tolist())), int(t[-2]), int(t[-1])
+
+
+class _TrainForward(nn.Module):
+    """What DistributedDataParallel wraps: the task's training forward, as `forward`."""
+
+    def __init__(self, task: nn.Module) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, x, y):
+        return self.task.forward_train(x, y)
+
+
+def parallel_forward(task, device: torch.device, cfg, *, explicit_params: bool, custom_step: bool, stage: str):
+    """The task's training forward; under torchrun, through DistributedDataParallel (gradients
+    averaged over processes), the frozen teacher left out of it."""
+    if getattr(cfg, "sync_batchnorm", False) and not distributed.active():
+        raise CompressorError(f"{stage}: --sync-batchnorm synchronises batch norm across torchrun's processes; "
+                              "launch with torchrun or drop it")
+    if not distributed.active():
+        return task.forward_train
+    if custom_step:
+        raise CompressorError(f"{stage}: {task.method_name}'s own training step runs in one process; "
+                              "launch it without torchrun")
+    if getattr(cfg, "sync_batchnorm", False):
+        if device.type != "cuda":
+            raise CompressorError(f"{stage}: --sync-batchnorm needs GPUs (PyTorch's SyncBatchNorm has no CPU "
+                                  "kernel); drop it on the CPU")
+        task.model = nn.SyncBatchNorm.convert_sync_batchnorm(task.model)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    wrapped = _TrainForward(task)
+    frozen = [n for n, _ in list(wrapped.named_parameters()) + list(wrapped.named_buffers())
+              if n.startswith("task.teacher.")]
+    DDP._set_params_and_buffers_to_ignore_for_model(wrapped, frozen)
+    ddp = DDP(wrapped, device_ids=[device.index] if device.type == "cuda" else None,
+              find_unused_parameters=explicit_params)
+    return ddp
 
 
 def _stop(signame: str, checkpoint: FitCheckpoint | None, state: dict | None, stage: str, epoch: int,

@@ -4,6 +4,7 @@ handling and the closing summary."""
 from __future__ import annotations
 
 import functools
+import os
 import inspect
 import json
 import sys
@@ -26,12 +27,18 @@ if not stdout.is_terminal:  # logs and CI: wide enough for the summary tables
     stdout = Console(highlight=False, width=140)
 
 
-def apply_runtime(quiet: bool, workers: int | None) -> None:
-    set_quiet(quiet)
-    if workers is not None:
-        if workers < 1:
-            raise CompressorError(f"--workers must be at least 1, got {workers}")
-        torch.set_num_threads(workers)
+def apply_runtime(quiet: bool, threads: int | None, device: str = "auto") -> None:
+    """Join torchrun's process group when launched by it (only rank 0 prints); set CPU threads."""
+    from compressor import distributed
+
+    distributed.init(device)
+    set_quiet(quiet or not distributed.is_main())
+    if threads is not None:
+        if threads < 1:
+            raise CompressorError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    elif distributed.launched():
+        torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -102,7 +109,7 @@ def _group(config: type[Config], public: str) -> int:
     return 0
 
 
-PRESENTATION = [inspect.Parameter("workers", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt.WorkersOpt),
+PRESENTATION = [inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt.ThreadsOpt),
                 inspect.Parameter("json_", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=opt.JsonOpt),
                 inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=opt.QuietOpt)]
 
@@ -116,8 +123,8 @@ def stage_command(config: type[Config], run, title: str, after=None):
 
     @guarded
     def command(**kw):
-        json_, quiet, workers = kw.pop("json_"), kw.pop("quiet"), kw.pop("workers")
-        apply_runtime(quiet, workers)
+        json_, quiet, threads = kw.pop("json_"), kw.pop("quiet"), kw.pop("threads")
+        apply_runtime(quiet, threads, kw.get("device") or "auto")
         values = {k: v.value if isinstance(v, Enum) else v for k, v in kw.items()}
         given = {k: v for k, v in values.items() if defaults[k] is inspect.Parameter.empty
                  or v != (defaults[k].value if isinstance(defaults[k], Enum) else defaults[k])}
@@ -140,7 +147,11 @@ SUMMARY_KEYS = [("accuracy", "accuracy", "{:.4f}"), ("teacher_accuracy", "teache
 
 
 def show(metrics: dict, as_json: bool, title: str) -> None:
-    """Print a stage's result: a small table, or JSON with --json."""
+    """Print a stage's result: a small table, or JSON with --json (under torchrun, rank 0 only)."""
+    from compressor import distributed
+
+    if not distributed.is_main():
+        return
     if as_json:
         print(json.dumps(metrics, indent=2, default=str))
         return

@@ -10,8 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", help="CPU threads for PyTorch and onnxruntime (default: all cores).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads for PyTorch's operations (default: all cores; under torchrun, shared by its "
+                      "processes).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout (progress stays on stderr).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 RecipeDeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Override the recipe's device: auto, cpu or cuda.")]

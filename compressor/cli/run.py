@@ -4,8 +4,9 @@ from typing import Annotated
 
 import typer
 
+from compressor import distributed
 from compressor.cli.common import apply_runtime, guarded, stdout
-from compressor.cli.options import JsonOpt, QuietOpt, RecipeArg, RecipeDeviceOpt, RunOutOpt, WorkersOpt
+from compressor.cli.options import JsonOpt, QuietOpt, RecipeArg, RecipeDeviceOpt, RunOutOpt, ThreadsOpt
 from compressor.recipe import load_recipe, run_recipe
 from compressor.report import summary_rows, summary_table
 
@@ -17,7 +18,7 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage (Ctrl-C, SIGTERM, a crash) from its checkpoint instead of starting it over.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, even those whose inputs are unchanged and whose artifact verifies.")] = False,
     device: RecipeDeviceOpt = None,
-    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -27,11 +28,13 @@ def run(
     version) are unchanged and whose artifact still verifies is skipped; a change reruns that stage
     and every stage after it.
     """
-    apply_runtime(quiet, workers)
+    apply_runtime(quiet, threads)
     r = load_recipe(recipe)
     run_dir = Path(out or Path("runs") / r.name)
     run_recipe(r, run_dir, resume=resume, force=force, device=device)
     rows = summary_rows(run_dir)
+    if not distributed.is_main():
+        return
     if json_:
         print(json.dumps({"run_dir": str(run_dir), "stages": rows}, indent=2))
     else:

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 from compressor import CompressorError
 from compressor.cli.common import apply_runtime, guarded, stdout
-from compressor.cli.options import JsonOpt, QuietOpt, RecipeDeviceOpt, WorkersOpt
+from compressor.cli.options import JsonOpt, QuietOpt, RecipeDeviceOpt, ThreadsOpt
 from compressor.recipe import load_recipe
 from compressor.sweep import SWEEP_DIR, parse_grid, result_tables, run_sweep
 
@@ -18,7 +18,7 @@ def sweep(
     out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default: runs/<recipe name>); points go to <out>/sweep/<point>/.")] = None,
     cache_teacher: Annotated[bool, typer.Option("--cache-teacher/--no-cache-teacher", help="Reuse the frozen teacher's outputs across points (offline distillation; default on).")] = True,
     device: RecipeDeviceOpt = None,
-    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -26,7 +26,7 @@ def sweep(
 
     Writes <out>/sweep/results.md, results.json and heatmap.png. A rerun skips finished points.
     """
-    apply_runtime(quiet, workers)
+    apply_runtime(quiet, threads)
     epochs = None
     if at_epochs:
         try:

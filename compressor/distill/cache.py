@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from compressor import distributed
 from compressor.artifacts import MODEL_FILE, atomic_write_bytes, atomic_write_json, hash_file, json_digest
 
 
@@ -53,6 +54,7 @@ class TeacherCache:
         self.index: torch.Tensor | None = None
         self.store_: dict[str, torch.Tensor] = {}
         self.dirty = False
+        self.fresh = torch.zeros(num_samples, dtype=torch.bool)
         self.hits = self.misses = 0
 
     # -- training batches -------------------------------------------------------------------
@@ -63,6 +65,7 @@ class TeacherCache:
         if epoch != self.epoch:
             self.flush()
             self.epoch, self.store_ = epoch, self._load(self._path(epoch))
+            self.fresh = torch.zeros(self.n, dtype=torch.bool)  # what this process computed this epoch
         self.index = index
 
     def lookup(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
@@ -89,16 +92,46 @@ class TeacherCache:
             s[key][idx] = f.detach().to("cpu", torch.float16)
         s["logits"][idx] = logits.detach().to("cpu", torch.float32)
         s["filled"][idx] = 1
+        self.fresh[idx] = True
         self.dirty = True
         # every run, the one that fills the cache included, trains on the same rounded features
         return {name: s[f"feat.{name}"][idx].float().to(f.device) for name, f in feats.items()}
 
     def flush(self) -> None:
-        if self.dirty and self.epoch is not None:
+        """Write the epoch's store (under torchrun: merged from every process, written by rank 0)."""
+        if self.epoch is None:
+            return
+        if distributed.active():
+            self._merge()
+        if self.dirty and distributed.is_main():
             from safetensors.torch import save
 
             atomic_write_bytes(self._path(self.epoch), save({k: v.contiguous() for k, v in self.store_.items()}))
-            self.dirty = False
+        self.dirty = False
+
+    def _merge(self) -> None:
+        """Every process computed the teacher on its share of the batches: gather them all.
+
+        Shares are disjoint, so summing what each process computed (zeros elsewhere) is exact;
+        rows read from the file before keep their stored values. A collective: every process
+        calls it at the same point (epoch change, close)."""
+        import torch.distributed as dist
+
+        if not distributed.any_true(self.dirty):
+            return
+        shapes = [None] * distributed.world_size()
+        dist.all_gather_object(shapes, {k: (tuple(v.shape), v.dtype) for k, v in self.store_.items()})
+        for k, (shape, dtype) in sorted({k: v for d in shapes for k, v in d.items()}.items()):
+            self.store_.setdefault(k, torch.zeros(shape, dtype=dtype))
+        fresh = distributed.sum_(self.fresh.to(torch.int32)) > 0
+        for k, v in self.store_.items():
+            if k == "filled":
+                continue
+            mine = self.fresh.view(-1, *[1] * (v.dim() - 1))
+            total = distributed.sum_(torch.where(mine, v, torch.zeros((), dtype=v.dtype)).float())
+            self.store_[k] = torch.where(fresh.view_as(mine), total.to(v.dtype), v)
+        self.store_["filled"] = torch.maximum(self.store_["filled"], fresh.to(torch.uint8))
+        self.dirty = True
 
     def _load(self, path: Path) -> dict[str, torch.Tensor]:
         if not path.is_file():
@@ -125,7 +158,8 @@ class TeacherCache:
             except Exception:  # noqa: BLE001
                 pass
         logits = compute().to("cpu", torch.float32).contiguous()
-        atomic_write_bytes(path, save({"logits": logits}))
+        if distributed.is_main():  # every process computed the same logits; one writes them
+            atomic_write_bytes(path, save({"logits": logits}))
         return logits
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from compressor import CompressorError
 from compressor.console import log, progress
-from compressor.data import BatchLoader, DataBundle
+from compressor.data import DataBundle
 from compressor.distill.functional import kd_terms
 from compressor.training import accuracy, make_optimizer, predict, seed_everything
 
@@ -41,9 +41,7 @@ def train_online(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg, 
     history = []
     for c in range(len(chunks)):
         buffer = torch.cat(chunks[max(0, c - cfg.buffer_chunks + 1):c + 1])
-        loader = BatchLoader(data.train.subset(buffer), cfg.batch_size, mean=data.mean, std=data.std,
-                             image_size=data.image_size, shuffle=True, augment=True, flip=data.flip,
-                             seed=cfg.seed + c)
+        loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed + c, subset=buffer)
         distilling = c >= cfg.distill_after
         with progress(f"online chunk {c + 1}/{len(chunks)}", cfg.epochs_per_buffer * len(loader)) as bar:
             for epoch in range(cfg.epochs_per_buffer):

@@ -18,11 +18,30 @@ def load_bundle(fields, spec: ModelSpec | None = None) -> DataBundle:
     if spec is not None and size is None:
         size = spec.input_shape[-1]
     data = load_data(fields.data, fields.data_root, image_size=size, download=fields.download,
-                     train_size=fields.train_size)
+                     train_size=fields.train_size, pipeline=pipeline_settings(fields, spec), workers=fields.workers)
     if spec is not None:
         check_data_matches(spec, data)
         data.use_normalization(spec.mean, spec.std)
     return data
+
+
+def pipeline_settings(fields, spec: ModelSpec | None = None) -> dict:
+    """The imagefolder transform settings a stage's options give (compressor.folder); given for
+    other data, they are an error. Downstream of a model, its interpolation and crop are the default."""
+    from compressor.config import PIPELINE_FIELDS
+
+    given = sorted(set(PIPELINE_FIELDS) & fields.model_fields_set)
+    if given and fields.data != "imagefolder":
+        raise CompressorError(f"{', '.join(fields.flag_of(g) for g in given)} only apply to --data imagefolder "
+                              f"(data '{fields.data}' is padded, cropped and flipped in memory)")
+    upstream = (spec.data.get("pipeline") or {}) if spec is not None else {}
+    out = {k: upstream[k] for k in ("interpolation", "crop_pct") if k in upstream}
+    out.update({k: getattr(fields, k) for k in PIPELINE_FIELDS if getattr(fields, k, None) is not None})
+    if "scale" in out:
+        out["scale"] = [out["scale"], 1.0]
+    if "ratio" in out:
+        out["ratio"] = [1 / out["ratio"], out["ratio"]]
+    return out
 
 
 def check_data_matches(spec: ModelSpec, data: DataBundle) -> None:

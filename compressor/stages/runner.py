@@ -12,6 +12,8 @@ import errno
 import fcntl
 import functools
 import os
+import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,8 +40,12 @@ class StageRun:
     checkpoints: Checkpoints | None
 
     def fingerprint(self, data_identity: dict) -> dict:
-        """What a resumable checkpoint must have been written with: the settings and the data."""
-        return {**self.cfg.settings(), "data": data_identity}
+        """What a resumable checkpoint must have been written with: the settings, the data and,
+        under torchrun, the number of processes."""
+        from compressor import distributed
+
+        world = {"world_size": distributed.world_size()} if distributed.world_size() > 1 else {}
+        return {**self.cfg.settings(), "data": data_identity, **world}
 
 
 def stage(name: str, config: type[Config], *, trains: bool = False):
@@ -70,17 +76,23 @@ def as_config(config: type[Config], first, options: dict) -> Config:
 
 
 def execute(name: str, cfg: Config, body, trains: bool) -> dict:
+    """Run a stage body. Under torchrun every process runs it; only rank 0 locks --out, writes the
+    artifact and checkpoints (the others assemble theirs in a private temporary directory that is
+    thrown away), and all wait for rank 0 before returning."""
+    from compressor import distributed
     from compressor.training import resolve_device
 
     started = time.time()
     out = Path(cfg.out).expanduser().absolute()
     check_apart(out, input_dirs(cfg))
-    device = resolve_device(cfg.device)
+    distributed.init(cfg.device)
+    device = distributed.device_for(resolve_device(cfg.device))
+    main = distributed.is_main()
     checkpoints = None
     try:
-        with output_lock(out):
-            checkpoints = Checkpoints(out, name, cfg.resume) if trains else None
-            with ArtifactWriter(out) as writer:
+        with output_lock(out) if main else _private(out) as target:
+            checkpoints = Checkpoints(out, name, cfg.resume, write=main) if trains else None
+            with ArtifactWriter(target) as writer:
                 metrics = body(StageRun(name, cfg, device, writer, checkpoints))
                 metrics.update(base_metrics(cfg.seed, started))
                 writer.commit(metrics)
@@ -94,6 +106,7 @@ def execute(name: str, cfg: Config, body, trains: bool) -> dict:
                               "(nothing was replaced)") from None
     if checkpoints is not None:
         checkpoints.clear()
+    distributed.barrier()  # the artifact is whole before any process reads it
     if metrics.get("status") == "failed":
         raise CompressorError(f"{metrics['failure']}; artifact written to {cfg.out} and marked failed")
     return metrics
@@ -132,10 +145,20 @@ def output_lock(out: Path):
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        yield out
     finally:
         try:
             os.unlink(lock)
         except OSError:
             pass
         os.close(fd)
+
+
+@contextmanager
+def _private(out: Path):
+    """Where a torchrun process other than rank 0 assembles its (discarded) copy of the artifact."""
+    tmp = Path(tempfile.mkdtemp(prefix="compress-rank-"))
+    try:
+        yield tmp / out.name
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

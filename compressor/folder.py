@@ -1,0 +1,216 @@
+"""Folders of photographs, streamed: listed at start-up, decoded and augmented in DataLoader workers.
+
+Nothing but the file list is held in memory, so memory does not grow with the number of images.
+Training views come from timm's data pipeline (`timm.data.create_transform`: RandomResizedCrop,
+flips, colour jitter, RandAugment / AutoAugment, random erasing); evaluation resizes then
+centre-crops by `crop_pct`. Each training view is a pure function of (seed, epoch, index): the
+transform runs under Python, NumPy and torch generators seeded from those three numbers (and the
+caller's generators are restored after), so the batches are the same whatever `--workers` and the
+batch size, the teacher cache stays valid and resuming is bit-exact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from compressor import CompressorError
+from compressor.data import IMAGE_EXTENSIONS, Batches, _mix
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+# timm's defaults for training on photographs (timm.data.create_transform), recorded in each
+# artifact's data identity; --scale, --ratio, --hflip, --color-jitter, --auto-augment, --reprob,
+# --interpolation and --crop-pct change them.
+PIPELINE_DEFAULTS = {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3], "hflip": 0.5, "color_jitter": 0.4,
+                     "auto_augment": None, "reprob": 0.0, "interpolation": "bilinear", "crop_pct": 0.875}
+
+
+@dataclass
+class FileSplit:
+    """A split of image files and their labels (decoded only when a batch needs them)."""
+
+    files: list[str]
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def channels(self) -> int:
+        return 3  # decoded as RGB
+
+    def subset(self, index: torch.Tensor) -> FileSplit:
+        return FileSplit([self.files[i] for i in index.tolist()], self.labels[index])
+
+
+def list_imagefolder(root: Path) -> tuple[FileSplit, FileSplit, list[str]]:
+    """root/train/<class>/... and root/val/<class>/... (files at any depth) -> (train, val, classes)."""
+    splits, classes = {}, None
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise CompressorError(f"imagefolder root {root} has no '{split}/' folder of class folders")
+        names = sorted(d.name for d in os.scandir(folder) if d.is_dir())
+        if classes is None:
+            classes = names
+        elif names != classes:
+            raise CompressorError(f"{folder} has classes {names} but train/ has {classes}")
+        files, labels = [], []
+        for label, name in enumerate(names):
+            for dirpath, dirnames, filenames in os.walk(folder / name):
+                dirnames.sort()
+                for f in sorted(filenames):
+                    if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                        files.append(os.path.join(dirpath, f))
+                        labels.append(label)
+        if not files:
+            raise CompressorError(f"{folder} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        splits[split] = FileSplit(files, torch.tensor(labels, dtype=torch.int64))
+    return splits["train"], splits["val"], classes
+
+
+def default_workers() -> int:
+    """DataLoader workers per process: the CPU cores this process may use, shared among the
+    processes torchrun started on this machine, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cores // max(local, 1)))
+
+
+def configure_stream(bundle, pipeline: dict, workers: int | None) -> None:
+    """Fill in a folder bundle's normalization, transform settings and worker count."""
+    unknown = set(pipeline) - set(PIPELINE_DEFAULTS)
+    if unknown:
+        raise CompressorError(f"unknown pipeline setting(s) {sorted(unknown)}")
+    settings = {**PIPELINE_DEFAULTS, **{k: v for k, v in pipeline.items() if v is not None}}
+    settings["scale"], settings["ratio"] = list(settings["scale"]), list(settings["ratio"])
+    bundle.mean, bundle.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    bundle.pipeline = settings
+    bundle.workers = default_workers() if workers is None else workers
+    bundle.identity["pipeline"] = settings
+
+
+def transform(bundle, train: bool, normalize: bool = True):
+    """timm's training or evaluation transform for this bundle (its size, normalization, settings)."""
+    from timm.data import create_transform
+
+    p = bundle.pipeline
+    common = dict(interpolation=p["interpolation"], mean=tuple(bundle.mean), std=tuple(bundle.std),
+                  normalize=normalize)
+    if not train:
+        return create_transform(bundle.image_size, is_training=False, crop_pct=p["crop_pct"], **common)
+    try:
+        return create_transform(bundle.image_size, is_training=True, scale=tuple(p["scale"]),
+                                ratio=tuple(p["ratio"]), hflip=p["hflip"], color_jitter=p["color_jitter"],
+                                auto_augment=p["auto_augment"], re_prob=p["reprob"], **common)
+    except (AssertionError, ValueError, KeyError) as e:
+        raise CompressorError(f"--auto-augment '{p['auto_augment']}' is not a timm augmentation policy "
+                              f"(e.g. rand-m9-mstd0.5, augmix-m5-w3, original): {e}") from None
+
+
+@contextmanager
+def sample_generators(seed: int):
+    """Run a block under Python, NumPy and torch generators seeded from `seed`; restore the
+    caller's generators afterwards (timm's transforms draw from all three)."""
+    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(th)
+
+
+def read_rgb(path: str):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
+        raise CompressorError(f"cannot read image {path} ({type(e).__name__}: not an image PIL can decode); "
+                              "remove or fix it") from None
+
+
+class FolderDataset(Dataset):
+    """dataset[(index, epoch)] -> (image tensor, label, index); a training view is a pure
+    function of (seed, epoch, index)."""
+
+    def __init__(self, split: FileSplit, transform, *, augment: bool, seed: int) -> None:
+        self.files, self.labels = split.files, split.labels.tolist()
+        self.transform, self.augment, self.seed = transform, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key):
+        index, epoch = key
+        image = read_rgb(self.files[index])
+        if self.augment:
+            with sample_generators(_mix(self.seed, epoch, index, 11)):
+                x = self.transform(image)
+        else:
+            x = self.transform(image)
+        return x, self.labels[index], index
+
+
+class _Keys(Sampler):
+    """The batch sampler: (index, epoch) keys of each of this process's batches."""
+
+    def __init__(self, batches: Batches) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        epoch = self.batches.epoch
+        for index in self.batches.batch_indices():
+            yield [(i, epoch) for i in index.tolist()]
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.batches.skip_batches
+
+
+class StreamLoader(Batches):
+    """Batches of a FileSplit decoded in `bundle.workers` DataLoader worker processes (kept alive
+    between epochs), pinned when a GPU is present and prefetched; the same interface and sample
+    order as the in-memory `compressor.data.BatchLoader`."""
+
+    def __init__(self, data: FileSplit, batch_size: int, *, bundle, train: bool, seed: int, rank: int = 0,
+                 world: int = 1) -> None:
+        super().__init__(len(data), batch_size, shuffle=train, seed=seed, rank=rank, world=world)
+        self.dataset = FolderDataset(data, transform(bundle, train), augment=train, seed=seed)
+        self.workers = bundle.workers
+        self._loader: DataLoader | None = None
+
+    def _dataloader(self) -> DataLoader:
+        if self._loader is None:
+            self._loader = DataLoader(
+                self.dataset, batch_sampler=_Keys(self), num_workers=self.workers,
+                pin_memory=torch.cuda.is_available(), persistent_workers=self.workers > 0,
+                prefetch_factor=4 if self.workers > 0 else None,
+                generator=torch.Generator())  # workers' seeds never draw from the global generator
+        return self._loader
+
+    def __iter__(self):
+        try:
+            for x, y, index in self._dataloader():
+                self.last_index = index
+                yield x, y
+        except CompressorError as e:  # raised in a worker: keep its last line, not the traceback
+            raise CompressorError(str(e).strip().splitlines()[-1].removeprefix("compressor.CompressorError: ")) from None
+
+
+def view_images(bundle, files: list[str]) -> list[torch.Tensor]:
+    """uint8 (3, H, W) images as the evaluation transform crops them (for pictures in reports)."""
+    t = transform(bundle, train=False, normalize=False)
+    return [t(read_rgb(f)) for f in files]
