@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from compressor import CompressorError
 from compressor.data import IMAGE_EXTENSIONS, Batches, _mix
@@ -118,18 +118,23 @@ def transform(bundle, train: bool, normalize: bool = True):
 
 @contextmanager
 def sample_generators(seed: int):
-    """Run a block under Python, NumPy and torch generators seeded from `seed`; restore the
-    caller's generators afterwards (timm's transforms draw from all three)."""
-    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    """Run a block under Python, NumPy and torch (CPU) generators seeded from `seed` (timm's
+    transforms draw from all three). In the main process (--workers 0) the caller's generators are
+    restored afterwards; a DataLoader worker's are its own, so it skips that (saving NumPy's state
+    alone costs more than 70 us an image)."""
+    in_worker = get_worker_info() is not None
+    if not in_worker:
+        py, npy, th = random.getstate(), np.random.get_state(), torch.random.default_generator.get_state()
     random.seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
-    torch.manual_seed(seed)
+    torch.random.default_generator.manual_seed(seed)  # torch.manual_seed would also queue CUDA seeding
     try:
         yield
     finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(th)
+        if not in_worker:
+            random.setstate(py)
+            np.random.set_state(npy)
+            torch.random.default_generator.set_state(th)
 
 
 def read_rgb(path: str):
@@ -181,9 +186,9 @@ class _Keys(Sampler):
 
 
 class StreamLoader(Batches):
-    """Batches of a FileSplit decoded in `bundle.workers` DataLoader worker processes (kept alive
-    between epochs), pinned when a GPU is present and prefetched; the same interface and sample
-    order as the in-memory `compressor.data.BatchLoader`."""
+    """Batches of a FileSplit decoded in `bundle.workers` DataLoader worker processes, pinned when a
+    GPU is present and prefetched; the same interface and sample order as the in-memory
+    `compressor.data.BatchLoader`."""
 
     def __init__(self, data: FileSplit, batch_size: int, *, bundle, train: bool, seed: int, rank: int = 0,
                  world: int = 1) -> None:
@@ -196,8 +201,11 @@ class StreamLoader(Batches):
         if self._loader is None:
             self._loader = DataLoader(
                 self.dataset, batch_sampler=_Keys(self), num_workers=self.workers,
-                pin_memory=torch.cuda.is_available(), persistent_workers=self.workers > 0,
-                prefetch_factor=4 if self.workers > 0 else None,
+                pin_memory=torch.cuda.is_available(),
+                # workers start afresh each epoch (a fork: milliseconds); kept alive they made every
+                # exit wait 5 s per worker for its join timeout
+                persistent_workers=False,
+                prefetch_factor=2 if self.workers > 0 else None,
                 generator=torch.Generator())  # workers' seeds never draw from the global generator
         return self._loader
 

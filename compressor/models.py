@@ -169,6 +169,28 @@ class ModelSpec(BaseModel):
         return self.model_dump(mode="json")
 
 
+def pretrained_config(name: str):
+    """timm's pretrained config of a model name (mean, std, input size, interpolation, crop_pct,
+    fixed_input_size), read without the network; None for built-ins and unknown names."""
+    if name in _BUILTIN:
+        return None
+    import timm
+
+    try:
+        return timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError, KeyError):
+        return None
+
+
+def size_kwargs(name: str, image_size: int) -> dict:
+    """Models built for one input size (ViT, Swin, ...: `fixed_input_size`) are built for the data's
+    size instead (`img_size`; timm resamples pretrained position embeddings). Recorded in model.json."""
+    cfg = pretrained_config(name)
+    if cfg is not None and getattr(cfg, "fixed_input_size", False) and cfg.input_size[-1] != image_size:
+        return {"img_size": image_size}
+    return {}
+
+
 def build_from_spec(spec: ModelSpec | dict) -> nn.Module:
     """Rebuild a model from a model.json spec (no weights), replaying any structured pruning."""
     if not isinstance(spec, ModelSpec):

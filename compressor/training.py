@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise CompressorError(f"--device must be auto, cpu or cuda, got '{device}'")
     return torch.device(device)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), or None where that cannot be read."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        boot = next(int(ln.split()[1]) for ln in open("/proc/stat") if ln.startswith("btime"))
+        return time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def peak_memory_mb(device: torch.device | str = "cpu") -> float:
@@ -186,6 +197,7 @@ class Trainer:
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
         self.after_step, self.train_step, self.val_reference, self.checkpoint = after_step, train_step, val_reference, checkpoint
         self.result, self.best_state = FitResult(), None
+        self.first_step_s: float | None = None  # seconds from the process's start to the end of the first step
         self.start_epoch, self.start_step, self.carry = 1, 0, ({}, 0, 0)
         self.extra_optims = {k: v for k, v in vars(task).items() if isinstance(v, torch.optim.Optimizer)}
         self.stateful_hook = after_step if hasattr(after_step, "state_dict") else None
@@ -269,6 +281,8 @@ class Trainer:
             bar.advance(loader.skip_batches)
             for step, (x, y) in enumerate(loader, loader.skip_batches + 1):
                 logits, losses, loss = self.step(x, y, epoch, step)
+                if self.first_step_s is None:
+                    self.first_step_s = process_age_s()
                 n = len(y)
                 seen += n
                 correct += int((logits.detach().argmax(1) == y.to(logits.device)).sum())
@@ -320,7 +334,9 @@ class Trainer:
                **({"val_agreement": float((val_logits.argmax(1) == self.val_reference).float().mean())}
                   if self.val_reference is not None else {}),
                "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": round(time.time() - t0, 2),
-               "images_per_s": round(seen / max(time.time() - t0, 1e-9), 1)}
+               "images_per_s": round(seen / max(time.time() - t0, 1e-9), 1),
+               **({"first_step_s": round(self.first_step_s, 2)} if self.first_step_s is not None and
+                  not self.result.history else {})}
         self.result.history.append(row)
         log(f"{self.desc} epoch {epoch}/{self.cfg.epochs}: loss {row['train_loss']:.4f}  "
             f"train acc {row['train_accuracy']:.4f}  val acc {val_acc:.4f}  ({row['images_per_s']:.0f} img/s)")

@@ -67,3 +67,27 @@ def one_line_error(res, needle: str) -> str:
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert lines and lines[-1].startswith("error:") and needle in lines[-1], res.output
     return lines[-1]
+
+
+def write_photo_folder(root: Path, per_class: int = 24, val_per_class: int = 6, classes: int = 4,
+                       size: int = 40) -> Path:
+    """root/train|val/<class>/*.jpg: JPEGs whose class is a colour cast and a stripe direction."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                yy, xx = np.mgrid[0:size, 0:size]
+                stripes = np.sin((xx if c % 2 else yy) * (0.3 + 0.1 * c) + rng.uniform(0, 6))
+                img = 128 + 60 * stripes[..., None] + 40 * (np.arange(3) == c % 3) + rng.normal(0, 20, (size, size, 3))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    return write_photo_folder(tmp_path_factory.mktemp("photos"))

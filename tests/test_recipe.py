@@ -117,3 +117,14 @@ def test_rerunning_a_recipe_skips_unchanged_stages_and_reruns_from_a_change(tmp_
     assert [r["skipped"] for r in tampered] == [True, False, False]
     forced = run_recipe(_recipe(0.3), out, force=True)
     assert not any(r["skipped"] for r in forced)
+
+
+def test_every_shipped_recipe_validates():
+    from pathlib import Path
+
+    from compressor.recipe import load_recipe
+
+    recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 3
+    for path in recipes:
+        assert load_recipe(path).stages, path

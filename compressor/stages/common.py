@@ -44,6 +44,27 @@ def pipeline_settings(fields, spec: ModelSpec | None = None) -> dict:
     return out
 
 
+def adopt_pretrained(data: DataBundle, name: str, given: set[str]) -> None:
+    """With --pretrained: normalize, size and (folders) resample and crop as the weights were trained
+    (timm's pretrained config), except where the user's options say otherwise."""
+    from compressor.models import pretrained_config
+
+    pc = pretrained_config(name)
+    if pc is None:
+        return
+    mean, std = list(pc.mean), list(pc.std)
+    if data.input_shape[0] == 1:  # timm folds RGB stem weights into one channel for in_chans=1
+        mean, std = [sum(mean) / 3], [sum(std) / 3]
+    data.use_normalization(mean, std)
+    if "image_size" not in given:
+        data.image_size = data.identity["image_size"] = int(pc.input_size[-1])
+    if data.streamed:
+        for key, value in (("interpolation", pc.interpolation), ("crop_pct", pc.crop_pct)):
+            if key not in given and value and (key != "interpolation" or value in ("bilinear", "bicubic", "nearest")):
+                data.pipeline[key] = value
+        data.identity["pipeline"] = data.pipeline
+
+
 def check_data_matches(spec: ModelSpec, data: DataBundle) -> None:
     if spec.num_classes != data.num_classes:
         raise CompressorError(f"the model has {spec.num_classes} classes but data '{data.name}' has "

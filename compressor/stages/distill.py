@@ -12,7 +12,7 @@ from compressor.console import log
 from compressor.distill import build_distiller, resolve_options
 from compressor.distill.online import train_online
 from compressor.distill.self_distill import SelfDistiller
-from compressor.models import count_params, create_model, stage_layers
+from compressor.models import count_params, create_model, size_kwargs, stage_layers
 from compressor.stages.common import check_input_fits, make_spec, test_logits
 from compressor.stages.runner import StageRun, stage
 from compressor.stages.select import read_channels
@@ -53,7 +53,8 @@ def distill(run: StageRun) -> dict:
     metrics.update(extra)
     if cfg.control:
         metrics.update(_control(run, bundle, val_ref, t_pred))
-    run.writer.save_model(net, make_spec(cfg.student, bundle, stage="distill", settings={**cfg.settings(), **options}))
+    run.writer.save_model(net, make_spec(cfg.student, bundle, stage="distill", kwargs=size_kwargs(cfg.student, bundle.image_size),
+                                         settings={**cfg.settings(), **options}))
     log(f"distill: test accuracy {metrics['accuracy']:.4f}" +
         (f", agreement {metrics['agreement']:.4f}" if t_pred is not None else "") + f" -> {Path(cfg.out)}")
     return metrics
@@ -69,7 +70,8 @@ def method_options(cfg) -> dict:
 
 def _student(cfg, bundle) -> torch.nn.Module:
     seed_everything(cfg.seed)
-    net = create_model(cfg.student, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0])
+    net = create_model(cfg.student, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0],
+                       **size_kwargs(cfg.student, bundle.image_size))
     check_input_fits(net, bundle, cfg.student)
     return net
 

@@ -11,8 +11,8 @@ from compressor import CompressorError
 from compressor.artifacts import check_finite, load_state_dict
 from compressor.config import TeachConfig
 from compressor.console import log
-from compressor.models import classifier_name, count_params, create_model
-from compressor.stages.common import check_input_fits, make_spec, test_accuracy
+from compressor.models import classifier_name, count_params, create_model, size_kwargs
+from compressor.stages.common import adopt_pretrained, check_input_fits, make_spec, test_accuracy
 from compressor.stages.runner import StageRun, stage
 from compressor.training import Supervised, seed_everything, train_task
 
@@ -95,8 +95,11 @@ def teach(run: StageRun) -> dict:
     seed_everything(cfg.seed)
     init_state = load_init(cfg.init) if cfg.init else None
     bundle = cfg.load_data()
+    if cfg.pretrained:
+        adopt_pretrained(bundle, cfg.model, cfg.model_fields_set)
+    sized = size_kwargs(cfg.model, bundle.image_size)
     net = create_model(cfg.model, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0],
-                       pretrained=cfg.pretrained)
+                       pretrained=cfg.pretrained, **sized)
     check_input_fits(net, bundle, cfg.model)
     skipped = []
     if init_state is not None:
@@ -111,7 +114,7 @@ def teach(run: StageRun) -> dict:
     for p in net.parameters():
         p.requires_grad_(True)
     acc = test_accuracy(net, bundle, run.device)
-    run.writer.save_model(net, make_spec(cfg.model, bundle, stage="teach",
+    run.writer.save_model(net, make_spec(cfg.model, bundle, stage="teach", kwargs=sized,
                                          settings={**cfg.settings(), "init_skipped": skipped}))
     log(f"teach: test accuracy {acc:.4f} -> {Path(cfg.out)}")
     return {"accuracy": acc, "params": count_params(net), "trainable_params": n_train,
