@@ -165,6 +165,11 @@ class TrainConfig(Runtime):
                                         "scaler). Losses are always computed in float32.")
     channels_last: bool = option(False, "Train in channels-last memory format (faster convolutions on GPUs and on "
                                         "CPUs with AMX/AVX-512).")
+    label_smoothing: float = option(0.0, "Hard-label targets smoothed by this much (timm's mixup_target).", ge=0, lt=1)
+    mixup: float = option(0.0, "Mixup: each batch mixed with itself reversed, weight ~ Beta(a, a) (timm's Mixup; "
+                               "0: off, 0.8 as in timm's ImageNet recipes).", ge=0)
+    cutmix: float = option(0.0, "CutMix: a box of the reversed batch pasted in, area ~ Beta(a, a) (0: off; with "
+                                "--mixup, one of the two per batch).", ge=0)
     sync_batchnorm: bool = option(False, "Under torchrun on GPUs: batch-norm statistics over every process's share "
                                          "of the batch (SyncBatchNorm) instead of each process's own.")
     compile: bool = option(False, "Compile the training forward with torch.compile (faster steps on GPUs after a "
@@ -264,6 +269,12 @@ class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Outpu
         if self.cache_teacher and self.scheme != "offline":
             raise ValueError(f"--cache-teacher works with --scheme offline only: the {self.scheme} scheme's teacher "
                              "changes during training (or is absent), so its outputs cannot be reused")
+        mixing = [self.flag_of(k) for k in ("mixup", "cutmix", "label_smoothing") if getattr(self, k)]
+        if mixing and self.scheme == "online":
+            raise ValueError(f"--scheme online trains on plain labels; drop {', '.join(mixing)}")
+        if self.cache_teacher and (self.mixup or self.cutmix):
+            raise ValueError("--mixup and --cutmix mix samples within a batch, so the teacher's outputs are not per "
+                             "sample and cannot be cached; drop --cache-teacher or the mixing")
         if self.precision != "32" and self.scheme == "online":
             raise ValueError("--scheme online trains in float32; drop --precision")
         if self.resume and self.scheme == "online":

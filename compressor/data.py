@@ -289,6 +289,21 @@ def _cifar(root: Path, download: bool, hundred: bool):
     return out[0], out[1], list(ds.classes), True
 
 
+_DECODED: dict[tuple, tuple] = {}  # the last tensor dataset decoded in this process
+
+
+def _decoded(name: str, root: Path, download: bool):
+    """Read a tensor dataset's files once per process: `compress run`'s stages (and a sweep's points)
+    share it instead of decoding it again each. Splits are never modified in place (only indexed)."""
+    key = (name, str(root.resolve()))
+    if key not in _DECODED:
+        splits = (_fashion_mnist(root, download) if name == "fashion-mnist"
+                  else _cifar(root, download, name == "cifar100"))
+        _DECODED.clear()  # hold one dataset at a time
+        _DECODED[key] = splits
+    return _DECODED[key]
+
+
 def synthetic_splits(num_classes: int = 10, channels: int = 3, size: int = 16, train: int = 4000,
                      test: int = 400) -> tuple[Split, Split]:
     """A deterministic, class-structured dataset: each class is a smooth random pattern and a colour
@@ -347,10 +362,8 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, image_size: i
         if not rpath.is_dir() and not download:
             raise CompressorError(f"data root {rpath} does not exist (data '{name}')")
         rpath.mkdir(parents=True, exist_ok=True)
-        if name == "fashion-mnist":
-            train, test, classes, flip = _fashion_mnist(rpath, download)
-        elif name in ("cifar10", "cifar100"):
-            train, test, classes, flip = _cifar(rpath, download, name == "cifar100")
+        if name in ("fashion-mnist", "cifar10", "cifar100"):
+            train, test, classes, flip = _decoded(name, rpath, download)
         else:
             from compressor.folder import list_imagefolder
 

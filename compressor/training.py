@@ -190,6 +190,7 @@ class Trainer:
         params = params if params is not None else [p for p in task.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, cfg)
         self.on_batch = getattr(task, "on_batch", None)
+        self.mix = batch_mixer(cfg, data.num_classes)
         self.train_loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed, shard=True)
         self.val_loader = data.loader("val", 512)
         steps = max(1, cfg.epochs * len(self.train_loader))
@@ -298,6 +299,8 @@ class Trainer:
 
     def step(self, x, y, epoch: int, step: int):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.mix is not None:
+            x, y = self.mix(x, y, epoch, step)
         if self.cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.on_batch is not None:
@@ -343,6 +346,31 @@ class Trainer:
         if self.best_state is None or val_acc > self.result.best_val_accuracy:
             self.result.best_val_accuracy, self.result.best_epoch = val_acc, epoch
             self.best_state = copy.deepcopy(self.model.state_dict())
+
+
+def batch_mixer(cfg, num_classes: int):
+    """Mixup / CutMix / label smoothing of a training batch (timm's), or None when all are off:
+    `mix(x, y, epoch, step) -> (x, soft targets)`. The mixing weight and box are drawn from
+    generators seeded by (seed, epoch, step), so a run (and its resume) is repeatable. A batch of
+    odd size (the last one, maybe) is only label-smoothed: timm mixes a batch with its reverse."""
+    mixup, cutmix, smoothing = (getattr(cfg, k, 0.0) for k in ("mixup", "cutmix", "label_smoothing"))
+    if not (mixup or cutmix or smoothing):
+        return None
+    from timm.data.mixup import Mixup, mixup_target
+
+    from compressor.data import _mix
+    from compressor.folder import sample_generators
+
+    mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
+                  num_classes=num_classes) if mixup or cutmix else None
+
+    def mix(x, y, epoch: int, step: int):
+        if mixer is None or len(x) % 2:
+            return x, mixup_target(y, num_classes, smoothing=smoothing)
+        with sample_generators(_mix(cfg.seed, epoch, step, 13)):
+            return mixer(x, y)
+
+    return mix
 
 
 def _global_counts(sums: dict, correct: int, seen: int) -> tuple[dict, int, int]:

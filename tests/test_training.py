@@ -14,7 +14,7 @@ import torch
 
 from compressor import CompressorError
 from compressor.artifacts import load_state_dict
-from compressor.stages import teach
+from compressor.stages import distill, teach
 
 from conftest import SYN, cli as _cli, one_line_error as _one_line_error
 
@@ -152,3 +152,21 @@ def test_bf16_mixed_and_channels_last_train_on_the_cpu(tmp_path, teacher_dir):
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     with pytest.raises(CompressorError, match="16-mixed"):
         distill(out=tmp_path / "x", method="l2tww", precision="16-mixed", **kw)
+
+
+def test_mixup_cutmix_and_label_smoothing_train_repeatably(tmp_path, teacher_dir):
+    cfg = dict(data=SYN, model="convverytiny", epochs=1, mixup=0.8, cutmix=1.0, label_smoothing=0.1, device="cpu")
+    a = teach(out=tmp_path / "a", **cfg)
+    teach(out=tmp_path / "b", **cfg)
+    plain = teach(out=tmp_path / "plain", **{**cfg, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0})
+    wa, wb = load_state_dict(tmp_path / "a" / "model.safetensors"), load_state_dict(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the mixing is drawn from (seed, epoch, step)
+    assert a["history"][0]["train_loss"] != plain["history"][0]["train_loss"]  # and it changes training
+    d = distill(
+        teacher=teacher_dir, student="convverytiny", data=SYN, epochs=1, mixup=0.5, label_smoothing=0.1,
+        out=tmp_path / "d", device="cpu")  # soft targets reach every distillation loss
+    assert d["accuracy"] > 0.5
+    with pytest.raises(CompressorError, match="cannot be cached"):
+        distill(
+            teacher=teacher_dir, student="convverytiny", data=SYN, mixup=0.5, cache_teacher=True,
+            out=tmp_path / "c", device="cpu")
