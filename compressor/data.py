@@ -140,8 +140,8 @@ class Batches:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        if self.world > 1 and self.n % self.batch_size and self.n % self.batch_size < self.world:
-            return self.n // self.batch_size  # a last batch too small to give every process a sample
+        if self.shuffle and self.world > 1 and self.n % self.batch_size and self.n % self.batch_size < self.world:
+            return self.n // self.batch_size  # training: a last batch too small to give every process a sample
         return math.ceil(self.n / self.batch_size)
 
     @property
@@ -159,7 +159,10 @@ class Batches:
         order = self.order()
         for b in range(self.skip_batches, len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield index[self.rank::self.world] if self.world > 1 else index
+            if self.world > 1:
+                index = index[self.rank::self.world]
+            if len(index):  # evaluation's last batch may leave a process nothing
+                yield index
 
 
 class BatchLoader(Batches):

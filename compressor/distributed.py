@@ -88,3 +88,33 @@ def sum_(t: torch.Tensor) -> torch.Tensor:
 
 def _collective_device(device) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def gather_rows(values: list[torch.Tensor], index: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Each process holds rows `index` of some (n, ...) tensors; return the whole tensors on every
+    process (all-gather, padded to the longest share)."""
+    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
+    _all_gather(counts, torch.tensor([len(index)]))
+    longest = int(max(c.item() for c in counts))
+    out = []
+    for v in [index.view(-1, 1)] + values:
+        padded = torch.zeros(longest, *v.shape[1:], dtype=v.dtype)
+        padded[:len(v)] = v
+        parts = [torch.empty_like(padded) for _ in range(world_size())]
+        _all_gather(parts, padded)
+        out.append(torch.cat([p[:int(c.item())] for p, c in zip(parts, counts)]))
+    rows = out[0].view(-1)
+    whole = []
+    for v in out[1:]:
+        full = torch.zeros(n, *v.shape[1:], dtype=v.dtype)
+        full[rows] = v
+        whole.append(full)
+    return whole
+
+
+def _all_gather(parts: list[torch.Tensor], t: torch.Tensor) -> None:
+    dev = _collective_device(t.device)
+    moved = [p.to(dev) for p in parts]
+    dist.all_gather(moved, t.to(dev))
+    for p, m in zip(parts, moved):
+        p.copy_(m.cpu())

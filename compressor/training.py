@@ -111,17 +111,34 @@ def make_optimizer(params, cfg) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: BatchLoader, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels for every sample of a (non-shuffled) loader."""
+    """Logits and labels for every sample of a (non-shuffled) loader.
+
+    Under torchrun each process runs its share of every batch and the logits are gathered, so every
+    process returns the whole split."""
+    from compressor.data import Batches
+
+    shard = (distributed.active() and isinstance(loader, Batches) and not loader.shuffle and loader.world == 1
+             and min(loader.num_samples, loader.batch_size) >= distributed.world_size())  # a share for every process
+    if shard:
+        loader.rank, loader.world = distributed.rank(), distributed.world_size()
     was_training = model.training
     model.eval()
-    outs, labels = [], []
+    outs, labels, index = [], [], []
     try:
         for x, y in loader:
             outs.append(model(x.to(device)).float().cpu())
             labels.append(y)
+            if shard:
+                index.append(loader.last_index)
     finally:
         model.train(was_training)
-    return torch.cat(outs), torch.cat(labels)
+        if shard:
+            loader.rank, loader.world = 0, 1
+    if not shard:
+        return torch.cat(outs), torch.cat(labels)
+    logits, labels = distributed.gather_rows([torch.cat(outs), torch.cat(labels)], torch.cat(index),
+                                             loader.num_samples)
+    return logits, labels
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
