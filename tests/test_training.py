@@ -170,3 +170,13 @@ def test_mixup_cutmix_and_label_smoothing_train_repeatably(tmp_path, teacher_dir
         distill(
             teacher=teacher_dir, student="convverytiny", data=SYN, mixup=0.5, cache_teacher=True,
             out=tmp_path / "c", device="cpu")
+
+
+def test_compile_trains_like_eager(tmp_path):
+    """--compile (torch.compile of the training forward; inductor builds C++ kernels on the CPU)."""
+    cfg = dict(data=SYN, model="convverytiny", epochs=1, device="cpu")
+    compiled = teach(out=tmp_path / "c", compile=True, **cfg)
+    eager = teach(out=tmp_path / "e", **cfg)
+    assert abs(compiled["accuracy"] - eager["accuracy"]) <= 0.01
+    assert set(load_state_dict(tmp_path / "c" / "model.safetensors")) == set(
+        load_state_dict(tmp_path / "e" / "model.safetensors"))  # saved under the model's own names

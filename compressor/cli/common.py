@@ -4,7 +4,6 @@ handling and the closing summary."""
 from __future__ import annotations
 
 import functools
-import os
 import inspect
 import json
 import sys
@@ -37,8 +36,6 @@ def apply_runtime(quiet: bool, threads: int | None, device: str = "auto") -> Non
         if threads < 1:
             raise CompressorError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    elif distributed.launched():
-        torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", help="CPU threads for PyTorch's operations (default: all cores; under torchrun, shared by its "
-                      "processes).")]
+    "--threads", help="CPU threads for PyTorch's operations (default: all cores; under torchrun, its "
+                      "OMP_NUM_THREADS, 1 unless set).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout (progress stays on stderr).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 RecipeDeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Override the recipe's device: auto, cpu or cuda.")]
