@@ -328,6 +328,9 @@ class ExportConfig(DataFields, Runtime, Output):
                                                  "around each op).", flag="--format")
     max_drop: Optional[float] = option(None, "Fail (exit 1, artifact marked failed) if int8 loses more than this "
                                              "many accuracy points.", ge=0)
+    min_speedup: Optional[float] = option(None, "Fail (exit 1, artifact marked failed) if int8 is not at least this many "
+                                                "times as fast as fp32 at --latency-batch (onnxruntime, this machine).",
+                                          gt=0)
     latency_batch: int = option(64, "Batch size for the latency measurement.", ge=1)
     fp32_stem: bool = option(False, "int8: keep the first conv (on a 1-4 channel input) and its max-pool in float32, "
                                     "where onnxruntime's int8 kernel is slowest; the rest is int8.")
@@ -336,8 +339,9 @@ class ExportConfig(DataFields, Runtime, Output):
     def _checks(self):
         if not self.onnx:
             raise ValueError("export writes ONNX; pass --onnx")
-        if self.max_drop is not None and not self.int8:
-            raise ValueError("--max-drop gates the int8 model; pass --int8 too")
+        for gate in ("max_drop", "min_speedup"):
+            if getattr(self, gate) is not None and not self.int8:
+                raise ValueError(f"{self.flag_of(gate)} gates the int8 model; pass --int8 too")
         return self
 
 

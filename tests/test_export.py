@@ -95,3 +95,16 @@ def test_fp32_stem_rewrite_keeps_outputs_and_leaves_the_rest_int8(workdir, stude
     stem = [c for c in convs if c.name == names[0]]
     assert stem and producers.get(stem[0].input[0]) is None  # the stem reads the float input directly
     assert all(producers[c.input[0]].op_type == "DequantizeLinear" for c in convs if c.name != names[0])
+
+
+def test_min_speedup_gate_fails_in_one_line_and_keeps_the_artifact(workdir, student_dir, tmp_path):
+    from conftest import cli, one_line_error
+
+    out = tmp_path / "slow"
+    line = one_line_error(cli("export", student_dir, "--data", "synthetic", "--int8", "--calibration-batches", "2",
+                              "--min-speedup", "10", "--device", "cpu", "--out", out), "--min-speedup 10")
+    assert "as fast as fp32" in line and "marked failed" in line
+    m = _metrics(out)
+    assert m["status"] == "failed" and m["speedup_int8"] < 10 and m["min_speedup"] == 10
+    one_line_error(cli("export", student_dir, "--data", "synthetic", "--min-speedup", "2", "--out", tmp_path / "x"),
+                   "--min-speedup gates the int8 model")

@@ -53,7 +53,8 @@ def export(run: StageRun) -> dict:
     failure = None
     if cfg.int8:
         failure = _int8_metrics(cfg, variants["int8"], preds, kept_fp32, n_calib, metrics)
-    metrics.update({"status": "failed" if failure else "ok", "failure": failure, "max_drop": cfg.max_drop})
+    metrics.update({"status": "failed" if failure else "ok", "failure": failure, "max_drop": cfg.max_drop,
+                    "min_speedup": cfg.min_speedup})
     return metrics
 
 
@@ -95,7 +96,8 @@ def _verify(kind: str, path, test, labels, x8, ref, shape, latency_batch: int, m
 
 
 def _int8_metrics(cfg, int8_path, preds, kept_fp32, n_calib, metrics: dict) -> str | None:
-    """The int8 model's checks; the failure message when it loses more than --max-drop points."""
+    """The int8 model's checks; the failure message when it loses more than --max-drop points or is
+    less than --min-speedup times as fast as fp32."""
     ops = op_counts(int8_path)
     acc32, acc8 = metrics["accuracy_fp32"], metrics["accuracy_int8"]
     metrics.update({
@@ -104,10 +106,16 @@ def _int8_metrics(cfg, int8_path, preds, kept_fp32, n_calib, metrics: dict) -> s
         "convs_wrapped_in_qdq": convs_wrapped_in_qdq(int8_path, skip=kept_fp32),
         "fp32_nodes": kept_fp32, "calibration_batches": n_calib, "calibration_method": cfg.calibration_method,
         "per_channel": cfg.per_channel, "accuracy_drop_points": round(100 * (acc32 - acc8), 4)})
+    metrics["speedup_int8"] = round(metrics["latency_ms_fp32"] / metrics["latency_ms_int8"], 3)
+    failures = []
     if cfg.max_drop is not None and metrics["accuracy_drop_points"] > cfg.max_drop:
-        return (f"int8 model loses {metrics['accuracy_drop_points']:.2f} accuracy points "
-                f"(fp32 {acc32:.4f}, int8 {acc8:.4f}), more than --max-drop {cfg.max_drop}")
-    return None
+        failures.append(f"int8 model loses {metrics['accuracy_drop_points']:.2f} accuracy points "
+                        f"(fp32 {acc32:.4f}, int8 {acc8:.4f}), more than --max-drop {cfg.max_drop}")
+    if cfg.min_speedup is not None and metrics["speedup_int8"] < cfg.min_speedup:
+        failures.append(f"int8 model is {metrics['speedup_int8']:.2f}x as fast as fp32 at batch {cfg.latency_batch} "
+                        f"({metrics['latency_ms_int8']:.2f} vs {metrics['latency_ms_fp32']:.2f} ms, onnxruntime), "
+                        f"less than --min-speedup {cfg.min_speedup}")
+    return "; ".join(failures) or None
 
 
 def _max_diff(sess, x: np.ndarray, ref: np.ndarray, batch: int) -> float:
