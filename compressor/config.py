@@ -292,6 +292,8 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
     schedule: Literal["oneshot", "gradual"] = option(
         "gradual", "oneshot, or gradual: Zhu & Gupta's cubic ramp from 0 to --sparsity over the first 3/4 of "
         "fine-tuning.")
+    round_to: int = option(8, "--structured: round each convolution's kept channels up to a multiple of this (int8 and "
+                              "vector kernels work in blocks of 8 or more; 1: exactly --sparsity).", ge=1)
     scope: Literal["global", "layer"] = option("global", "global: one magnitude threshold across layers; layer: the "
                                                          "same sparsity in each layer.")
     include_all: bool = option(False, "Also prune the first convolution and the classifier (excluded by default).")
@@ -306,6 +308,8 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
     def _consistent(self):
         if self.importance == "discriminability" and not self.channels:
             raise ValueError("--importance discriminability needs --channels SELECT_DIR (the scores select wrote)")
+        if "round_to" in self.model_fields_set and not self.structured:
+            raise ValueError("--round-to rounds the channels --structured keeps; pass --structured too")
         given = sorted(self.model_fields_set & set(DistillOptions.model_fields) - {"teacher"})
         if given and not self.teacher:
             raise ValueError(f"{', '.join(self.flag_of(g) for g in given)} only apply with --teacher (fine-tuning "

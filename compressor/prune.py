@@ -166,8 +166,10 @@ def filter_norms(conv: nn.Conv2d) -> torch.Tensor:
 
 
 def plan_structured(model: nn.Module, input_shape: list[int], ratio: float, importance: str = "magnitude",
-                    scores: dict[str, list[float]] | None = None, exclude: tuple[str, ...] = ()) -> list[dict]:
-    """Choose, for every prunable conv, the `ratio` of output channels with the lowest importance.
+                    scores: dict[str, list[float]] | None = None, exclude: tuple[str, ...] = (),
+                    round_to: int = 1) -> list[dict]:
+    """Choose, for every prunable conv, the `ratio` of output channels with the lowest importance;
+    the channels kept are rounded up to a multiple of `round_to` (vector kernels work in blocks).
 
     importance: magnitude (filter L2 norm) or discriminability (`scores` from select: a conv is
     scored by the select layer it belongs to, i.e. whose name prefixes it and has as many channels).
@@ -189,7 +191,8 @@ def plan_structured(model: nn.Module, input_shape: list[int], ratio: float, impo
                 continue  # no score for this conv: leave it whole
         else:
             raise CompressorError(f"--importance must be magnitude or discriminability, got '{importance}'")
-        n_remove = int(conv.out_channels * ratio)
+        kept = conv.out_channels - int(conv.out_channels * ratio)
+        n_remove = conv.out_channels - min(conv.out_channels, -(-kept // round_to) * round_to)
         if n_remove == 0:
             continue
         removed = torch.argsort(imp, stable=True)[:n_remove].sort().values.tolist()

@@ -124,3 +124,11 @@ def test_prune_fine_tunes_with_every_method_as_distill_does(method, workdir, tea
         assert m["cost"]["steps"] == 4 and m["cost"]["meta_gradient"] == "second-order"
     spec = json.loads((workdir / f"prune-{method}" / "model.json").read_text())
     assert spec["settings"]["prune"]["method"] == method
+
+
+def test_structured_plans_keep_multiples_of_round_to():
+    model = create_model("convtiny", num_classes=10, in_chans=1)
+    exact = plan_structured(model, [1, 28, 28], 0.6, round_to=1)
+    rounded = plan_structured(model, [1, 28, 28], 0.6, round_to=8)
+    assert [p["channels"] - len(p["removed"]) for p in exact] == [52, 26, 13]
+    assert [p["channels"] - len(p["removed"]) for p in rounded] == [56, 32, 16]  # rounded up, never below

@@ -79,7 +79,7 @@ def _cut(run: StageRun, model, shape, exclude, spec, bundle, options: dict):
     if cfg.structured:
         scores = _scores(cfg.channels) if cfg.channels else None
         latency_before = onnx_latency(model, shape, run.writer.dir)
-        plan = plan_structured(model.cpu(), shape, cfg.sparsity, cfg.importance, scores, exclude)
+        plan = plan_structured(model.cpu(), shape, cfg.sparsity, cfg.importance, scores, exclude, cfg.round_to)
         remove_channels(model, shape, plan)
         spec.structured_pruning.append(plan)
         return {"channels_removed": {p["layer"]: f"{len(p['removed'])}/{p['channels']}" for p in plan},
