@@ -27,6 +27,7 @@ DataName = Literal[DATA_NAMES]  # type: ignore[valid-type]
 MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 SchemeName = Literal[SCHEME_NAMES]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # imagefolder resampling (timm's names)
 
 
 def option(default: Any = ..., help: str = "", *, flag: str | None = None, short: str | None = None,
@@ -107,7 +108,7 @@ class DataFields(Config):
     workers: Optional[int] = option(None, "imagefolder: DataLoader worker processes decoding and augmenting images "
                                           "(default: one per CPU core, at most 8, shared by torchrun's processes; 0: "
                                           "in the main process). Changes no result.", ge=0, recipe=False, setting=False)
-    interpolation: Optional[Literal["bilinear", "bicubic", "nearest"]] = option(
+    interpolation: Optional[Literal[INTERPOLATIONS]] = option(  # type: ignore[valid-type]
         None, "imagefolder: resampling of resized images (default: the pretrained model's, else bilinear).",
         recipe=False)
     crop_pct: Optional[float] = option(None, "imagefolder: evaluation resizes to image-size / crop-pct, then crops the "

@@ -342,7 +342,8 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, image_size: i
         download: allow torchvision to download the data into `root`.
         val_fraction: share of the training set held out, with a fixed seed, for validation.
         train_size: keep only this many training images (after the validation split).
-        pipeline: imagefolder: the timm transform settings (`compressor.folder.PIPELINE_DEFAULTS`).
+        pipeline: imagefolder: transform options (`compressor.config.PIPELINE_FIELDS`; see
+            `compressor.folder.pipeline_settings`).
         workers: imagefolder: DataLoader worker processes (default: one per CPU core, up to 8).
     """
     if name not in DATA_NAMES:

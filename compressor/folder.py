@@ -26,11 +26,8 @@ from compressor.data import IMAGE_EXTENSIONS, Batches, _mix
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-# timm's defaults for training on photographs (timm.data.create_transform), recorded in each
-# artifact's data identity; --scale, --ratio, --hflip, --color-jitter, --auto-augment, --reprob,
-# --interpolation and --crop-pct change them.
-PIPELINE_DEFAULTS = {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3], "hflip": 0.5, "color_jitter": 0.4,
-                     "auto_augment": None, "reprob": 0.0, "interpolation": "bilinear", "crop_pct": 0.875}
+# Where neither the options nor a pretrained model say: timm's defaults for photographs.
+FALLBACKS = {"interpolation": "bilinear", "crop_pct": 0.875}
 
 
 @dataclass
@@ -85,13 +82,26 @@ def default_workers() -> int:
     return max(1, min(8, cores // max(local, 1)))
 
 
-def configure_stream(bundle, pipeline: dict, workers: int | None) -> None:
-    """Fill in a folder bundle's normalization, transform settings and worker count."""
-    unknown = set(pipeline) - set(PIPELINE_DEFAULTS)
+def pipeline_settings(values: dict) -> dict:
+    """The transform settings recorded in a folder bundle's data identity, from option values (the
+    `compressor.config.PIPELINE_FIELDS`; unset ones take the options' defaults, then FALLBACKS):
+    RandomResizedCrop's scale and ratio as timm's (min, max) ranges."""
+    from compressor.config import PIPELINE_FIELDS, Augmentation, DataFields
+
+    unknown = set(values) - set(PIPELINE_FIELDS)
     if unknown:
         raise CompressorError(f"unknown pipeline setting(s) {sorted(unknown)}")
-    settings = {**PIPELINE_DEFAULTS, **{k: v for k, v in pipeline.items() if v is not None}}
-    settings["scale"], settings["ratio"] = list(settings["scale"]), list(settings["ratio"])
+    fields = {**DataFields.model_fields, **Augmentation.model_fields}
+    settings = ({k: fields[k].default for k in PIPELINE_FIELDS} | FALLBACKS
+                | {k: v for k, v in values.items() if v is not None})
+    settings["scale"] = [settings["scale"], 1.0]
+    settings["ratio"] = [1 / settings["ratio"], settings["ratio"]]
+    return settings
+
+
+def configure_stream(bundle, pipeline: dict, workers: int | None) -> None:
+    """Fill in a folder bundle's normalization, transform settings and worker count."""
+    settings = pipeline_settings(pipeline)
     bundle.mean, bundle.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
     bundle.pipeline = settings
     bundle.workers = default_workers() if workers is None else workers

@@ -23,7 +23,7 @@ import torch.nn as nn
 from compressor import CompressorError, distributed
 from compressor.console import log, progress
 from compressor.checkpoint import FitCheckpoint, Interrupted, StopSignals, rng_state, set_rng_state
-from compressor.data import BatchLoader, DataBundle
+from compressor.data import BatchLoader, Batches, DataBundle
 from compressor.precision import autocast, cross_entropy, grad_scaler
 
 
@@ -115,8 +115,6 @@ def predict(model: nn.Module, loader: BatchLoader, device: torch.device | str = 
 
     Under torchrun each process runs its share of every batch and the logits are gathered, so every
     process returns the whole split."""
-    from compressor.data import Batches
-
     shard = (distributed.active() and isinstance(loader, Batches) and not loader.shuffle and loader.world == 1
              and min(loader.num_samples, loader.batch_size) >= distributed.world_size())  # a share for every process
     if shard:
@@ -228,7 +226,7 @@ class Trainer:
             task.to(memory_format=torch.channels_last)
         self.forward = parallel_forward(task, self.device, cfg, explicit_params=explicit_params,
                                         custom_step=train_step is not None, stage=stage)
-        if getattr(cfg, "compile", False):
+        if cfg.compile:
             if train_step is not None:
                 raise CompressorError(f"{stage}: --compile compiles the standard training step; "
                                       f"{task.method_name} has its own; drop --compile")
@@ -244,8 +242,8 @@ class Trainer:
                 self.validate(epoch, sums, correct, seen, t0)
                 if self.checkpoint is not None:
                     self.checkpoint.save(self.snapshot(epoch + 1, 0, {}, 0, 0))
-                if distributed.any_true(stop.received is not None, self.device):
-                    _stop(stop.received or "SIGTERM", self.checkpoint, None, self.stage, epoch + 1, 0)
+                if signame := self.stopping(stop):
+                    _stop(signame, self.checkpoint, None, self.stage, epoch + 1, 0)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.result.wall_time_s = round(time.time() - t_start, 2)
@@ -307,12 +305,17 @@ class Trainer:
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
                 bar.advance(1, f"loss {float(loss.detach()):.4f}")
-                if distributed.any_true(stop.received is not None, self.device):  # a signal on any rank
-                    stop.received = stop.received or "SIGTERM"
-                    _stop(stop.received, self.checkpoint, self.snapshot(epoch, step, sums, correct, seen), self.stage,
+                if signame := self.stopping(stop):
+                    _stop(signame, self.checkpoint, self.snapshot(epoch, step, sums, correct, seen), self.stage,
                           epoch, step)
         loader.skip_batches = 0
         return sums, correct, seen, t0
+
+    def stopping(self, stop: StopSignals) -> str | None:
+        """The signal that stops training, when one reached this process or, under torchrun, any."""
+        if distributed.any_true(stop.received is not None, self.device):
+            return stop.received or "SIGTERM"  # another process's (SIGTERM or SIGINT: the same stop)
+        return None
 
     def step(self, x, y, epoch: int, step: int):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -370,7 +373,7 @@ def batch_mixer(cfg, num_classes: int):
     `mix(x, y, epoch, step) -> (x, soft targets)`. The mixing weight and box are drawn from
     generators seeded by (seed, epoch, step), so a run (and its resume) is repeatable. A batch of
     odd size (the last one, maybe) is only label-smoothed: timm mixes a batch with its reverse."""
-    mixup, cutmix, smoothing = (getattr(cfg, k, 0.0) for k in ("mixup", "cutmix", "label_smoothing"))
+    mixup, cutmix, smoothing = cfg.mixup, cfg.cutmix, cfg.label_smoothing
     if not (mixup or cutmix or smoothing):
         return None
     from timm.data.mixup import Mixup, mixup_target
@@ -413,7 +416,7 @@ class _TrainForward(nn.Module):
 def parallel_forward(task, device: torch.device, cfg, *, explicit_params: bool, custom_step: bool, stage: str):
     """The task's training forward; under torchrun, through DistributedDataParallel (gradients
     averaged over processes), the frozen teacher left out of it."""
-    if getattr(cfg, "sync_batchnorm", False) and not distributed.active():
+    if cfg.sync_batchnorm and not distributed.active():
         raise CompressorError(f"{stage}: --sync-batchnorm synchronises batch norm across torchrun's processes; "
                               "launch with torchrun or drop it")
     if not distributed.active():
@@ -421,7 +424,7 @@ def parallel_forward(task, device: torch.device, cfg, *, explicit_params: bool, 
     if custom_step:
         raise CompressorError(f"{stage}: {task.method_name}'s own training step runs in one process; "
                               "launch it without torchrun")
-    if getattr(cfg, "sync_batchnorm", False):
+    if cfg.sync_batchnorm:
         if device.type != "cuda":
             raise CompressorError(f"{stage}: --sync-batchnorm needs GPUs (PyTorch's SyncBatchNorm has no CPU "
                                   "kernel); drop it on the CPU")

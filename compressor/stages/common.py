@@ -18,16 +18,17 @@ def load_bundle(fields, spec: ModelSpec | None = None) -> DataBundle:
     if spec is not None and size is None:
         size = spec.input_shape[-1]
     data = load_data(fields.data, fields.data_root, image_size=size, download=fields.download,
-                     train_size=fields.train_size, pipeline=pipeline_settings(fields, spec), workers=fields.workers)
+                     train_size=fields.train_size, pipeline=pipeline_options(fields, spec), workers=fields.workers)
     if spec is not None:
         check_data_matches(spec, data)
         data.use_normalization(spec.mean, spec.std)
     return data
 
 
-def pipeline_settings(fields, spec: ModelSpec | None = None) -> dict:
-    """The imagefolder transform settings a stage's options give (compressor.folder); given for
-    other data, they are an error. Downstream of a model, its interpolation and crop are the default."""
+def pipeline_options(fields, spec: ModelSpec | None = None) -> dict:
+    """The imagefolder transform options a stage's config gives (`compressor.folder.pipeline_settings`
+    fills in the rest); given for other data, they are an error. Downstream of a model, its
+    interpolation and crop are the default."""
     from compressor.config import PIPELINE_FIELDS
 
     given = sorted(set(PIPELINE_FIELDS) & fields.model_fields_set)
@@ -37,16 +38,13 @@ def pipeline_settings(fields, spec: ModelSpec | None = None) -> dict:
     upstream = (spec.data.get("pipeline") or {}) if spec is not None else {}
     out = {k: upstream[k] for k in ("interpolation", "crop_pct") if k in upstream}
     out.update({k: getattr(fields, k) for k in PIPELINE_FIELDS if getattr(fields, k, None) is not None})
-    if "scale" in out:
-        out["scale"] = [out["scale"], 1.0]
-    if "ratio" in out:
-        out["ratio"] = [1 / out["ratio"], out["ratio"]]
     return out
 
 
 def adopt_pretrained(data: DataBundle, name: str, given: set[str]) -> None:
     """With --pretrained: normalize, size and (folders) resample and crop as the weights were trained
     (timm's pretrained config), except where the user's options say otherwise."""
+    from compressor.config import INTERPOLATIONS
     from compressor.models import pretrained_config
 
     pc = pretrained_config(name)
@@ -60,7 +58,7 @@ def adopt_pretrained(data: DataBundle, name: str, given: set[str]) -> None:
         data.image_size = data.identity["image_size"] = int(pc.input_size[-1])
     if data.streamed:
         for key, value in (("interpolation", pc.interpolation), ("crop_pct", pc.crop_pct)):
-            if key not in given and value and (key != "interpolation" or value in ("bilinear", "bicubic", "nearest")):
+            if key not in given and value and (key != "interpolation" or value in INTERPOLATIONS):
                 data.pipeline[key] = value
         data.identity["pipeline"] = data.pipeline
 
