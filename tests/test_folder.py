@@ -56,7 +56,7 @@ def test_evaluation_resizes_then_crops_the_centre(photo_folder):
 
 
 def test_augmentation_options_are_for_photographs_only(tmp_path):
-    with pytest.raises(CompressorError, match="--auto-augment only apply to --data imagefolder"):
+    with pytest.raises(CompressorError, match="--auto-augment applies only to --data imagefolder"):
         teach(data="synthetic", model="convverytiny", auto_augment="rand-m9-mstd0.5", out=tmp_path / "t")
     from conftest import write_photo_folder
 

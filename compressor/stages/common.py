@@ -33,7 +33,8 @@ def pipeline_options(fields, spec: ModelSpec | None = None) -> dict:
 
     given = sorted(set(PIPELINE_FIELDS) & fields.model_fields_set)
     if given and fields.data != "imagefolder":
-        raise CompressorError(f"{', '.join(fields.flag_of(g) for g in given)} only apply to --data imagefolder "
+        raise CompressorError(f"{', '.join(fields.flag_of(g) for g in given)} "
+                              f"{'applies' if len(given) == 1 else 'apply'} only to --data imagefolder "
                               f"(data '{fields.data}' is padded, cropped and flipped in memory)")
     upstream = (spec.data.get("pipeline") or {}) if spec is not None else {}
     out = {k: upstream[k] for k in ("interpolation", "crop_pct") if k in upstream}
