@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
     a = ap.parse_args()
-    shape = [d if isinstance(d, int) else 1 for d in session(a.models[0]).get_inputs()[0].shape[1:]]
+    shape = session(a.models[0]).input_shape()
     times = [[] for _ in a.models]
     for _ in range(a.rounds):
         for i, m in enumerate(a.models):

@@ -297,7 +297,10 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
                               "vector kernels work in blocks of 8 or more; 1: exactly --sparsity).", ge=1)
     scope: Literal["global", "layer"] = option("global", "global: one magnitude threshold across layers; layer: the "
                                                          "same sparsity in each layer.")
-    include_all: bool = option(False, "Also prune the first convolution and the classifier (excluded by default).")
+    include_all: Optional[bool] = option(
+        None, "Also prune the first convolution and the classifier. Default: no for unstructured pruning (they are small "
+              "and sensitive); yes with --structured, where a narrower first convolution is most of the int8 speed-up "
+              "(the classifier's outputs, the classes, are never removed).", flag="--include-all/--no-include-all")
     importance: Literal["magnitude", "discriminability"] = option(
         "magnitude", "--structured: magnitude (filter L2 norm) or discriminability (select's scores; needs --channels).")
     channels: Optional[str] = option(None, "Select artifact of this model, for --importance discriminability.",
@@ -322,36 +325,47 @@ class ExportConfig(DataFields, Runtime, Output):
     model_dir: str = option(help="Artifact directory of the model to read.", argument=True, recipe=False)
     onnx: bool = option(True, "Write model.onnx (fp32, opset 17, dynamic batch). Always on.", flag="--onnx",
                         recipe=False)
-    int8: bool = option(False, "Also write model.int8.onnx: static QDQ, uint8 activations, per-channel int8 weights.")
+    int8: bool = option(False, "Also write model.int8.onnx (static QDQ), in the fastest form that keeps accuracy: "
+                               "each choice left at auto (--stem, --activations, --per-channel/--per-tensor) is "
+                               "measured on the calibration images and recorded in metrics.json.")
     fp16: bool = option(False, "Also write model.fp16.onnx (fp16 weights and compute, float32 input/output).")
+    runtime: Literal["auto", "onnxruntime", "openvino", "all"] = option(
+        "auto", "Runtimes that measure accuracy and latency: auto (onnxruntime, plus OpenVINO where installed), one, "
+                "or all. With OpenVINO the IR (model.xml/.bin, model.int8.xml/.bin) is written beside the ONNX files.")
     calibration_batches: int = option(8, "Training batches (64 images) used to calibrate int8.", ge=1)
     calibration_method: Literal[CALIBRATION_METHODS] = option(  # type: ignore[valid-type]
         "minmax", "How activation ranges are set from the calibration data.")
-    per_channel: bool = option(True, "int8 weight scales per output channel (default) or one per tensor.",
-                               flag="--per-channel/--per-tensor")
+    per_channel: Optional[bool] = option(None, "int8 weight scales per output channel or one per tensor (default: "
+                                               "measured, the faster within --max-drop).",
+                                         flag="--per-channel/--per-tensor")
+    stem: Literal["auto", "int8", "fp32"] = option(
+        "auto", "int8: the first conv on a 1-4 channel input and its max-pool in int8, or fp32 (onnxruntime's int8 kernel "
+                "is slow there); auto: measured.")
+    activations: Literal["auto", "u8", "s8"] = option(
+        "auto", "int8 activation type: u8 (uint8) or s8 (int8; VNNI/AMX kernels); auto: measured.")
     quant_format: Literal["qdq"] = option("qdq", "Quantized graph format: qdq (QuantizeLinear/DequantizeLinear "
                                                  "around each op).", flag="--format")
     max_drop: Optional[float] = option(None, "Fail (exit 1, artifact marked failed) if int8 loses more than this "
-                                             "many accuracy points.", ge=0)
+                                             "many accuracy points; also the loss allowed to the forms --int8 measures "
+                                             "(1 point when unset).", ge=0)
     min_speedup: Optional[float] = option(None, "Fail (exit 1, artifact marked failed) if int8 is not at least this many "
-                                                "times as fast as fp32 at --latency-batch (onnxruntime, this machine).",
-                                          gt=0)
+                                                "times as fast as fp32 at --latency-batch (on the first runtime measured: "
+                                                "onnxruntime unless --runtime openvino; this machine).", gt=0)
     latency_batch: int = option(64, "Batch size for the latency measurement.", ge=1)
-    fp32_stem: bool = option(False, "int8: keep the first conv (on a 1-4 channel input) and its max-pool in float32, "
-                                    "where onnxruntime's int8 kernel is slowest; the rest is int8.")
 
     @model_validator(mode="after")
     def _checks(self):
         if not self.onnx:
             raise ValueError("export writes ONNX; pass --onnx")
-        for gate in ("max_drop", "min_speedup"):
-            if getattr(self, gate) is not None and not self.int8:
-                raise ValueError(f"{self.flag_of(gate)} gates the int8 model; pass --int8 too")
+        for gate in ("max_drop", "min_speedup", "per_channel", "stem", "activations"):
+            if gate in self.model_fields_set and not self.int8:
+                raise ValueError(f"{self.flag_of(gate)} applies to the int8 model; pass --int8 too")
         return self
 
 
 class EvalConfig(DataFields, Runtime):
-    target: str = option(help="Artifact directory, or an .onnx file with its model.json beside it.", argument=True)
+    target: str = option(help="Artifact directory, or an .onnx file or OpenVINO IR .xml file (read by OpenVINO) with its "
+                              "model.json beside it.", argument=True)
     teacher: Optional[str] = option(None, "Teacher artifact: also report agreement with it.")
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -109,43 +111,152 @@ def fp32_stem(model) -> list[str]:
     return [conv.name, pool.name]
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, calibration: list[np.ndarray], per_channel: bool = True,
-                  method: str = "minmax", keep_stem_fp32: bool = False) -> list[str]:
-    """Static QDQ quantization: uint8 activations, int8 weights (per channel by default).
+@dataclass(frozen=True)
+class Int8Form:
+    """How a model is quantized: these choices decide the int8 model's speed on a given CPU and runtime.
 
-    uint8 activations: on x86 CPUs without VNNI, onnxruntime's int8-activation kernels are far
-    slower than fp32, while u8s8 runs faster. `keep_stem_fp32`: see `fp32_stem`. Returns the names
-    of the nodes left in float32.
+    stem: the first Conv on a 1-4 channel input (and its MaxPool) in int8 or float32 (see `fp32_stem`);
+    activations: uint8 (u8s8 kernels) or int8 (s8s8; VNNI/AMX kernels on recent x86);
+    per_channel: one weight scale per output channel, or one per tensor.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    stem: str = "int8"
+    activations: str = "u8"
+    per_channel: bool = True
+
+    def label(self) -> str:
+        return (f"stem {self.stem}, {self.activations} activations, "
+                f"{'per-channel' if self.per_channel else 'per-tensor'} weights")
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: list[np.ndarray], form: Int8Form = Int8Form(),
+                  method: str = "minmax") -> list[str]:
+    """Static QDQ quantization of `fp32_path` in the given form (int8 weights, symmetric; activations
+    asymmetric). Returns the names of the nodes left in float32."""
     if not calibration:
         raise CompressorError("int8 quantization needs at least one calibration batch")
     check_calibration_method(method)
+    with tempfile.TemporaryDirectory(dir=Path(int8_path).parent) as tmp:
+        pre = preprocess(fp32_path, Path(tmp))
+        return _quantize_preprocessed(pre, Path(int8_path), calibration, form, method)
+
+
+def preprocess(fp32_path: Path, tmp: Path) -> Path:
+    """onnxruntime's pre-quantization pass (shape inference, graph optimization) into `tmp`."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = tmp / "pre.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    return pre
+
+
+def has_int8_stem_choice(pre: Path) -> bool:
+    """Whether the model has a stem `fp32_stem` would keep in float32 (else stem fp32 = stem int8)."""
+    import onnx
+
+    return bool(fp32_stem(onnx.load(str(pre))))
+
+
+def _quantize_preprocessed(pre: Path, int8_path: Path, calibration: list[np.ndarray], form: Int8Form,
+                           method: str) -> list[str]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
-    with tempfile.TemporaryDirectory(dir=Path(int8_path).parent) as tmp:
-        pre = Path(tmp) / "pre.onnx"
+    with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
+        src, excluded = pre, []
+        if form.stem == "fp32":
+            import onnx
+
+            model = onnx.load(str(pre))
+            excluded = fp32_stem(model)
+            src = Path(tmp) / "stem.onnx"
+            onnx.save(onnx.shape_inference.infer_shapes(model), str(src))
         # the calibrators print to stdout, which belongs to --json: keep it clean
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-            excluded: list[str] = []
-            if keep_stem_fp32:
-                import onnx
-
-                model = onnx.load(str(pre))
-                excluded = fp32_stem(model)
-                onnx.save(onnx.shape_inference.infer_shapes(model), str(pre))
-            quantize_static(str(pre), str(int8_path), _Reader(calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QUInt8,
+            quantize_static(str(src), str(int8_path), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=form.per_channel,
+                            activation_type=QuantType.QUInt8 if form.activations == "u8" else QuantType.QInt8,
                             weight_type=QuantType.QInt8, calibrate_method=calibrate, nodes_to_exclude=excluded,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     import onnx
 
     onnx.checker.check_model(str(int8_path), full_check=True)
     return excluded
+
+
+TIE = 0.03  # latencies within 3 % of the fastest count as equal: the first form listed of those wins
+AUTO_DROP_POINTS = 1.0  # the accuracy a candidate form may lose on the calibration images when --max-drop is unset
+
+
+def choose_int8_form(fp32_path: Path, int8_path: Path, calibration: list[tuple[np.ndarray, np.ndarray]],
+                     stem: str = "auto", activations: str = "auto", per_channel: bool | None = None,
+                     method: str = "minmax", runtime: str = "onnxruntime", threads: int | None = None,
+                     batch: int = 64, max_drop: float | None = None, rounds: int = 3, runs: int = 10,
+                     budget_s: float = 0.5) -> tuple[Int8Form, list[str], list[dict]]:
+    """Quantize every form the choices left open ("auto" / None), measure each on the calibration
+    images (accuracy against their labels, latency at `batch` on `runtime`, interleaved rounds, one
+    session alive at a time), and write the fastest whose accuracy is within `max_drop` points of
+    fp32's (AUTO_DROP_POINTS when None) to `int8_path`; with none within, the most accurate. Forms
+    within TIE of the fastest count as equally fast, and the first listed wins (stem int8 before
+    fp32, u8 before s8, per-channel before per-tensor), so noise does not flip the choice. Each
+    measurement is `runs` passes, fewer where they would take more than `budget_s` seconds (large
+    models at 224 px), at least 3.
+
+    Returns the form chosen, the nodes it leaves in float32, and one row per candidate.
+    """
+    if not calibration:
+        raise CompressorError("int8 quantization needs at least one calibration batch")
+    check_calibration_method(method)
+    xs = [x for x, _ in calibration]
+    labels = np.concatenate([y for _, y in calibration])
+    int8_path = Path(int8_path)
+    with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
+        tmp = Path(tmp)
+        pre = preprocess(fp32_path, tmp)
+        stems = [stem] if stem != "auto" else (["int8", "fp32"] if has_int8_stem_choice(pre) else ["int8"])
+        acts = [activations] if activations != "auto" else ["u8", "s8"]
+        chans = [per_channel] if per_channel is not None else [True, False]
+        forms = [Int8Form(s, a, c) for s in stems for a in acts for c in chans]
+        if len(forms) == 1:
+            return forms[0], _quantize_preprocessed(pre, int8_path, xs, forms[0], method), []
+        fp32_acc = float((predict_arrays(session(fp32_path, threads, runtime), xs).argmax(1) == labels).mean())
+        rows, paths = [], []
+        for i, form in enumerate(forms):
+            path = tmp / f"candidate{i}.onnx"
+            excluded = _quantize_preprocessed(pre, path, xs, form, method)
+            acc = float((predict_arrays(session(path, threads, runtime), xs).argmax(1) == labels).mean())
+            rows.append({"stem": form.stem, "activations": form.activations, "per_channel": form.per_channel,
+                         "calibration_accuracy": acc, "drop_points": round(100 * (fp32_acc - acc), 4),
+                         "fp32_nodes": excluded})
+            paths.append(path)
+        shape = session(paths[0], threads, runtime).input_shape()
+        times: list[list[float]] = [[] for _ in forms]
+        for _ in range(rounds):
+            for i, path in enumerate(paths):
+                sess = session(path, threads, runtime)  # one live session at a time: idle threads spin
+                times[i].append(latency_ms(sess, shape, batch, runs=runs, warmup=2, budget_s=budget_s))
+                del sess
+        limit = AUTO_DROP_POINTS if max_drop is None else max_drop
+        for row, t in zip(rows, times):
+            row["latency_ms"] = float(np.median(t))
+            row["within_drop"] = row["drop_points"] <= limit
+        ok = [i for i, r in enumerate(rows) if r["within_drop"]]
+        if ok:  # the fastest; among forms within TIE of it, the first listed (timings this close are noise)
+            fastest = min(rows[i]["latency_ms"] for i in ok)
+            best = next(i for i in ok if rows[i]["latency_ms"] <= fastest * (1 + TIE))
+        else:
+            best = max(range(len(rows)), key=lambda i: rows[i]["calibration_accuracy"])
+        rows[best]["chosen"] = True
+        os.replace(paths[best], int8_path)
+        return forms[best], rows[best]["fp32_nodes"], rows
+
+
+def predict_arrays(sess: "Session", xs: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([sess(x) for x in xs])
 
 
 def convert_fp16(fp32_path: Path, fp16_path: Path) -> None:
@@ -180,33 +291,128 @@ def _toposort(graph) -> None:
     graph.node.extend(ordered)
 
 
-def session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+RUNTIMES = ("onnxruntime", "openvino")
+OPENVINO_MISSING = ("OpenVINO is not installed: pip install 'compressor[openvino]' (or pip install openvino), "
+                    "or use --runtime onnxruntime")
 
 
-def ort_predict(sess, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise CompressorError(OPENVINO_MISSING) from None
+    return openvino
+
+
+class Session:
+    """One loaded model on one runtime: `sess(x)` gives the logits of a float32 N x C x H x W batch."""
+
+    runtime = ""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def input_shape(self) -> list[int]:
+        """The input's C, H, W (the batch dimension is dynamic)."""
+        raise NotImplementedError
+
+
+class OrtSession(Session):
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.sess.run(["logits"], {"input": x})[0]
+
+    def input_shape(self) -> list[int]:
+        return [int(d) for d in self.sess.get_inputs()[0].shape[1:]]
+
+
+class OpenVINOSession(Session):
+    """OpenVINO's CPU plugin, reading ONNX or its own IR (model.xml + model.bin), latency hint.
+
+    On a CPU with AMX-BF16 or AVX-512-BF16, OpenVINO runs a float32 model's layers in bfloat16 by
+    default; `precision` records what it chose (INFERENCE_PRECISION_HINT)."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        ov = _openvino()
+        core = ov.Core()
+        config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        model = core.read_model(str(path))
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.shape = [int(d.get_length()) for d in model.input(0).get_partial_shape()[1:]]
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: x})
+        return self.request.get_output_tensor(0).data.copy()
+
+    def input_shape(self) -> list[int]:
+        return self.shape
+
+
+def session(path: Path, threads: int | None = None, runtime: str | None = None) -> Session:
+    """Load `path` (.onnx, or OpenVINO's .xml) on `runtime` (default: onnxruntime for .onnx, openvino for .xml)."""
+    runtime = runtime or ("openvino" if Path(path).suffix == ".xml" else "onnxruntime")
+    if runtime not in RUNTIMES:
+        raise CompressorError(f"--runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
+    return (OrtSession if runtime == "onnxruntime" else OpenVINOSession)(Path(path), threads)
+
+
+def save_openvino_ir(onnx_path: Path, xml_path: Path) -> None:
+    """OpenVINO IR (xml + bin beside it) of an ONNX model; a QDQ model becomes an int8 IR."""
+    ov = _openvino()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+
+
+def predict_batches(sess: Session, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every batch (any runtime's session)."""
     outs, labels = [], []
     for x, y in batches:
-        outs.append(sess.run(["logits"], {"input": x.numpy()})[0])
+        outs.append(sess(x.numpy()))
         labels.append(y.numpy())
     return np.concatenate(outs), np.concatenate(labels)
 
 
-def latency_ms(sess, input_shape: list[int], batch: int = 64, runs: int = 30, warmup: int = 5) -> float:
-    """Median wall time of one forward pass at `batch`, warm-up excluded."""
+def latency_ms(sess: Session, input_shape: list[int], batch: int = 64, runs: int = 30, warmup: int = 5,
+               budget_s: float | None = None) -> float:
+    """Median wall time of one forward pass at `batch`, warm-up excluded.
+
+    `budget_s`: at most about that many seconds of timed passes (at least 3), so a large model
+    measured many times (the int8 candidates) does not take minutes per measurement."""
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
     for _ in range(warmup):
-        sess.run(["logits"], {"input": x})
+        t0 = time.perf_counter()
+        sess(x)
+        last = time.perf_counter() - t0
+    if budget_s is not None and warmup:
+        runs = max(3, min(runs, int(budget_s / max(last, 1e-9))))
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        sess.run(["logits"], {"input": x})
+        sess(x)
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1000)
 

@@ -49,6 +49,13 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
         elif "zipped_bytes" in m or (d / MODEL_FILE).is_file():
             row["zipped_bytes"] = recorded_model_sizes(d, m)[1]
         rows.append(row)
+        for rt, values in list((m.get("runtimes") or {}).items())[1:]:  # export: the other runtimes' figures
+            rows.append({**{k: None for k in row}, "stage": f"{d.name} ({rt})", "status": row["status"],
+                         "accuracy": values.get("accuracy_fp32"), "accuracy_int8": values.get("accuracy_int8"),
+                         "latency_ms_fp32": values.get("latency_ms_fp32"),
+                         "latency_ms_int8": values.get("latency_ms_int8")})
+        if m.get("runtimes") and len(m["runtimes"]) > 1:
+            row["stage"] = f"{d.name} ({m.get('runtime', 'onnxruntime')})"
     return rows
 
 
@@ -56,7 +63,8 @@ def summary_table(rows: list[dict], title: str = "") -> Table:
     """Stage, accuracy, params, zipped size, int8 accuracy and latency; distillation and pruning notes."""
     t = Table(["stage", "accuracy", "params", "zipped", "int8 acc", "int8 ms", "fp32 ms", "notes"], title=title, text_last=True,
               caption="accuracy: test split; zipped: model.safetensors, or the int8 ONNX for export, compressed with "
-                      "zip (deflate); ms: onnxruntime CPU latency at batch 64, median of repeated runs after warm-up; "
+                      "zip (deflate); ms: CPU latency at batch 64 on onnxruntime (on the runtime in brackets where "
+                      "export measured several), median of repeated runs after warm-up; "
                       "alone: the student trained without the teacher")
     for r in rows:
         notes = []

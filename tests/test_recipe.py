@@ -46,7 +46,7 @@ def test_run_recipe_end_to_end_with_summary(tmp_path):
               "stages": [{"teach": {"model": "convtiny", "epochs": 1}}, {"select": {"top_k": 8}},
                          {"distill": {"student": "convverytiny", "epochs": 1, "control": True}},
                          {"prune": {"sparsity": 0.5, "finetune_epochs": 1, "teacher": True}},
-                         {"export": {"int8": True, "calibration_batches": 2}}]}
+                         {"export": {"int8": True, "calibration_batches": 2, "runtime": "onnxruntime"}}]}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "run"

@@ -125,5 +125,5 @@ def test_every_builtin_model_builds_taps_and_exports(name, tmp_path):
     assert [s[0] for s in shapes.values()] == [i["num_chs"] for i in m.feature_info]
     export_onnx(m, tmp_path / "m.onnx", [1, 28, 28])
     x = torch.randn(3, 1, 28, 28)
-    out = session(tmp_path / "m.onnx").run(["logits"], {"input": x.numpy()})[0]
+    out = session(tmp_path / "m.onnx")(x.numpy())
     assert abs(out - m(x).detach().numpy()).max() < 1e-4

@@ -143,6 +143,9 @@ SUMMARY_KEYS = [("accuracy", "accuracy", "{:.4f}"), ("teacher_accuracy", "teache
                 ("latency_ms_int8", "int8 ms", "{:.2f}"), ("wall_time_s", "wall s", "{:.1f}")]
 
 
+RUNTIME_KEYS = ("accuracy_int8", "latency_ms_fp32", "latency_ms_int8")  # export: one figure per runtime
+
+
 def show(metrics: dict, as_json: bool, title: str) -> None:
     """Print a stage's result: a small table, or JSON with --json (under torchrun, rank 0 only)."""
     from compressor import distributed
@@ -153,7 +156,15 @@ def show(metrics: dict, as_json: bool, title: str) -> None:
         print(json.dumps(metrics, indent=2, default=str))
         return
     table = Table(["metric", "value"], title=title)
+    runtimes = metrics.get("runtimes") or {}
     for key, label, spec in SUMMARY_KEYS:
-        if metrics.get(key) is not None:
+        if runtimes and key in RUNTIME_KEYS:
+            for rt, values in runtimes.items():  # each runtime's figures, named
+                if values.get(key) is not None:
+                    table.add(f"{label} ({rt})", fmt(values[key], spec))
+        elif metrics.get(key) is not None:
             table.add(label, fmt(metrics[key], spec))
+    if metrics.get("int8_form"):
+        f = metrics["int8_form"]
+        table.add("int8 form", f"stem {f['stem']}, {f['activations']}, {'per-channel' if f['per_channel'] else 'per-tensor'}")
     stdout.print(table.rich())

@@ -8,7 +8,7 @@ import numpy as np
 
 from compressor import CompressorError
 from compressor.artifacts import SPEC_FILE, load_artifact, read_json
-from compressor.export import ort_predict, session
+from compressor.export import predict_batches, session
 from compressor.config import EvalConfig
 from compressor.models import ModelSpec
 from compressor.stages.common import check_data_matches, test_logits
@@ -17,18 +17,19 @@ from compressor.training import resolve_device
 
 
 def evaluate(target=None, /, **options) -> dict:
-    """Test accuracy of a model (artifact dir or .onnx beside its model.json); agreement with a teacher."""
+    """Test accuracy of a model (artifact dir, or an .onnx file or OpenVINO IR .xml beside its model.json);
+    agreement with a teacher."""
     data = as_config(EvalConfig, target, options)
     dev = resolve_device(data.device)
     p, teacher = Path(data.target).expanduser(), data.teacher
-    if p.suffix == ".onnx":
+    if p.suffix in (".onnx", ".xml"):
         if not p.is_file():
-            raise CompressorError(f"ONNX file {p} does not exist")
+            raise CompressorError(f"{'ONNX' if p.suffix == '.onnx' else 'OpenVINO IR'} file {p} does not exist")
         if not (p.parent / SPEC_FILE).is_file():
             raise CompressorError(f"no {SPEC_FILE} beside {p}: it says how inputs are normalized")
         spec = ModelSpec.read(read_json(p.parent / SPEC_FILE), p.parent / SPEC_FILE)
         bundle = data.load_data(spec)
-        logits, labels = ort_predict(session(p), bundle.loader("test", 256))
+        logits, labels = predict_batches(session(p), bundle.loader("test", 256))
         pred = logits.argmax(1)
     else:
         art = load_artifact(p)

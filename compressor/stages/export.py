@@ -7,11 +7,13 @@ import shutil
 import numpy as np
 import torch
 
+from compressor import CompressorError
 from compressor.artifacts import MODEL_FILE, SPEC_FILE, load_artifact, zipped_size
 from compressor.config import ExportConfig
 from compressor.console import log
-from compressor.export import (convert_fp16, convs_wrapped_in_qdq, export_onnx, latency_ms, op_counts, ort_predict,
-                               quantize_int8, session)
+from compressor.export import (AUTO_DROP_POINTS, OPENVINO_MISSING, RUNTIMES, OpenVINOSession, choose_int8_form,
+                               convert_fp16, convs_wrapped_in_qdq, export_onnx, latency_ms, op_counts, openvino_available,
+                               predict_batches, save_openvino_ir, session)
 from compressor.models import count_params
 from compressor.stages.runner import StageRun, stage
 
@@ -21,17 +23,23 @@ SPARSITY_NOTE = ("ONNX stores weights densely; pruned zeros cost 4 bytes each ra
 
 @stage("export", ExportConfig)
 def export(run: StageRun) -> dict:
-    """Export to ONNX (and int8, fp16); verify; write the artifact.
+    """Export to ONNX (and int8, fp16; OpenVINO IR); verify; write the artifact.
 
-    `fp32_stem`: keep the first Conv (on an input of at most 4 channels) and its MaxPool in float32
-    in the int8 model, where onnxruntime's int8 kernel is slowest (see compressor.export.fp32_stem).
+    int8: every quantization choice left at auto (stem, activation type, per-channel) is measured on
+    the calibration images on the first runtime (onnxruntime unless `runtime` is openvino); the
+    fastest form within `max_drop` points is kept, and every candidate is recorded in metrics.json
+    (`int8_candidates`, `int8_form`).
 
-    Verification: onnx.checker; onnxruntime vs PyTorch max abs difference at batch 1 and 8; accuracy
-    of every exported model on the test split; fp32/int8 agreement; latency (median of repeated
-    runs, warm-up excluded) at batch 1 and `latency_batch`. With `max_drop`, an int8 model that
-    loses more than that many accuracy points is still written, marked failed, and an error raised.
+    Verification, on every runtime measured: onnx.checker; the runtime vs PyTorch max abs difference
+    at batch 1 and 8; accuracy of every exported model on the test split; fp32/int8 agreement;
+    latency (median of repeated runs, warm-up excluded) at batch 1 and `latency_batch`. The flat
+    keys (accuracy_int8, latency_ms_fp32, ...) are the first runtime's; `runtimes` holds each one's.
+    With `max_drop`, an int8 model that loses more than that many accuracy points is still written,
+    marked failed, and an error raised; the same with `min_speedup`.
     """
     cfg = run.cfg
+    runtimes = resolve_runtimes(cfg.runtime)
+    threads = torch.get_num_threads()
     art = load_artifact(cfg.model_dir)
     bundle = cfg.load_data(art.spec)
     model = art.model.cpu().eval()
@@ -44,82 +52,137 @@ def export(run: StageRun) -> dict:
     writer = run.writer
     shutil.copy2(art.path / MODEL_FILE, writer.path(MODEL_FILE))
     writer.write_json(SPEC_FILE, art.spec.model_copy(update={"stage": "export"}).to_json())
-    variants, kept_fp32, n_calib = _write_variants(cfg, model, shape, bundle, writer)
     metrics: dict = {"params": count_params(model), "accuracy_torch": art.metrics.get("accuracy"),
-                     "latency_batch": cfg.latency_batch, "sparsity_note": SPARSITY_NOTE}
-    preds = {kind: _verify(kind, path, test, labels, x8, ref, shape, cfg.latency_batch, metrics)
-             for kind, path in variants.items()}
+                     "latency_batch": cfg.latency_batch, "threads": threads, "runtime": runtimes[0],
+                     "sparsity_note": SPARSITY_NOTE}
+    variants, kept_fp32 = _write_variants(cfg, model, shape, bundle, writer, runtimes[0], threads, metrics)
+    per_runtime: dict[str, dict] = {}
+    preds: dict[str, dict] = {}
+    for rt in runtimes:
+        files = variants if rt == "onnxruntime" else _openvino_files(variants, writer)
+        per_runtime[rt], preds[rt] = {}, {}
+        for kind, path in files.items():
+            preds[rt][kind] = _verify(rt, kind, path, threads, test, labels, x8, ref, shape, cfg.latency_batch,
+                                      per_runtime[rt])
+        if cfg.int8:
+            r = per_runtime[rt]
+            r["speedup_int8"] = round(r["latency_ms_fp32"] / r["latency_ms_int8"], 3)
+            r["agreement_fp32_int8"] = float((preds[rt]["int8"] == preds[rt]["fp32"]).mean())
+    metrics.update(per_runtime[runtimes[0]])
+    metrics["runtimes"] = per_runtime
     metrics["accuracy"] = metrics["accuracy_fp32"]
     failure = None
     if cfg.int8:
-        failure = _int8_metrics(cfg, variants["int8"], preds, kept_fp32, n_calib, metrics)
+        fastest = min(runtimes, key=lambda rt: per_runtime[rt]["latency_ms_int8"])
+        metrics["fastest_runtime_int8"] = fastest
+        failure = _int8_metrics(cfg, variants["int8"], kept_fp32, metrics)
     metrics.update({"status": "failed" if failure else "ok", "failure": failure, "max_drop": cfg.max_drop,
                     "min_speedup": cfg.min_speedup})
     return metrics
 
 
-def _write_variants(cfg, model, shape, bundle, writer):
+def resolve_runtimes(choice: str) -> list[str]:
+    """The runtimes to measure on, the first deciding the int8 form and the gates."""
+    if choice == "auto":
+        return ["onnxruntime"] + (["openvino"] if openvino_available() else [])
+    if choice in ("openvino", "all") and not openvino_available():
+        raise CompressorError(OPENVINO_MISSING)
+    return list(RUNTIMES) if choice == "all" else [choice]
+
+
+def _write_variants(cfg, model, shape, bundle, writer, runtime: str, threads: int, metrics: dict):
     fp32 = writer.path("model.onnx")
     export_onnx(model, fp32, shape)
-    variants, kept_fp32, n_calib = {"fp32": fp32}, [], 0
+    variants, kept_fp32 = {"fp32": fp32}, []
     if cfg.int8:
-        calib = [xb.numpy() for xb, _ in _take(bundle.loader("train", 64, seed=cfg.seed), cfg.calibration_batches)]
-        n_calib = len(calib)
+        calib = [(xb.numpy(), yb.numpy())
+                 for xb, yb in _take(bundle.loader("train", 64, seed=cfg.seed), cfg.calibration_batches)]
         variants["int8"] = writer.path("model.int8.onnx")
-        kept_fp32 = quantize_int8(fp32, variants["int8"], calib, per_channel=cfg.per_channel,
-                                  method=cfg.calibration_method, keep_stem_fp32=cfg.fp32_stem)
-        if cfg.fp32_stem and not kept_fp32:
-            log("export: --fp32-stem: no Conv on a <=4-channel input followed by a MaxPool; all int8")
+        form, kept_fp32, candidates = choose_int8_form(
+            fp32, variants["int8"], calib, stem=cfg.stem, activations=cfg.activations, per_channel=cfg.per_channel,
+            method=cfg.calibration_method, runtime=runtime, threads=threads, batch=cfg.latency_batch,
+            max_drop=cfg.max_drop)
+        metrics.update({"calibration_batches": len(calib), "calibration_method": cfg.calibration_method,
+                        "int8_form": {"stem": form.stem, "activations": form.activations,
+                                      "per_channel": form.per_channel},
+                        "per_channel": form.per_channel, "int8_candidates": candidates,
+                        "int8_choice": _why(form, candidates, runtime, cfg)})
+        log(f"export: int8 form: {form.label()} ({metrics['int8_choice']})")
+        if cfg.stem == "fp32" and not kept_fp32:
+            log("export: --stem fp32: no Conv on a <=4-channel input followed by a MaxPool; all int8")
     if cfg.fp16:
         variants["fp16"] = writer.path("model.fp16.onnx")
         convert_fp16(fp32, variants["fp16"])
-    return variants, kept_fp32, n_calib
+    return variants, kept_fp32
 
 
-def _verify(kind: str, path, test, labels, x8, ref, shape, latency_batch: int, metrics: dict):
-    """Accuracy, difference from PyTorch, latency and sizes of one exported model (into `metrics`)."""
-    sess = session(path)
-    logits, _ = ort_predict(sess, test)
+def _why(form, candidates: list[dict], runtime: str, cfg) -> str:
+    if not candidates:
+        return "every choice given"
+    limit = AUTO_DROP_POINTS if cfg.max_drop is None else cfg.max_drop
+    chosen = next(c for c in candidates if c.get("chosen"))
+    if not chosen["within_drop"]:
+        return (f"no candidate within {limit} points on the calibration images; kept the most accurate of "
+                f"{len(candidates)}")
+    return (f"fastest of {len(candidates)} candidates within {limit} points on the calibration images: "
+            f"{chosen['latency_ms']:.2f} ms at batch {cfg.latency_batch} on {runtime}")
+
+
+def _openvino_files(variants: dict, writer) -> dict:
+    """The IR of the fp32 and int8 ONNX models (fp16 stays ONNX-only), written into the artifact."""
+    files = {}
+    for kind in ("fp32", "int8"):
+        if kind in variants:
+            xml = writer.path("model.xml" if kind == "fp32" else f"model.{kind}.xml")
+            save_openvino_ir(variants[kind], xml)
+            files[kind] = xml
+    return files
+
+
+def _verify(runtime: str, kind: str, path, threads: int, test, labels, x8, ref, shape, latency_batch: int,
+            metrics: dict):
+    """Accuracy, difference from PyTorch, latency and sizes of one exported model on one runtime."""
+    sess = session(path, threads, runtime)
+    logits, _ = predict_batches(sess, test)
     pred = logits.argmax(1)
+    size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
     metrics.update({
         f"accuracy_{kind}": float((pred == labels).mean()),
         f"max_abs_diff_{kind}": _max_diff(sess, x8.numpy(), ref, batch=8),
         f"max_abs_diff_{kind}_batch1": _max_diff(sess, x8[:1].numpy(), ref[:1], batch=1),
         f"latency_ms_{kind}": latency_ms(sess, shape, latency_batch),
         f"latency_ms_{kind}_batch1": latency_ms(sess, shape, 1, runs=100),
-        f"size_bytes_{kind}": path.stat().st_size, f"zipped_bytes_{kind}": zipped_size(path)})
-    log(f"export: {kind}: accuracy {metrics[f'accuracy_{kind}']:.4f}, max abs diff vs PyTorch "
+        f"size_bytes_{kind}": size, f"zipped_bytes_{kind}": zipped_size(path) if path.suffix == ".onnx" else None})
+    if isinstance(sess, OpenVINOSession):
+        metrics[f"inference_precision_{kind}"] = sess.precision
+    log(f"export: {kind} on {runtime}: accuracy {metrics[f'accuracy_{kind}']:.4f}, max abs diff vs PyTorch "
         f"{metrics[f'max_abs_diff_{kind}']:.2e}, latency {metrics[f'latency_ms_{kind}']:.2f} ms at batch "
-        f"{latency_batch} ({metrics[f'latency_ms_{kind}_batch1']:.3f} ms at 1), zipped "
-        f"{metrics[f'zipped_bytes_{kind}']:,} bytes")
+        f"{latency_batch} ({metrics[f'latency_ms_{kind}_batch1']:.3f} ms at 1), {size:,} bytes")
     return pred
 
 
-def _int8_metrics(cfg, int8_path, preds, kept_fp32, n_calib, metrics: dict) -> str | None:
+def _int8_metrics(cfg, int8_path, kept_fp32, metrics: dict) -> str | None:
     """The int8 model's checks; the failure message when it loses more than --max-drop points or is
-    less than --min-speedup times as fast as fp32."""
+    less than --min-speedup times as fast as fp32 (first runtime)."""
     ops = op_counts(int8_path)
     acc32, acc8 = metrics["accuracy_fp32"], metrics["accuracy_int8"]
     metrics.update({
-        "agreement_fp32_int8": float((preds["int8"] == preds["fp32"]).mean()),
         "qdq_ops": {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")},
         "convs_wrapped_in_qdq": convs_wrapped_in_qdq(int8_path, skip=kept_fp32),
-        "fp32_nodes": kept_fp32, "calibration_batches": n_calib, "calibration_method": cfg.calibration_method,
-        "per_channel": cfg.per_channel, "accuracy_drop_points": round(100 * (acc32 - acc8), 4)})
-    metrics["speedup_int8"] = round(metrics["latency_ms_fp32"] / metrics["latency_ms_int8"], 3)
+        "fp32_nodes": kept_fp32, "accuracy_drop_points": round(100 * (acc32 - acc8), 4)})
     failures = []
     if cfg.max_drop is not None and metrics["accuracy_drop_points"] > cfg.max_drop:
         failures.append(f"int8 model loses {metrics['accuracy_drop_points']:.2f} accuracy points "
                         f"(fp32 {acc32:.4f}, int8 {acc8:.4f}), more than --max-drop {cfg.max_drop}")
     if cfg.min_speedup is not None and metrics["speedup_int8"] < cfg.min_speedup:
         failures.append(f"int8 model is {metrics['speedup_int8']:.2f}x as fast as fp32 at batch {cfg.latency_batch} "
-                        f"({metrics['latency_ms_int8']:.2f} vs {metrics['latency_ms_fp32']:.2f} ms, onnxruntime), "
-                        f"less than --min-speedup {cfg.min_speedup}")
+                        f"({metrics['latency_ms_int8']:.2f} vs {metrics['latency_ms_fp32']:.2f} ms, "
+                        f"{metrics['runtime']}), less than --min-speedup {cfg.min_speedup}")
     return "; ".join(failures) or None
 
 
 def _max_diff(sess, x: np.ndarray, ref: np.ndarray, batch: int) -> float:
-    out = sess.run(["logits"], {"input": x[:batch]})[0]
+    out = sess(x[:batch])
     return float(np.abs(out - ref[:batch]).max())
 
 

@@ -28,14 +28,16 @@ def prune(run: StageRun) -> dict:
     Gupta's cubic ramp over the first 3/4 of fine-tuning), one global threshold or per layer.
     Structured: that fraction of each prunable convolution's output channels removed, by filter
     norm or by `select`'s discriminability scores. The first convolution and the classifier are
-    excluded unless `include_all`. With `teacher`, fine-tuning distills with `method`.
+    excluded unless `include_all` (which defaults to True for structured pruning, False otherwise).
+    With `teacher`, fine-tuning distills with `method`.
     """
     cfg = run.cfg
     art = load_artifact(cfg.model_dir)
     t_art = load_artifact(cfg.teacher) if cfg.teacher else None
     bundle = cfg.load_data(art.spec)
     model, shape = art.model, art.spec.input_shape
-    exclude = () if cfg.include_all else default_exclusions(model)
+    include_all = cfg.structured if cfg.include_all is None else cfg.include_all
+    exclude = () if include_all else default_exclusions(model)
     before = {"accuracy_before": test_accuracy(model, bundle, run.device), "params_before": count_params(model)}
     before["size_bytes_before"], before["zipped_bytes_before"] = recorded_model_sizes(art.path, art.metrics)
     spec = art.spec.model_copy(update={"stage": "prune"}, deep=True)
