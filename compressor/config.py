@@ -178,6 +178,10 @@ class TrainConfig(Runtime):
     resume: bool = option(False, "Continue an interrupted run of this same command from its checkpoint "
                                  "(.OUT.checkpoint/ beside --out); an error if there is none.",
                           recipe=False, setting=False)
+    log_dir: Optional[str] = option(None, "Write TensorBoard scalars here (losses, each loss's share, accuracies, "
+                                          "learning rate, images/s; one point per epoch, one subdirectory per training "
+                                          "loop); compress run writes them under RUN_DIR/logs/.", recipe=False,
+                                    setting=False)
 
 
 class DistillOptions(Config):
@@ -194,9 +198,11 @@ class DistillOptions(Config):
                                                 "default: the method's (4).", short="-T", gt=0)
     alpha: Optional[float] = option(None, "Weight of the hard-label cross-entropy, in [0, 1] (kd and mse give "
                                           "1 - alpha to the teacher); default: the method's.", ge=0, le=1)
-    beta: Optional[float] = option(None, "Weight of the method's knowledge term (at 1000, rkd 1, vid 0.5, l2tww 0.5). "
-                                         "vid: the study's L = b*task + (1 - b)*sum(lambda*I) is --alpha b --beta 1-b.",
-                                   ge=0)
+    beta: Optional[float] = option(None, "Weight of the method's knowledge term (at 1000, rkd 1, vid 0.5, l2tww 0.5; "
+                                         "dkd: TCKD 1; dist: inter-class 1). vid: the study's L = b*task + "
+                                         "(1 - b)*sum(lambda*I) is --alpha b --beta 1-b.", ge=0)
+    gamma: Optional[float] = option(None, "Weight of a method's second knowledge term (dkd: NCKD, 8; dist: "
+                                          "intra-class, 1).", ge=0)
     layers: Optional[str] = option(None, "Feature methods: explicit TEACHER:STUDENT layer pairs, comma-separated "
                                          "(default: stage outputs before each downsampling).")
     pairs: Literal["matched", "all"] = option("matched", "How stage layers pair: matched (stage by stage) or all "
@@ -247,6 +253,9 @@ class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Outpu
                                      recipe=False)
     control: bool = option(False, "Also train the student alone (alpha = 1, same budget and seed) and report "
                                   "control_accuracy.")
+    min_gain: Optional[float] = option(None, "With --control: fail (exit 1, artifact kept and marked failed) when the "
+                                             "distilled student is more than this many accuracy points below the "
+                                             "student alone (0: it must at least match it).", ge=0)
     chunk_size: int = option(1800, "online: images per chunk of the stream.", ge=1)
     buffer_chunks: int = option(5, "online: the sliding buffer holds the last N chunks.", ge=1)
     epochs_per_buffer: int = option(2, "online: epochs over each buffer (the student's last at lr/10).", ge=1)
@@ -278,6 +287,8 @@ class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Outpu
                              "sample and cannot be cached; drop --cache-teacher or the mixing")
         if self.precision != "32" and self.scheme == "online":
             raise ValueError("--scheme online trains in float32; drop --precision")
+        if self.min_gain is not None and not self.control:
+            raise ValueError("--min-gain compares the distilled student with the student alone; pass --control too")
         if self.resume and self.scheme == "online":
             raise ValueError("--resume is not supported for --scheme online (its teacher and student train over a "
                              "stream of chunks); rerun it from the start")

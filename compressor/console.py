@@ -22,6 +22,14 @@ def log(message: str) -> None:
         stderr.print(message, markup=False, soft_wrap=True)
 
 
+def warn(message: str) -> None:
+    """A line the user must see, --quiet or not (under torchrun: rank 0 only)."""
+    from compressor import distributed
+
+    if distributed.is_main():
+        stderr.print(f"warning: {message}", markup=False, soft_wrap=True)
+
+
 class _PlainTask:
     """Progress as plain lines for logs and CI: at most ten lines per task, none for short ones."""
 

@@ -197,8 +197,9 @@ def stage_config(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path | str, 
               "out": str(stage_dir)}
     if kind in ("select", "prune", "export"):
         values["model_dir"] = str(last_model)
-    if kind in MODEL_STAGES:  # the stages that train
+    if kind in MODEL_STAGES:  # the stages that train; their TensorBoard logs go beside the stages, in logs/
         values["resume"] = resume
+        values["log_dir"] = str(Path(stage_dir).parent / "logs" / Path(stage_dir).name)
     if kind == "distill":
         values["teacher"] = cfg.teacher or (str(paths["teach"]) if "teach" in paths else None)
         values["channels"] = str(paths["select"]) if "select" in paths else None

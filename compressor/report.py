@@ -41,7 +41,9 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
                "control_accuracy": m.get("control_accuracy"), "sparsity": m.get("sparsity"),
                "zipped_bytes": None, "accuracy_int8": m.get("accuracy_int8"),
                "latency_ms_fp32": m.get("latency_ms_fp32"), "latency_ms_int8": m.get("latency_ms_int8"),
-               "status": m.get("status", "ok")}
+               "status": m.get("status", "ok"),
+               # what the stage started from: prune's model before pruning, export's PyTorch model
+               "input_accuracy": m.get("accuracy_before", m.get("accuracy_torch"))}
         if "zipped_bytes_int8" in m:
             row["zipped_bytes"] = m["zipped_bytes_int8"]
         elif "zipped_bytes_fp32" in m:
@@ -74,12 +76,27 @@ def summary_table(rows: list[dict], title: str = "") -> Table:
             notes.append(f"alone {r['control_accuracy']:.4f}")
         if r["sparsity"] is not None:
             notes.append(f"sparsity {r['sparsity']:.3f}")
+        notes.extend(worse_notes(r))
         if r["status"] != "ok":
             notes.append(str(r["status"]).upper())
         t.add(r["stage"], fmt(r["accuracy"], "{:.4f}"), fmt(r["params"], "{:,}"), _size(r["zipped_bytes"]),
               fmt(r["accuracy_int8"], "{:.4f}"), fmt(r["latency_ms_int8"], "{:.2f}"), fmt(r["latency_ms_fp32"], "{:.2f}"),
               ", ".join(notes))
     return t
+
+
+def worse_notes(row: dict) -> list[str]:
+    """Marks for a stage whose result is below its input (prune, export: the int8 model where there is
+    one) or below the student trained alone (distill --control)."""
+    shipped = row["accuracy_int8"] if row.get("accuracy_int8") is not None else row["accuracy"]
+    notes = []
+    if shipped is None:
+        return notes
+    if row.get("input_accuracy") is not None and shipped < row["input_accuracy"]:
+        notes.append(f"WORSE than its input ({row['input_accuracy']:.4f})")
+    if row.get("control_accuracy") is not None and shipped < row["control_accuracy"]:
+        notes.append("WORSE than the student alone")
+    return notes
 
 
 def accuracy_table(acc: list[dict]) -> Table:

@@ -25,6 +25,7 @@ from compressor.console import log, progress
 from compressor.checkpoint import FitCheckpoint, Interrupted, StopSignals, rng_state, set_rng_state
 from compressor.data import BatchLoader, Batches, DataBundle
 from compressor.precision import autocast, cross_entropy, grad_scaler
+from compressor.tracking import open_log
 
 
 def seed_everything(seed: int) -> None:
@@ -213,6 +214,7 @@ class Trainer:
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
         self.after_step, self.train_step, self.val_reference, self.checkpoint = after_step, train_step, val_reference, checkpoint
         self.result, self.best_state = FitResult(), None
+        self.log = open_log(cfg.log_dir, desc)
         self.first_step_s: float | None = None  # seconds from the process's start to the end of the first step
         self.start_epoch, self.start_step, self.carry = 1, 0, ({}, 0, 0)
         self.extra_optims = {k: v for k, v in vars(task).items() if isinstance(v, torch.optim.Optimizer)}
@@ -235,15 +237,19 @@ class Trainer:
     def run(self) -> FitResult:
         t_start = time.time()
         self.restore()
-        with StopSignals() as stop:
-            for epoch in range(self.start_epoch, self.cfg.epochs + 1):
-                self.task.train()
-                sums, correct, seen, t0 = self.train_epoch(epoch, stop)
-                self.validate(epoch, sums, correct, seen, t0)
-                if self.checkpoint is not None:
-                    self.checkpoint.save(self.snapshot(epoch + 1, 0, {}, 0, 0))
-                if signame := self.stopping(stop):
-                    _stop(signame, self.checkpoint, None, self.stage, epoch + 1, 0)
+        try:
+            with StopSignals() as stop:
+                for epoch in range(self.start_epoch, self.cfg.epochs + 1):
+                    self.task.train()
+                    sums, correct, seen, t0 = self.train_epoch(epoch, stop)
+                    self.validate(epoch, sums, correct, seen, t0)
+                    if self.checkpoint is not None:
+                        self.checkpoint.save(self.snapshot(epoch + 1, 0, {}, 0, 0))
+                    if signame := self.stopping(stop):
+                        _stop(signame, self.checkpoint, None, self.stage, epoch + 1, 0)
+        finally:
+            if self.log is not None:
+                self.log.close()
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.result.wall_time_s = round(time.time() - t_start, 2)
@@ -352,7 +358,7 @@ class Trainer:
         sums, correct, seen = _global_counts(sums, correct, seen)
         val_acc = accuracy(val_logits, val_labels)
         row = {"epoch": epoch, "train_loss": sum(sums.values()) / max(seen, 1),
-               **{k: v / max(seen, 1) for k, v in sums.items()},
+               **{k: v / max(seen, 1) for k, v in sums.items()}, **loss_shares(sums),
                "train_accuracy": correct / max(seen, 1), "val_accuracy": val_acc,
                **({"val_agreement": float((val_logits.argmax(1) == self.val_reference).float().mean())}
                   if self.val_reference is not None else {}),
@@ -361,11 +367,22 @@ class Trainer:
                **({"first_step_s": round(self.first_step_s, 2)} if self.first_step_s is not None and
                   not self.result.history else {})}
         self.result.history.append(row)
+        if self.log is not None:
+            self.log.epoch(row)
         log(f"{self.desc} epoch {epoch}/{self.cfg.epochs}: loss {row['train_loss']:.4f}  "
             f"train acc {row['train_accuracy']:.4f}  val acc {val_acc:.4f}  ({row['images_per_s']:.0f} img/s)")
         if self.best_state is None or val_acc > self.result.best_val_accuracy:
             self.result.best_val_accuracy, self.result.best_epoch = val_acc, epoch
             self.best_state = copy.deepcopy(self.model.state_dict())
+
+
+def loss_shares(sums: dict) -> dict:
+    """Each loss term's share of the epoch's total (of absolute sizes: a Gaussian NLL can be negative),
+    as `share_<name>`; with one term there is nothing to share."""
+    total = sum(abs(v) for v in sums.values())
+    if len(sums) < 2 or total == 0:
+        return {}
+    return {f"share_{k}": abs(v) / total for k, v in sums.items()}
 
 
 def batch_mixer(cfg, num_classes: int):

@@ -68,3 +68,64 @@ def test_kd_on_fp16_logits_at_t8_equals_the_fp32_loss():
         under_autocast = kd_loss(s, t, y, temperature=8.0, alpha=0.5)
     assert under_autocast.dtype == torch.float32
     assert abs(under_autocast.item() - kd_loss(s, t, y, temperature=8.0, alpha=0.5).item()) < 1e-4
+
+
+def _kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+
+
+S = torch.tensor([[2.0, 1.0, 0.1, -0.5], [0.5, 0.5, 3.0, 1.0], [-1.0, 2.5, 0.0, 0.3]])
+TT = torch.tensor([[3.0, 0.5, 0.0, -1.0], [0.0, 1.0, 2.0, 2.5], [0.2, 1.5, -0.5, 0.9]])
+Y = torch.tensor([0, 2, 1])
+
+
+def test_dkd_loss_matches_the_papers_equations_loop_by_loop():
+    """Zhao et al. eq. (1)-(4): b = [p_t, 1 - p_t], p-hat = softmax over the non-target classes;
+    TCKD = KL(b^T || b^S), NCKD = KL(p-hat^T || p-hat^S); DKD = alpha * TCKD + beta * NCKD, times T^2."""
+    from compressor.distill.functional import dkd_loss
+
+    T, a, b = 4.0, 1.0, 8.0
+    tckd = nckd = 0.0
+    for i in range(3):
+        ps, pt = _softmax(S[i].tolist(), T), _softmax(TT[i].tolist(), T)
+        g = int(Y[i])
+        tckd += _kl([pt[g], 1 - pt[g]], [ps[g], 1 - ps[g]])
+        others = [k for k in range(4) if k != g]
+        hs = _softmax([S[i, k].item() for k in others], T)
+        ht = _softmax([TT[i, k].item() for k in others], T)
+        nckd += _kl(ht, hs)
+    expected = T**2 * (a * tckd + b * nckd) / 3
+    assert dkd_loss(S, TT, Y, alpha=a, beta=b, temperature=T).item() == pytest.approx(expected, rel=1e-5)
+    # with beta = alpha = 1, TCKD + NCKD weighted by (1 - p_t^T) is classic KD (the paper's eq. 7): check the split
+    kd = sum(_kl(_softmax(TT[i].tolist(), T), _softmax(S[i].tolist(), T)) for i in range(3)) / 3
+    recombined = 0.0
+    for i in range(3):
+        ps, pt = _softmax(S[i].tolist(), T), _softmax(TT[i].tolist(), T)
+        g = int(Y[i])
+        others = [k for k in range(4) if k != g]
+        recombined += _kl([pt[g], 1 - pt[g]], [ps[g], 1 - ps[g]]) + (1 - pt[g]) * _kl(
+            _softmax([TT[i, k].item() for k in others], T), _softmax([S[i, k].item() for k in others], T))
+    assert recombined / 3 == pytest.approx(kd, rel=1e-6)
+    s = S.clone().requires_grad_(True)
+    dkd_loss(s, TT, Y).backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_dist_loss_matches_the_papers_equations_loop_by_loop():
+    """Huang et al. eq. (5)-(9): d_p(u, v) = 1 - Pearson(u, v); inter = mean over samples of d_p between
+    the class distributions, intra = mean over classes of d_p between the batch columns; times T^2."""
+    from compressor.distill.functional import dist_loss
+
+    def pearson(u, v):
+        mu, mv = sum(u) / len(u), sum(v) / len(v)
+        cov = sum((x - mu) * (y - mv) for x, y in zip(u, v))
+        return cov / (math.sqrt(sum((x - mu) ** 2 for x in u)) * math.sqrt(sum((y - mv) ** 2 for y in v)))
+
+    T, beta, gamma = 2.0, 1.5, 0.5
+    ys = [_softmax(S[i].tolist(), T) for i in range(3)]
+    yt = [_softmax(TT[i].tolist(), T) for i in range(3)]
+    inter = sum(1 - pearson(ys[i], yt[i]) for i in range(3)) / 3
+    intra = sum(1 - pearson([ys[i][k] for i in range(3)], [yt[i][k] for i in range(3)]) for k in range(4)) / 4
+    expected = T**2 * (beta * inter + gamma * intra)
+    assert dist_loss(S, TT, beta=beta, gamma=gamma, temperature=T).item() == pytest.approx(expected, rel=1e-5)
+    assert dist_loss(TT, TT).item() == pytest.approx(0.0, abs=1e-6)  # identical predictions: no loss

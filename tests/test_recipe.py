@@ -56,7 +56,11 @@ def test_run_recipe_end_to_end_with_summary(tmp_path):
         assert (out / stage / "metrics.json").is_file()
         assert stage in res.stdout
     d = json.loads((out / "distill" / "metrics.json").read_text())
-    assert "control_accuracy" in d
+    assert "control_accuracy" in d and "gain_points" in d
+    # every training loop's TensorBoard run lies under RUN_DIR/logs/<stage>/
+    for stage, run in (("teach", "teach"), ("distill", "distill-kd"), ("distill", "control-alpha=1"),
+                       ("prune", "prune-finetune")):
+        assert list((out / "logs" / stage / run).glob("events.out.tfevents.*")), (stage, run)
     res = CliRunner().invoke(app, ["report", str(out), "--json"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)

@@ -180,3 +180,28 @@ def test_compile_trains_like_eager(tmp_path):
     assert abs(compiled["accuracy"] - eager["accuracy"]) <= 0.01
     assert set(load_state_dict(tmp_path / "c" / "model.safetensors")) == set(
         load_state_dict(tmp_path / "e" / "model.safetensors"))  # saved under the model's own names
+
+
+def test_log_dir_writes_tensorboard_scalars_one_per_epoch(tmp_path, teacher_dir):
+    """--log-dir: one TensorBoard run per training loop, one point per epoch per metric, the values of
+    metrics.json's history (losses, each loss's share, accuracies, learning rate, images/s)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = tmp_path / "logs"
+    m = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "s", epochs=2, lr=0.05,
+                control=True, log_dir=logs, device="cpu")
+    assert sorted(p.name for p in logs.iterdir()) == ["control-alpha=1", "distill-kd"]
+    for run, history, extra in (("distill-kd", m["history"], {"loss/kd", "loss_share/ce", "loss_share/kd"}),
+                                ("control-alpha=1", m["control_history"], set())):
+        acc = EventAccumulator(str(logs / run))
+        acc.Reload()
+        tags = set(acc.Tags()["scalars"])
+        assert {"loss/total", "loss/ce", "accuracy/train", "accuracy/val", "accuracy/val_agreement", "lr",
+                "speed/images_per_s", "speed/epoch_time_s"} | extra <= tags, tags
+        for tag in tags:
+            assert [e.step for e in acc.Scalars(tag)] == [1, 2], tag
+        assert [e.value for e in acc.Scalars("accuracy/val")] == pytest.approx([h["val_accuracy"] for h in history])
+        assert [e.value for e in acc.Scalars("loss/total")] == pytest.approx([h["train_loss"] for h in history])
+    row = m["history"][-1]
+    assert row["share_loss_ce"] + row["share_loss_kd"] == pytest.approx(1.0)
+    assert row["share_loss_kd"] == pytest.approx(row["loss_kd"] / (row["loss_ce"] + row["loss_kd"]))

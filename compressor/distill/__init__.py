@@ -16,10 +16,12 @@ from compressor.distill.at import AT
 from compressor.distill.rkd import RKD
 from compressor.distill.vid import VID
 from compressor.distill.l2tww import L2TWW
+from compressor.distill.dkd import DKD
+from compressor.distill.dist import DIST
 from compressor.distill.registry import METHODS, SCHEME_NAMES, get_method, resolve_options
 
 METHOD_NAMES = tuple(METHODS)
-__all__ = ["AT", "Distiller", "FeatureDistiller", "FitNet", "KD", "L2TWW", "MSE", "RKD", "VID", "METHODS",
+__all__ = ["AT", "DIST", "DKD", "Distiller", "FeatureDistiller", "FitNet", "KD", "L2TWW", "MSE", "RKD", "VID", "METHODS",
            "METHOD_NAMES", "SCHEME_NAMES", "build_distiller"]
 
 
@@ -28,7 +30,7 @@ def build_distiller(method: str, student, teacher, *, input_shape: list[int], op
                     channels: dict[str, list[int]] | None = None) -> Distiller:
     """Build any registered method the same way, from the shared options (`DistillOptions`).
 
-    `options` may hold temperature, alpha, beta, layers, pairs and hint_epochs; the method's own
+    `options` may hold temperature, alpha, beta, gamma, layers, pairs and hint_epochs; the method's own
     defaults fill those left None, and one in `explicit` that the method does not read is an error.
     Feature methods get their layer pairs: explicit 'teacher_layer:student_layer,...' (`layers`),
     or each model's stage outputs (timm feature_info) paired by `pairs` (matched or all).

@@ -118,3 +118,47 @@ def gaussian_nll(mean: torch.Tensor, variance: torch.Tensor, target: torch.Tenso
     """-log q(t | s) up to a constant for a Gaussian with per-channel variance (VID), averaged."""
     var = variance.view(1, -1, *([1] * (target.dim() - 2)))
     return 0.5 * ((mean - target.detach()).pow(2) / var + var.log()).mean()
+
+
+@float32
+def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0,
+             beta: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): alpha * TCKD + beta * NCKD, each scaled by T^2, batch mean.
+
+    TCKD: KL between the binary distributions (p_target, 1 - p_target) of teacher and student;
+    NCKD: KL between their distributions over the non-target classes alone (softmax without the
+    target class). Cross-entropy and the warm-up are not part of it (see compressor.distill.dkd).
+    """
+    t = teacher_logits.detach() / temperature
+    s = student_logits / temperature
+    target = F.one_hot(targets, s.shape[1]).bool()
+    p_s, p_t = F.softmax(s, dim=1), F.softmax(t, dim=1)
+    pt_s, pt_t = p_s[target], p_t[target]  # the target class's probability, per sample
+    b_s = torch.stack([pt_s, (1 - pt_s)], dim=1).clamp_min(1e-12)
+    b_t = torch.stack([pt_t, (1 - pt_t)], dim=1).clamp_min(1e-12)
+    tckd = (b_t * (b_t.log() - b_s.log())).sum(1).mean()
+    masked = torch.finfo(s.dtype).min
+    log_q_s = F.log_softmax(s.masked_fill(target, masked), dim=1)
+    log_q_t = F.log_softmax(t.masked_fill(target, masked), dim=1)
+    q_t = log_q_t.exp()
+    nckd = (q_t * (log_q_t - log_q_s)).masked_fill(target, 0).sum(1).mean()
+    return temperature**2 * (alpha * tckd + beta * nckd)
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of a with the same row of b."""
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+@float32
+def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 1.0, gamma: float = 1.0,
+              temperature: float = 1.0) -> torch.Tensor:
+    """DIST (Huang et al., NeurIPS 2022): beta * inter-class + gamma * intra-class relation, each T^2 *
+    (1 - mean Pearson correlation) between the softened predictions: across the classes of each sample
+    (inter), and across the samples of the batch for each class (intra)."""
+    y_s = F.softmax(student_logits / temperature, dim=1)
+    y_t = F.softmax(teacher_logits.detach() / temperature, dim=1)
+    inter = 1 - _pearson_rows(y_s, y_t).mean()
+    intra = 1 - _pearson_rows(y_s.t(), y_t.t()).mean()
+    return temperature**2 * (beta * inter + gamma * intra)

@@ -13,8 +13,8 @@ from compressor import CompressorError
 
 SCHEME_NAMES = ("offline", "online", "self")
 # Options a method may read besides the training ones; those with per-method defaults default to None.
-METHOD_OPTIONS = ("temperature", "alpha", "beta", "layers", "pairs", "hint_epochs")
-WEIGHTS = ("temperature", "alpha", "beta")
+METHOD_OPTIONS = ("temperature", "alpha", "beta", "gamma", "layers", "pairs", "hint_epochs")
+WEIGHTS = ("temperature", "alpha", "beta", "gamma")
 
 
 @dataclass(frozen=True)

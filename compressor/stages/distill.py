@@ -8,8 +8,9 @@ import torch
 
 from compressor.artifacts import CONTROL_FILE, load_artifact
 from compressor.config import DistillConfig
-from compressor.console import log
+from compressor.console import log, warn
 from compressor.distill import build_distiller, resolve_options
+from compressor.distill.registry import METHOD_OPTIONS
 from compressor.distill.online import train_online
 from compressor.distill.self_distill import SelfDistiller
 from compressor.models import count_params, create_model, size_kwargs, stage_layers
@@ -53,6 +54,7 @@ def distill(run: StageRun) -> dict:
     metrics.update(extra)
     if cfg.control:
         metrics.update(_control(run, bundle, val_ref, t_pred))
+        metrics.update(_gain(cfg, metrics))
     run.writer.save_model(net, make_spec(cfg.student, bundle, stage="distill", kwargs=size_kwargs(cfg.student, bundle.image_size),
                                          settings={**cfg.settings(), **options}))
     log(f"distill: test accuracy {metrics['accuracy']:.4f}" +
@@ -64,7 +66,7 @@ def method_options(cfg) -> dict:
     """The options the chosen method reads, its defaults filled in; an explicit unused one is an error.
 
     The online and self schemes distill with kd."""
-    given = {k: getattr(cfg, k) for k in ("temperature", "alpha", "beta", "layers", "pairs", "hint_epochs")}
+    given = {k: getattr(cfg, k) for k in METHOD_OPTIONS}
     return resolve_options(cfg.method, given, cfg.model_fields_set)
 
 
@@ -150,6 +152,23 @@ def _control(run: StageRun, bundle, val_ref, t_pred) -> dict:
     if t_pred is not None:
         out["control_agreement"] = float((c_logits.argmax(1) == t_pred).float().mean())
     log(f"distill: student alone (alpha=1) test accuracy {out['control_accuracy']:.4f}")
+    return out
+
+
+def _gain(cfg, metrics: dict) -> dict:
+    """What distillation gained over the student alone, in points; the --min-gain gate, or a warning
+    when the teacher made the student worse."""
+    acc, alone = metrics["accuracy"], metrics["control_accuracy"]
+    gain = round(100 * (acc - alone), 4)
+    out: dict = {"gain_points": gain, "min_gain": cfg.min_gain}
+    if gain >= 0:
+        return out
+    what = (f"the distilled student ({acc:.4f}) is {-gain:.2f} points below the student alone ({alone:.4f}) "
+            f"with --method {cfg.method}")
+    if cfg.min_gain is not None and -gain > cfg.min_gain:
+        out.update({"status": "failed", "failure": f"distill: {what}, more than --min-gain {cfg.min_gain}"})
+    else:
+        warn(f"{what}; try --method kd, a smaller --beta, or more --epochs (--min-gain 0 makes this an error)")
     return out
 
 
