@@ -102,6 +102,7 @@ class FitResult:
     best_epoch: int = 0
     best_val_accuracy: float = 0.0
     wall_time_s: float = 0.0
+    last_state: dict | None = None  # the last epoch's weights, where they are not the best epoch's
 
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
@@ -251,6 +252,8 @@ class Trainer:
             if self.log is not None:
                 self.log.close()
         if self.best_state is not None:
+            if self.result.history and self.result.best_epoch != self.result.history[-1]["epoch"]:
+                self.result.last_state = copy.deepcopy(self.model.state_dict())
             self.model.load_state_dict(self.best_state)
         self.result.wall_time_s = round(time.time() - t_start, 2)
         self.model.eval()

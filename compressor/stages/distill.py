@@ -14,7 +14,7 @@ from compressor.distill.registry import METHOD_OPTIONS
 from compressor.distill.online import train_online
 from compressor.distill.self_distill import SelfDistiller
 from compressor.models import count_params, create_model, size_kwargs, stage_layers
-from compressor.stages.common import check_input_fits, make_spec, test_logits
+from compressor.stages.common import check_input_fits, last_epoch_accuracy, make_spec, test_logits
 from compressor.stages.runner import StageRun, stage
 from compressor.stages.select import read_channels
 from compressor.training import Supervised, accuracy, predict, seed_everything, train_task
@@ -116,7 +116,8 @@ def _train_offline(run: StageRun, net, t_art, bundle, kept, cache, val_ref, opti
                             fingerprint=run.fingerprint(bundle.identity), val_reference=val_ref)
     finally:
         task.close()
-    extra = {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "history": result.history}
+    extra = {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "history": result.history,
+             "accuracy_last_epoch": last_epoch_accuracy(net, result, bundle, run.device)}
     cost = task.cost(run.device)
     if cost:
         extra["cost"] = cost
@@ -149,6 +150,7 @@ def _control(run: StageRun, bundle, val_ref, t_pred) -> dict:
     run.writer.save_weights(alone, CONTROL_FILE)
     c_logits, _ = test_logits(alone, bundle, run.device)
     out = {"control_accuracy": accuracy(c_logits, bundle.test.labels), "control_history": result.history}
+    out["control_accuracy_last_epoch"] = last_epoch_accuracy(alone, result, bundle, run.device, out["control_accuracy"])
     if t_pred is not None:
         out["control_agreement"] = float((c_logits.argmax(1) == t_pred).float().mean())
     log(f"distill: student alone (alpha=1) test accuracy {out['control_accuracy']:.4f}")
