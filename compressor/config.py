@@ -198,11 +198,16 @@ class DistillOptions(Config):
                                                 "default: the method's (4).", short="-T", gt=0)
     alpha: Optional[float] = option(None, "Weight of the hard-label cross-entropy, in [0, 1] (kd and mse give "
                                           "1 - alpha to the teacher); default: the method's.", ge=0, le=1)
-    beta: Optional[float] = option(None, "Weight of the method's knowledge term (at 1000, rkd 1, vid 0.5, l2tww 0.5; "
-                                         "dkd: TCKD 1; dist: inter-class 1). vid: the study's L = b*task + "
-                                         "(1 - b)*sum(lambda*I) is --alpha b --beta 1-b.", ge=0)
+    beta: Optional[float] = option(None, "Weight of the method's knowledge term (at 1, rkd 1, vid 0.5: against the "
+                                         "cross-entropy, see --balance; l2tww 0.5; dkd: TCKD 1; dist: inter-class 1). "
+                                         "vid: the study's L = b*task + (1 - b)*sum(lambda*I) is --alpha b --beta 1-b "
+                                         "--no-balance.", ge=0)
     gamma: Optional[float] = option(None, "Weight of a method's second knowledge term (dkd: NCKD, 8; dist: "
                                           "intra-class, 1).", ge=0)
+    balance: bool = option(True, "at, rkd, vid: scale the knowledge term so that on the first training batch it "
+                                 "equals the cross-entropy; --beta then weighs it against the cross-entropy whatever "
+                                 "the map sizes and layer pairs. --no-balance: --beta is a raw weight as in the papers "
+                                 "(the papers' at is --beta 1000).", flag="--balance/--no-balance")
     layers: Optional[str] = option(None, "Feature methods: explicit TEACHER:STUDENT layer pairs, comma-separated "
                                          "(default: stage outputs before each downsampling).")
     pairs: Literal["matched", "all"] = option("matched", "How stage layers pair: matched (stage by stage) or all "

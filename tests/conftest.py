@@ -91,3 +91,24 @@ def write_photo_folder(root: Path, per_class: int = 24, val_per_class: int = 6, 
 @pytest.fixture(scope="session")
 def photo_folder(tmp_path_factory) -> Path:
     return write_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+def write_digits_folder(root: Path, size: int = 32) -> Path:
+    """root/train|val/<digit>/*.png: scikit-learn's handwritten digits (1,797 real 8x8 scans that ship
+    with the package), upscaled to `size` px; a stratified 80/20 split (1,437 train, 360 val)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(digits.target == c))
+        n_val = int(round(len(idx) * 0.2))
+        for split, part in (("val", idx[:n_val]), ("train", idx[n_val:])):
+            d = root / split / str(c)
+            d.mkdir(parents=True, exist_ok=True)
+            for i in part:
+                img = Image.fromarray((digits.images[i] * (255 / 16)).astype(np.uint8), "L")
+                img.resize((size, size), Image.BILINEAR).save(d / f"{i}.png")
+    return root

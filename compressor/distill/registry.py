@@ -13,7 +13,7 @@ from compressor import CompressorError
 
 SCHEME_NAMES = ("offline", "online", "self")
 # Options a method may read besides the training ones; those with per-method defaults default to None.
-METHOD_OPTIONS = ("temperature", "alpha", "beta", "gamma", "layers", "pairs", "hint_epochs")
+METHOD_OPTIONS = ("temperature", "alpha", "beta", "gamma", "balance", "layers", "pairs", "hint_epochs")
 WEIGHTS = ("temperature", "alpha", "beta", "gamma")
 
 

@@ -12,13 +12,15 @@ from compressor.models import classifier_name
 
 
 @register_method("rkd", summary="relational: distance-wise (weight 25) and angle-wise (50) potentials of the "
-                 "penultimate embeddings, Huber loss; α·CE + β·RKD", uses=("alpha", "beta"),
+                 "penultimate embeddings, Huber loss; α·CE + β·RKD, RKD balanced (scaled to equal the CE on the first "
+                 "batch)", uses=("alpha", "beta", "balance"),
                  defaults={"alpha": 1.0, "beta": 1.0})
 class RKD(Distiller):
     def __init__(self, student, teacher, *, alpha: float | None = None, beta: float | None = None,
-                 distance_weight: float = 25.0, angle_weight: float = 50.0, **kw) -> None:
+                 balance: bool = True, distance_weight: float = 25.0, angle_weight: float = 50.0, **kw) -> None:
         super().__init__(student, teacher, **kw)
         self.alpha, self.beta = self.default("alpha", alpha), self.default("beta", beta)
+        self.balanced = balance
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
         heads = classifier_name(student), classifier_name(teacher)
         if None in heads:
@@ -31,8 +33,9 @@ class RKD(Distiller):
         (t_emb,) = t.values()
         logits = self.model(x)
         (s_emb,) = self._s_tap.pop().values()
-        return logits, {"loss_ce": self.alpha * cross_entropy(logits, y),
-                        "loss_rkd": self.beta * rkd_loss(s_emb, t_emb, self.distance_weight, self.angle_weight)}
+        ce, rkd = cross_entropy(logits, y), rkd_loss(s_emb, t_emb, self.distance_weight, self.angle_weight)
+        rkd = self.balance(ce, rkd)
+        return logits, {"loss_ce": self.alpha * ce, "loss_rkd": self.beta * rkd}
 
     def close(self) -> None:
         super().close()
