@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     rows.insert(0, {"method": f"teacher ({arch})", "seeds": [], "best": _spread([teacher_acc]),
                     "last": None, "agreement": None, "wall_time_s": None})
     cmd = "python benchmarks/methods.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    lines = [f"`{cmd}` — {a.student} student, {a.epochs} epochs, {a.train_size} training images (full set: every "
-             f"training image), seeds {a.seeds}; mean ± std over the seeds",
+    full = "" if a.no_full_data else " (the full-set row: every training image)"
+    lines = [f"`{cmd}` — {a.student} student, {a.epochs} epochs, {a.train_size} training images{full}, seeds "
+             f"{a.seeds}; mean ± std over the seeds",
              "", "| method | test accuracy, best epoch | test accuracy, last epoch | agreement with teacher | "
                  "wall time (s, median) |", "|---|---|---|---|---|"]
     for r in rows:

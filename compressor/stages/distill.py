@@ -168,7 +168,7 @@ def _gain(cfg, metrics: dict) -> dict:
     what = (f"the distilled student ({acc:.4f}) is {-gain:.2f} points below the student alone ({alone:.4f}) "
             f"with --method {cfg.method}")
     if cfg.min_gain is not None and -gain > cfg.min_gain:
-        out.update({"status": "failed", "failure": f"distill: {what}, more than --min-gain {cfg.min_gain}"})
+        out.update({"status": "failed", "failure": f"distill: {what}, more than --min-gain {cfg.min_gain:g}"})
     else:
         warn(f"{what}; try --method kd, a smaller --beta, or more --epochs (--min-gain 0 makes this an error)")
     return out
