@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -129,18 +129,6 @@ class Int8Form:
                 f"{'per-channel' if self.per_channel else 'per-tensor'} weights")
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, calibration: list[np.ndarray], form: Int8Form = Int8Form(),
-                  method: str = "minmax") -> list[str]:
-    """Static QDQ quantization of `fp32_path` in the given form (int8 weights, symmetric; activations
-    asymmetric). Returns the names of the nodes left in float32."""
-    if not calibration:
-        raise CompressorError("int8 quantization needs at least one calibration batch")
-    check_calibration_method(method)
-    with tempfile.TemporaryDirectory(dir=Path(int8_path).parent) as tmp:
-        pre = preprocess(fp32_path, Path(tmp))
-        return _quantize_preprocessed(pre, Path(int8_path), calibration, form, method)
-
-
 def preprocess(fp32_path: Path, tmp: Path) -> Path:
     """onnxruntime's pre-quantization pass (shape inference, graph optimization) into `tmp`."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -192,6 +180,11 @@ TIE = 0.03  # latencies within 3 % of the fastest count as equal: the first form
 AUTO_DROP_POINTS = 1.0  # the accuracy a candidate form may lose on the calibration images when --max-drop is unset
 
 
+def allowed_drop(max_drop: float | None) -> float:
+    """The points of calibration accuracy an int8 form may lose: --max-drop, else AUTO_DROP_POINTS."""
+    return AUTO_DROP_POINTS if max_drop is None else max_drop
+
+
 def choose_int8_form(fp32_path: Path, int8_path: Path, calibration: list[tuple[np.ndarray, np.ndarray]],
                      stem: str = "auto", activations: str = "auto", per_channel: bool | None = None,
                      method: str = "minmax", runtime: str = "onnxruntime", threads: int | None = None,
@@ -223,14 +216,19 @@ def choose_int8_form(fp32_path: Path, int8_path: Path, calibration: list[tuple[n
         forms = [Int8Form(s, a, c) for s in stems for a in acts for c in chans]
         if len(forms) == 1:
             return forms[0], _quantize_preprocessed(pre, int8_path, xs, forms[0], method), []
-        fp32_acc = float((predict_arrays(session(fp32_path, threads, runtime), xs).argmax(1) == labels).mean())
+
+        def calibration_accuracy(path: Path) -> float:
+            sess = session(path, threads, runtime)
+            logits = np.concatenate([sess(x) for x in xs])
+            return float((logits.argmax(1) == labels).mean())
+
+        fp32_acc = calibration_accuracy(fp32_path)
         rows, paths = [], []
         for i, form in enumerate(forms):
             path = tmp / f"candidate{i}.onnx"
             excluded = _quantize_preprocessed(pre, path, xs, form, method)
-            acc = float((predict_arrays(session(path, threads, runtime), xs).argmax(1) == labels).mean())
-            rows.append({"stem": form.stem, "activations": form.activations, "per_channel": form.per_channel,
-                         "calibration_accuracy": acc, "drop_points": round(100 * (fp32_acc - acc), 4),
+            acc = calibration_accuracy(path)
+            rows.append({**asdict(form), "calibration_accuracy": acc, "drop_points": round(100 * (fp32_acc - acc), 4),
                          "fp32_nodes": excluded})
             paths.append(path)
         shape = session(paths[0], threads, runtime).input_shape()
@@ -240,7 +238,7 @@ def choose_int8_form(fp32_path: Path, int8_path: Path, calibration: list[tuple[n
                 sess = session(path, threads, runtime)  # one live session at a time: idle threads spin
                 times[i].append(latency_ms(sess, shape, batch, runs=runs, warmup=2, budget_s=budget_s))
                 del sess
-        limit = AUTO_DROP_POINTS if max_drop is None else max_drop
+        limit = allowed_drop(max_drop)
         for row, t in zip(rows, times):
             row["latency_ms"] = float(np.median(t))
             row["within_drop"] = row["drop_points"] <= limit
@@ -253,10 +251,6 @@ def choose_int8_form(fp32_path: Path, int8_path: Path, calibration: list[tuple[n
         rows[best]["chosen"] = True
         os.replace(paths[best], int8_path)
         return forms[best], rows[best]["fp32_nodes"], rows
-
-
-def predict_arrays(sess: "Session", xs: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([sess(x) for x in xs])
 
 
 def convert_fp16(fp32_path: Path, fp16_path: Path) -> None:
@@ -362,8 +356,8 @@ class OpenVINOSession(Session):
         self.model = self.core.read_model(str(path))
         self.shape = [int(d.get_length()) for d in self.model.input(0).get_partial_shape()[1:]]
         self.requests: dict[tuple, object] = {}
-        self._request((1, *self.shape))  # compile once now: a file OpenVINO cannot compile fails here
-        hint = next(iter(self.requests.values())).get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
+        first = self._request((1, *self.shape))  # compile once now: a file OpenVINO cannot compile fails here
+        hint = first.get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
         self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
     def _request(self, shape: tuple):

@@ -27,8 +27,10 @@ def scalar_tag(key: str) -> str:
         return f"loss/{key[5:]}"
     if key.startswith("share_loss_"):
         return f"loss_share/{key[11:]}"
-    if key.endswith("_accuracy") or key.endswith("_agreement"):
-        return f"accuracy/{key.rsplit('_', 1)[0]}" + ("" if key.endswith("_accuracy") else "_agreement")
+    if key.endswith("_accuracy"):
+        return f"accuracy/{key.removesuffix('_accuracy')}"
+    if key.endswith("_agreement"):
+        return f"accuracy/{key}"
     if key in ("images_per_s", "epoch_time_s"):
         return f"speed/{key}"
     return key

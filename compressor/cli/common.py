@@ -165,6 +165,7 @@ def show(metrics: dict, as_json: bool, title: str) -> None:
         elif metrics.get(key) is not None:
             table.add(label, fmt(metrics[key], spec))
     if metrics.get("int8_form"):
-        f = metrics["int8_form"]
-        table.add("int8 form", f"stem {f['stem']}, {f['activations']}, {'per-channel' if f['per_channel'] else 'per-tensor'}")
+        from compressor.export import Int8Form
+
+        table.add("int8 form", Int8Form(**metrics["int8_form"]).label())
     stdout.print(table.rich())

@@ -111,12 +111,12 @@ def test_accuracy(model: nn.Module, data: DataBundle, device) -> float:
     return accuracy(*test_logits(model, data, device))
 
 
-def last_epoch_accuracy(model: nn.Module, result, data: DataBundle, device, best: float | None = None) -> float:
+def last_epoch_accuracy(model: nn.Module, result, data: DataBundle, device) -> float | None:
     """Test accuracy of the last epoch's weights (`model` holds the best epoch's, by validation
-    accuracy): the figure papers that report the end of training give. `best`: the model's own test
-    accuracy, returned when the last epoch was the best."""
+    accuracy): the figure papers that report the end of training give. None when the last epoch was
+    the best: the model's own test accuracy is that figure, and it is measured anyway."""
     if result.last_state is None:
-        return best if best is not None else test_accuracy(model, data, device)
+        return None
     last = copy.deepcopy(model)
     last.load_state_dict(result.last_state)
     return test_accuracy(last, data, device)

@@ -52,9 +52,11 @@ def distill(run: StageRun) -> dict:
         extra = _train_offline(run, net, t_art, bundle, kept, cache, val_ref, options)
     metrics = _compare(net, t_art, t_pred, bundle, run.device)
     metrics.update(extra)
+    if "accuracy_last_epoch" in metrics and metrics["accuracy_last_epoch"] is None:  # the last epoch was the best
+        metrics["accuracy_last_epoch"] = metrics["accuracy"]
     if cfg.control:
         metrics.update(_control(run, bundle, val_ref, t_pred))
-        metrics.update(_gain(cfg, metrics))
+        metrics.update(_gain(cfg, options, metrics))
     run.writer.save_model(net, make_spec(cfg.student, bundle, stage="distill", kwargs=size_kwargs(cfg.student, bundle.image_size),
                                          settings={**cfg.settings(), **options}))
     log(f"distill: test accuracy {metrics['accuracy']:.4f}" +
@@ -150,14 +152,15 @@ def _control(run: StageRun, bundle, val_ref, t_pred) -> dict:
     run.writer.save_weights(alone, CONTROL_FILE)
     c_logits, _ = test_logits(alone, bundle, run.device)
     out = {"control_accuracy": accuracy(c_logits, bundle.test.labels), "control_history": result.history}
-    out["control_accuracy_last_epoch"] = last_epoch_accuracy(alone, result, bundle, run.device, out["control_accuracy"])
+    last = last_epoch_accuracy(alone, result, bundle, run.device)
+    out["control_accuracy_last_epoch"] = out["control_accuracy"] if last is None else last
     if t_pred is not None:
         out["control_agreement"] = float((c_logits.argmax(1) == t_pred).float().mean())
     log(f"distill: student alone (alpha=1) test accuracy {out['control_accuracy']:.4f}")
     return out
 
 
-def _gain(cfg, metrics: dict) -> dict:
+def _gain(cfg, options: dict, metrics: dict) -> dict:
     """What distillation gained over the student alone, in points; the --min-gain gate, or a warning
     when the teacher made the student worse."""
     acc, alone = metrics["accuracy"], metrics["control_accuracy"]
@@ -170,7 +173,10 @@ def _gain(cfg, metrics: dict) -> dict:
     if cfg.min_gain is not None and -gain > cfg.min_gain:
         out.update({"status": "failed", "failure": f"distill: {what}, more than --min-gain {cfg.min_gain:g}"})
     else:
-        warn(f"{what}; try --method kd, a smaller --beta, or more --epochs (--min-gain 0 makes this an error)")
+        tries = ([] if cfg.method == "kd" else ["--method kd"]) + \
+            (["a smaller --beta"] if options.get("beta") else []) + \
+            (["a larger --alpha"] if options.get("alpha", 1) < 1 else []) + ["more --epochs"]
+        warn(f"{what}; try {', '.join(tries[:-1])} or {tries[-1]} (--min-gain 0 makes this an error)")
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from compressor import CompressorError
 from compressor.artifacts import MODEL_FILE, SPEC_FILE, load_artifact, zipped_size
 from compressor.config import ExportConfig
 from compressor.console import log
-from compressor.export import (AUTO_DROP_POINTS, OPENVINO_MISSING, RUNTIMES, OpenVINOSession, choose_int8_form,
+from compressor.export import (OPENVINO_MISSING, RUNTIMES, OpenVINOSession, allowed_drop, choose_int8_form,
                                convert_fp16, convs_wrapped_in_qdq, export_onnx, latency_ms, op_counts, openvino_available,
                                predict_batches, save_openvino_ir, session)
 from compressor.models import count_params
@@ -103,8 +104,7 @@ def _write_variants(cfg, model, shape, bundle, writer, runtime: str, threads: in
             method=cfg.calibration_method, runtime=runtime, threads=threads, batch=cfg.latency_batch,
             max_drop=cfg.max_drop)
         metrics.update({"calibration_batches": len(calib), "calibration_method": cfg.calibration_method,
-                        "int8_form": {"stem": form.stem, "activations": form.activations,
-                                      "per_channel": form.per_channel},
+                        "int8_form": asdict(form),
                         "per_channel": form.per_channel, "int8_candidates": candidates,
                         "int8_choice": _why(form, candidates, runtime, cfg)})
         log(f"export: int8 form: {form.label()} ({metrics['int8_choice']})")
@@ -119,7 +119,7 @@ def _write_variants(cfg, model, shape, bundle, writer, runtime: str, threads: in
 def _why(form, candidates: list[dict], runtime: str, cfg) -> str:
     if not candidates:
         return "every choice given"
-    limit = AUTO_DROP_POINTS if cfg.max_drop is None else cfg.max_drop
+    limit = allowed_drop(cfg.max_drop)
     chosen = next(c for c in candidates if c.get("chosen"))
     if not chosen["within_drop"]:
         return (f"no candidate within {limit} points on the calibration images; kept the most accurate of "
