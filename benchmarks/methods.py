@@ -8,7 +8,8 @@ student trained alone (alpha = 1) on the transfer set, each method, and the stud
 the full training set with the same epochs (the number a user compares a distilled student with).
 For each: test accuracy of the best epoch (by validation accuracy: the weights the stage keeps) and
 of the last epoch, mean ± sample std over the seeds. The table is printed as measured, whatever the
-ranking, and written to OUT/results.md and OUT/results.json.
+ranking, and written to OUT/results.md and OUT/results.json. A method the student cannot take (lit
+needs as many stages as the teacher) is a row saying why; give it its own run with --student.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from compressor import CompressorError
 from compressor.console import set_quiet
 from compressor.distill import METHODS
 from compressor.stages import distill, teach
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         runs.append(("student alone, full training set", "kd", {"alpha": 1.0}, None))
     rows, teacher_acc = [], None
     for label, method, extra, train_size in runs:
-        per_seed = []
+        per_seed, refused = [], None
         for seed in seeds:
             name = "alone-full" if train_size is None else label.split()[0].replace("student", "alone")
             run_dir = out / f"{name}-seed{seed}"
@@ -66,11 +68,20 @@ def main(argv: list[str] | None = None) -> None:
                     "lr": a.lr, "seed": seed, **extra}
             m = _finished(run_dir, want, train_size) if a.reuse else None
             if m is None:
-                m = distill(teacher=teacher, student=a.student, **data, train_size=train_size, out=run_dir,
-                            method=method, epochs=a.epochs, lr=a.lr, seed=seed, **extra)
+                try:
+                    m = distill(teacher=teacher, student=a.student, **data, train_size=train_size, out=run_dir,
+                                method=method, epochs=a.epochs, lr=a.lr, seed=seed, **extra)
+                except CompressorError as e:  # e.g. lit with a student of another depth: said in the row
+                    refused = str(e)
+                    break
                 _record(out, run_dir)
             per_seed.append(m)
             teacher_acc = m["teacher_accuracy"]
+        if refused is not None:
+            print(f"{label}: refused: {refused}", file=sys.stderr)
+            rows.append({"method": label, "seeds": seeds, "refused": refused, "best": None, "last": None,
+                         "agreement": None, "wall_time_s": None})
+            continue
         rows.append({"method": label, "seeds": seeds,
                      "best": _spread([m["accuracy"] for m in per_seed]),
                      "last": _spread([m.get("accuracy_last_epoch", m["accuracy"]) for m in per_seed]),
@@ -86,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
              "", "| method | test accuracy, best epoch | test accuracy, last epoch | agreement with teacher | "
                  "wall time (s, median) |", "|---|---|---|---|---|"]
     for r in rows:
+        if r.get("refused"):
+            lines.append(f"| {r['method']} | refused: {r['refused'].replace('|', '/')} | | | |")
+            continue
         wall = "" if r["wall_time_s"] is None else f"{r['wall_time_s']:.0f}"
         lines.append(f"| {r['method']} | {_fmt(r['best'])} | {_fmt(r['last'])} | {_fmt(r['agreement'])} | {wall} |")
     table = "\n".join(lines)
