@@ -212,7 +212,31 @@ class DistillOptions(Config):
                                          "(default: stage outputs before each downsampling).")
     pairs: Literal["matched", "all"] = option("matched", "How stage layers pair: matched (stage by stage) or all "
                                                          "(every teacher layer with every student layer; vid).")
+    lambdas: Optional[list[list[float]]] = option(
+        None, "vid: the weight of each (teacher layer, student layer) pair, a matrix with a row per teacher layer and a "
+              "column per student layer of the pairs, e.g. '0.5,0.1;0.1,0.3' (rows split by ';'; in a recipe, a list of "
+              "lists); entries of layers that are not paired must be 0. Default: uniform, 1 / number of pairs.")
     hint_epochs: int = option(1, "fitnet: epochs of stage one (hint loss only) before the kd epochs.", ge=0)
+    lit_epochs: int = option(1, "lit: epochs of the block-wise phase (each student stage fed the teacher's previous "
+                                "stage output, trained to reproduce the teacher's output of the same stage) before "
+                                "the kd epochs.", ge=0)
+
+    @field_validator("lambdas", mode="before")
+    @classmethod
+    def _matrix(cls, v):
+        """'a,b;c,d' (the CLI) -> [[a, b], [c, d]]; every row as long as the first, no negative weight."""
+        if isinstance(v, str):
+            try:
+                v = [[float(x) for x in row.split(",")] for row in v.split(";")]
+            except ValueError:
+                raise ValueError("write the matrix as numbers, columns split by ',' and rows by ';', "
+                                 "e.g. '0.5,0.1;0.1,0.3'") from None
+        if isinstance(v, list) and v and all(isinstance(r, list) for r in v):
+            if len({len(r) for r in v}) > 1:
+                raise ValueError(f"every row needs as many entries as the first ({len(v[0])})")
+            if any(x < 0 for r in v for x in r if isinstance(x, (int, float))):
+                raise ValueError("weights must not be negative")
+        return v
 
 
 # --- stages ----------------------------------------------------------------------------------
@@ -250,10 +274,16 @@ class SelectConfig(DataFields, Runtime, Output):
 
 
 class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output):
-    student: str = option(help="Student model: convtiny, convverytiny or any timm name.")
+    student: Optional[str] = option(None, "Student model: convtiny, convverytiny or any timm name (needed except "
+                                          "with --scheme born-again, where it defaults to the teacher's architecture).")
     scheme: SchemeName = option("offline", "offline (frozen teacher), online (teacher and student train together "
                                            "over a stream of chunks), self (the student teaches its own "
-                                           "auxiliary heads).")
+                                           "auxiliary heads), born-again (--generations students in a row, each "
+                                           "distilled offline from the one before, the first from --teacher).")
+    generations: int = option(2, "born-again: how many generations; each one's artifact is kept in "
+                                 "OUT/generations/<k>/, OUT holds the last.", ge=1)
+    ensemble: bool = option(False, "born-again: also report the test accuracy of the generations' averaged "
+                                   "predicted probabilities (ensemble_accuracy).")
     channels: Optional[str] = option(None, "Select artifact: feature methods see only the teacher channels it kept.",
                                      recipe=False)
     control: bool = option(False, "Also train the student alone (alpha = 1, same budget and seed) and report "
@@ -276,9 +306,17 @@ class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Outpu
 
     @model_validator(mode="after")
     def _scheme_fits(self):
-        if self.scheme != "offline" and self.method != "kd":
+        if self.scheme in ("online", "self") and self.method != "kd":
             raise ValueError(f"scheme '{self.scheme}' distills with kd; --method {self.method} works with "
-                             "--scheme offline")
+                             "--scheme offline or born-again")
+        if self.student is None and self.scheme != "born-again":
+            raise ValueError("--student is needed (only --scheme born-again defaults it, to the teacher's architecture)")
+        given = [self.flag_of(k) for k in ("generations", "ensemble") if k in self.model_fields_set]
+        if given and self.scheme != "born-again":
+            raise ValueError(f"{', '.join(given)} apply to --scheme born-again only")
+        if self.resume and self.scheme == "born-again":
+            raise ValueError("--resume is not supported for --scheme born-again (its generations train one after "
+                             "another); rerun it from the start")
         if self.teacher is None and self.scheme != "self":
             raise ValueError(f"scheme '{self.scheme}' needs --teacher (only --scheme self trains without one)")
         if self.cache_teacher and self.scheme != "offline":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -19,17 +20,33 @@ from pydantic import ValidationError
 from compressor import CompressorError
 from compressor.artifacts import METRICS_FILE, atomic_write_bytes, atomic_write_json, read_json
 from compressor.console import log
+from compressor.distill.vid import pair_grid
 from compressor.recipe import (MODEL_STAGES, DistillCfg, Ledger, Recipe, first_key, named_stages, run_recipe,
                                run_stage, stage_key)
 from compressor.tables import Table, fmt
 
 SWEEP_DIR = "sweep"
+LAMBDA_PNG = "lambdas.png"  # random vid sweeps: the best runs' λ matrices (study D's figure 7)
 
 
-def parse_grid(items: list[str]) -> dict[str, list]:
-    """['distill.temperature=1,3,8', 'distill.alpha=0,0.5'] -> {'temperature': [1, 3, 8], 'alpha': [0, 0.5]}."""
-    if not items:
-        raise CompressorError("give at least one --grid distill.SETTING=V1,V2,...")
+@dataclass(frozen=True)
+class Range:
+    """A --random axis drawn uniformly from [lo, hi] (written distill.SETTING=LO:HI)."""
+
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        return f"{self.lo:g}:{self.hi:g}"
+
+
+def parse_grid(items: list[str], *, random: bool = False) -> dict[str, list | Range]:
+    """['distill.temperature=1,3,8', 'distill.alpha=0,0.5'] -> {'temperature': [1, 3, 8], 'alpha': [0, 0.5]}.
+
+    With `random` (--random N), an axis may also be a range LO:HI, drawn uniformly; a list is then
+    drawn from, each value equally likely."""
+    if not items and not random:
+        raise CompressorError("give at least one --grid distill.SETTING=V1,V2,... (or --random N)")
     grid: dict[str, list] = {}
     for item in items:
         key, sep, values = item.partition("=")
@@ -43,6 +60,9 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             raise CompressorError(f"--grid {item!r}: distill has no setting '{name}' to sweep")
         if name in grid:
             raise CompressorError(f"--grid names distill.{name} twice")
+        if ":" in values:
+            grid[name] = _range(item, values, random)
+            continue
         parsed = [yaml.safe_load(v.strip()) for v in values.split(",")]
         if len(set(map(str, parsed))) != len(parsed):
             raise CompressorError(f"--grid {item!r} repeats a value")
@@ -50,13 +70,80 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
+def _range(item: str, values: str, random: bool) -> Range:
+    if not random:
+        raise CompressorError(f"--grid {item!r}: a range LO:HI is drawn from with --random N; a grid lists values")
+    try:
+        lo, hi = (float(v) for v in values.split(":"))
+    except ValueError:
+        raise CompressorError(f"--grid {item!r}: write a range as LO:HI, e.g. distill.beta=0.1:0.9") from None
+    if not lo <= hi:
+        raise CompressorError(f"--grid {item!r}: the range's low end is above its high end")
+    return Range(lo, hi)
+
+
+def random_points(grid: dict[str, list | Range], n: int, seed: int) -> list[tuple[str, dict]]:
+    """n points (name, settings) drawn from the axes with numpy's generator seeded `seed`: the same
+    arguments draw the same points (so a rerun finds them finished), and the first n of a larger n."""
+    import numpy as np
+
+    if n < 1:
+        raise CompressorError(f"--random must be at least 1, got {n}")
+    rng = np.random.default_rng(seed)
+    points = []
+    for i in range(1, n + 1):
+        point = {}
+        for name, axis in grid.items():
+            if isinstance(axis, Range):
+                point[name] = round(float(rng.uniform(axis.lo, axis.hi)), 4)
+            else:
+                point[name] = axis[int(rng.integers(len(axis)))]
+        points.append((f"random{i:0{len(str(n))}d}", point))
+    return points
+
+
+def draw_lambdas(points: list[tuple[str, dict]], pairs: list[tuple[str, str]], seed: int,
+                 concentration: float) -> None:
+    """Study D's λ: per point a matrix (teacher layers x student layers) drawn from a symmetric
+    Dirichlet over the layer pairs (zero where two layers are not paired), added as `lambdas`."""
+    import numpy as np
+
+    rows, cols = pair_grid(pairs)
+    rng = np.random.default_rng([seed, 1])  # its own stream: the other axes draw the same with or without λ
+    for _, point in points:
+        w = rng.dirichlet(np.full(len(pairs), concentration))
+        m = [[0.0] * len(cols) for _ in rows]
+        for (t, s), v in zip(pairs, w):
+            m[rows.index(t)][cols.index(s)] = round(float(v), 4)
+        point["lambdas"] = m
+
+
+def vid_pairs(cfg, teacher_dir) -> list[tuple[str, str]]:
+    """The layer pairs vid will build for this distill config (read from the models, nothing trained)."""
+    from compressor.artifacts import load_artifact
+    from compressor.distill import VID
+    from compressor.distill.features import parse_layer_pairs
+    from compressor.models import create_model, size_kwargs, stage_layers
+
+    if cfg.layers:
+        return parse_layer_pairs(cfg.layers)
+    teacher = load_artifact(teacher_dir)
+    spec = teacher.spec
+    student = create_model(cfg.student, num_classes=spec.num_classes, in_chans=spec.input_shape[0],
+                           **size_kwargs(cfg.student, spec.input_shape[-1]))
+    return VID.pair_stages(stage_layers(teacher.model), stage_layers(student), cfg.pairs)
+
+
 def point_name(point: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items())
 
 
-def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list], *, at_epochs: list[int] | None = None,
+def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list | Range], *, random: int | None = None,
+              seed: int = 0, concentration: float = 1.0, at_epochs: list[int] | None = None,
               cache_teacher: bool = True, device: str | None = None) -> dict:
-    """Run the grid; return {"points": [...], "at_epochs": [...], "grid": grid} (also results.json)."""
+    """Run the grid, or `random` points drawn from its axes (and, for vid, a λ matrix per point from a
+    Dirichlet of `concentration`); return {"points": [...], "at_epochs": [...], "grid": grid} (also
+    results.json)."""
     out = Path(out).expanduser()
     stages = named_stages(recipe)
     first = next((i for i, (_, kind, _) in enumerate(stages) if kind == "distill"), None)
@@ -67,16 +154,13 @@ def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list], *, at_epoc
     at_epochs = sorted(set(at_epochs or [epochs]))
     if at_epochs[0] < 1:
         raise CompressorError(f"--at-epochs must be positive epoch numbers, got {at_epochs}")
-    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    cfgs, errors = [], []
-    for point in points:  # validate every point before anything runs
-        try:
-            cfgs.append(DistillCfg.model_validate({**base.model_dump(exclude_unset=True), **point, "epochs": epochs,
-                                                   "control": False, "cache_teacher": False}))
-        except ValidationError as e:
-            errors += [f"{point_name(point)}: {err['loc'][0]}: {err['msg']}" for err in e.errors()]
-    if errors:
-        raise CompressorError("the grid has invalid points: " + "; ".join(errors))
+    if random is None:
+        if any(isinstance(axis, Range) for axis in grid.values()):
+            raise CompressorError("a range LO:HI is drawn from with --random N; a grid lists values")
+        named = [(point_name(p), p) for p in (dict(zip(grid, values)) for values in itertools.product(*grid.values()))]
+    else:
+        named = random_points(grid, random, seed)
+    cfgs = _validated(base, named, epochs)  # every point before anything runs
 
     prefix = recipe.stages[:first]
     upstream, paths, last_model = first_key(recipe), {}, None
@@ -88,34 +172,68 @@ def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list], *, at_epoc
         if kind in MODEL_STAGES:
             last_model = out / name
 
+    grid_rows = None
+    if random is not None and any(c.method == "vid" for c in cfgs):
+        pairs = vid_pairs(cfgs[0], cfgs[0].teacher or paths.get("teach"))
+        draw_lambdas(named, pairs, seed, concentration)
+        cfgs = _validated(base, named, epochs)
+        grid_rows = dict(zip(("teacher_layers", "student_layers"), pair_grid(pairs)))
+
     sweep_dir = out / SWEEP_DIR
     sweep_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(sweep_dir / "state.json")
     rows = []
-    for i, (point, cfg) in enumerate(zip(points, cfgs), 1):
-        name, key = point_name(point), stage_key(upstream, "distill", cfg)
+    for i, ((name, point), cfg) in enumerate(zip(named, cfgs), 1):
+        key = stage_key(upstream, "distill", cfg)
         point_dir = sweep_dir / name
         t0 = time.time()
         done = ledger.verified(name, key, point_dir) is not None
         if done:
-            log(f"sweep {i}/{len(points)} {name}: finished earlier, skipped")
+            log(f"sweep {i}/{len(named)} {name}: finished earlier, skipped")
         else:
-            log(f"sweep {i}/{len(points)} {name} -> {point_dir}")
+            log(f"sweep {i}/{len(named)} {name} -> {point_dir}")
             cached = cache_teacher and cfg.scheme == "offline"  # online/self teachers change or are absent
             run_stage("distill", cfg.model_copy(update={"cache_teacher": cached}), recipe, point_dir, paths,
                       last_model, device or recipe.device, out / "cache")
             ledger.record(name, key, point_dir)
         m = read_json(point_dir / METRICS_FILE)
-        rows.append({"point": point, "dir": str(point_dir), "skipped": done, "seconds": round(time.time() - t0, 1),
+        rows.append({"name": name, "point": point, "dir": str(point_dir), "skipped": done,
+                     "seconds": round(time.time() - t0, 1),
                      "test_accuracy": m.get("accuracy"), "test_agreement": m.get("agreement"),
                      "teacher_cache": m.get("teacher_cache"),
                      "at": {str(e): best_until(m.get("history", []), e) for e in at_epochs}})
-    result = {"grid": grid, "at_epochs": at_epochs, "epochs": epochs, "cache_teacher": cache_teacher,
-              "points": rows}
+    result = {"grid": {k: str(v) if isinstance(v, Range) else v for k, v in grid.items()}, "at_epochs": at_epochs,
+              "epochs": epochs, "cache_teacher": cache_teacher, "points": rows}
+    if random is not None:
+        result.update({"random": random, "seed": seed, "concentration": concentration})
+        if grid_rows:
+            result["lambda_layers"] = grid_rows
     atomic_write_json(sweep_dir / "results.json", result)
+    if random is None:
+        heatmap(result, sweep_dir / "heatmap.png")
+    elif grid_rows:
+        lambda_picture(result, sweep_dir / LAMBDA_PNG)
     atomic_write_bytes(sweep_dir / "results.md", results_markdown(result).encode())
-    heatmap(result, sweep_dir / "heatmap.png")
     return result
+
+
+def _validated(base, named: list[tuple[str, dict]], epochs: int) -> list:
+    cfgs, errors = [], []
+    for name, point in named:
+        try:
+            cfgs.append(DistillCfg.model_validate({**base.model_dump(exclude_unset=True), **point, "epochs": epochs,
+                                                   "control": False, "cache_teacher": False}))
+        except ValidationError as e:
+            errors += [f"{name}: {err['loc'][0]}: {err['msg']}" for err in e.errors()]
+    if errors:
+        raise CompressorError("the grid has invalid points: " + "; ".join(errors))
+    return cfgs
+
+
+def ranked(result: dict) -> list[dict]:
+    """The points, best first: by best validation accuracy (hard labels) at the last reported epoch."""
+    last = str(result["at_epochs"][-1])
+    return sorted(result["points"], key=lambda p: -(p["at"][last]["hard"] or 0))
 
 
 def best_until(history: list[dict], epoch: int) -> dict:
@@ -144,7 +262,10 @@ def cell(result: dict, row: tuple, row_keys: list[str], col_key: str, col, epoch
 
 
 def result_tables(result: dict) -> list[Table]:
-    """The sweep's tables, built once: one per (epoch, hard/soft), rows every axis but the last."""
+    """The sweep's tables, built once: one per (epoch, hard/soft), rows every axis but the last; for
+    random points, one table of the points ranked."""
+    if "random" in result:
+        return [random_table(result)]
     row_keys, row_vals, col_key, col_vals = table_layout(result)
     tables = []
     for epoch in result["at_epochs"]:
@@ -158,7 +279,25 @@ def result_tables(result: dict) -> list[Table]:
     return tables
 
 
+def random_table(result: dict) -> Table:
+    axes = [k for k in result["grid"]]
+    last = str(result["at_epochs"][-1])
+    t = Table(["rank", "point", *axes, f"val acc (hard), epoch {last}", "val acc (soft)", "test acc"],
+              title=f"{result['random']} random points (seed {result['seed']}), best first")
+    for i, p in enumerate(ranked(result), 1):
+        t.add(str(i), p["name"], *(str(p["point"][k]) for k in axes), fmt(p["at"][last]["hard"], "{:.4f}"),
+              fmt(p["at"][last]["soft"], "{:.4f}"), fmt(p["test_accuracy"], "{:.4f}"))
+    return t
+
+
 def results_markdown(result: dict) -> str:
+    if "random" in result:
+        lines = [f"# Sweep: {result['random']} random points", "", random_table(result).markdown(heading="##")]
+        if "lambda_layers" in result:
+            lines += [f"![the λ matrices of the best runs]({LAMBDA_PNG})", "",
+                      f"The λ of each layer pair drawn from a Dirichlet ({result['concentration']:g}) per point; the "
+                      f"picture draws the best runs' matrices, line width = λ. Per point: `sweep/<point>/metrics.json`."]
+        return "\n".join(lines) + "\n"
     row_keys, _, col_key, _ = table_layout(result)
     lines = [f"# Sweep: best validation accuracy (rows {', '.join(row_keys) or '-'}, columns {col_key})", ""]
     lines += [t.markdown(heading="##") for t in result_tables(result)]
@@ -193,5 +332,43 @@ def heatmap(result: dict, path: Path) -> None:
             ax.set_ylabel(", ".join(row_keys) or "")
             ax.set_title(f"epoch {epoch}: {label}", fontsize=9)
     fig.suptitle("best validation accuracy", fontsize=10)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def lambda_picture(result: dict, path: Path, best: int = 4) -> None:
+    """Study D's figure 7: for each of the best runs, teacher layers on the left, student layers on
+    the right, a line per layer pair as wide as its λ."""
+    from compressor.report import pyplot, save_png
+
+    plt = pyplot()
+    teacher, student = result["lambda_layers"]["teacher_layers"], result["lambda_layers"]["student_layers"]
+    runs = ranked(result)[:best]
+    last = str(result["at_epochs"][-1])
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 1.2 + 0.45 * max(len(teacher), len(student))),
+                             squeeze=False)
+
+    def ys(n: int) -> list[float]:
+        return [1 - (i + 0.5) / n for i in range(n)]
+
+    for ax, p in zip(axes[0], runs):
+        lam, ty, sy = p["point"]["lambdas"], ys(len(teacher)), ys(len(student))
+        for i, row in enumerate(lam):
+            for j, v in enumerate(row):
+                if v > 0:
+                    ax.plot([0, 1], [ty[i], sy[j]], color="tab:blue", linewidth=0.3 + 12 * v, alpha=0.8,
+                            solid_capstyle="round")
+        ax.scatter([0] * len(ty), ty, color="black", zorder=3, s=12)
+        ax.scatter([1] * len(sy), sy, color="black", zorder=3, s=12)
+        for name, y in zip(teacher, ty):
+            ax.text(-0.05, y, name, ha="right", va="center", fontsize=7)
+        for name, y in zip(student, sy):
+            ax.text(1.05, y, name, ha="left", va="center", fontsize=7)
+        hard = p["at"][last]["hard"]
+        ax.set_title(f"{p['name']}: val {hard:.4f}" if hard is not None else p["name"], fontsize=8)
+        ax.set_xlim(-0.6, 1.6)
+        ax.set_ylim(0, 1)
+        ax.axis("off")
+    fig.suptitle("λ of the best runs: teacher layers (left), student layers (right), width = λ", fontsize=9)
     fig.tight_layout()
     save_png(fig, path)

@@ -389,3 +389,100 @@ def test_feature_methods_at_their_defaults_keep_up_with_the_student_alone_on_rea
     m = distill(**DIGITS, **STUDENT_BUDGET, data_root=digits["root"], teacher=digits["teacher"],
                 student="convverytiny", method=method, out=digits["base"] / method)
     assert m["accuracy"] >= digits["alone"] - 0.005, (m["accuracy"], digits["alone"])
+
+
+def test_lit_feeds_each_stage_exactly_the_regressed_teacher_output_of_the_stage_before():
+    import torch.nn.functional as F
+
+    from compressor.distill import LIT
+
+    teacher = ConvNet((8, 16, 32), 32, num_classes=10, in_chans=3)
+    student = create_model("convverytiny", num_classes=10, in_chans=3)  # (16, 32, 64): every size differs
+    pairs = pair_layers(["blocks.0", "blocks.1", "blocks.2"], ["blocks.0", "blocks.1", "blocks.2"])
+    d = LIT(student, teacher, pairs=pairs, input_shape=[3, 16, 16])
+    seen = {}
+    hooks = [student.blocks[j].register_forward_hook(lambda m, args, out, j=j: seen.__setitem__(j, args[0]))
+             for j in (1, 2)]
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():  # the teacher's stage outputs, by hand
+        t0 = teacher.blocks[0](x)
+        t1 = teacher.blocks[1](teacher.pool(t0))
+    d.train()
+    d.begin_phase("lit")
+    _, losses = d.forward_train(x, torch.tensor([0, 1, 2, 3]))
+    # stage 1 reads teacher stage 0 (8 ch, 16 px) through a 1x1 conv to 16 ch, pooled to its 8 px input
+    assert torch.allclose(seen[1], F.adaptive_avg_pool2d(F.conv2d(t0, d.feed[0].proj.weight), 8), atol=1e-6)
+    assert torch.allclose(seen[2], F.adaptive_avg_pool2d(F.conv2d(t1, d.feed[1].proj.weight), 4), atol=1e-6)
+    losses["loss_lit"].backward()
+    assert student.blocks[0][0].weight.grad is not None and student.fc.weight.grad is None  # no head loss yet
+    assert all(p.grad is None for p in teacher.parameters())
+    d.begin_phase("main")  # end to end: the hooks pass the student's own activations through
+    d.forward_train(x, torch.tensor([0, 1, 2, 3]))
+    with torch.no_grad():
+        own = student.pool(student.blocks[0](x))
+    assert torch.allclose(seen[1], own, atol=1e-6)
+    d.close()
+    for h in hooks:
+        h.remove()
+    assert not student.blocks[1]._forward_pre_hooks  # close() leaves the student off-the-shelf
+
+
+def test_lit_refuses_a_student_with_another_number_of_stages(tmp_path):
+    from compressor import CompressorError
+    from compressor.distill import build_distiller
+
+    teacher = ConvNet((8, 16, 32, 64), 32, num_classes=10, in_chans=3)
+    student = create_model("convverytiny", num_classes=10, in_chans=3)
+    with pytest.raises(CompressorError, match="the teacher has 4 .* and the student 3"):
+        build_distiller("lit", student, teacher, input_shape=[3, 16, 16])
+
+
+def test_vid_lambdas_weigh_each_pair_and_a_matrix_of_the_wrong_shape_is_one_line(teacher_dir, tmp_path):
+    from compressor import CompressorError
+    from conftest import cli_subprocess, one_stderr_line
+
+    teacher = ConvNet((8, 16, 32, 64), 32, num_classes=10, in_chans=3)
+    student = create_model("convverytiny", num_classes=10, in_chans=3)
+    t_layers, s_layers = [i["module"] for i in teacher.feature_info], [i["module"] for i in student.feature_info]
+    matrix = [[0.1 * (i + 1) + 0.01 * j for j in range(3)] for i in range(4)]  # 4 teacher x 3 student layers
+    vid = VID(student, teacher, pairs=pair_layers(t_layers, s_layers, "all"), input_shape=[3, 16, 16], lambdas=matrix)
+    assert vid.lambdas.tolist() == pytest.approx([v for row in matrix for v in row])
+    with pytest.raises(CompressorError, match="a 3x4 matrix but the layer pairs need 4x3"):
+        VID(student, teacher, pairs=pair_layers(t_layers, s_layers, "all"), input_shape=[3, 16, 16],
+            lambdas=[row[:3] + [0] for row in matrix[:3]])
+    matched = pair_layers(t_layers, s_layers, "matched")  # 3 pairs: weight off them is refused
+    with pytest.raises(CompressorError, match="not a layer pair"):
+        VID(student, teacher, pairs=matched, input_shape=[3, 16, 16], lambdas=[[1.0] * 3 for _ in range(3)])
+    res = cli_subprocess("distill", "--data", "synthetic", "--teacher", teacher_dir, "--student", "convverytiny",
+                         "--method", "vid", "--pairs", "all", "--lambdas", "1,0;0,1", "--epochs", "1",
+                         "--out", tmp_path / "x", "--quiet")
+    one_stderr_line(res, "--lambdas is a 2x2 matrix but the layer pairs need 3x3")
+    res = cli_subprocess("distill", "--data", "synthetic", "--teacher", teacher_dir, "--student", "convverytiny",
+                         "--method", "vid", "--lambdas", "1,0;0", "--out", tmp_path / "x")
+    one_stderr_line(res, "--lambdas: every row needs as many entries as the first (2)")
+    assert not (tmp_path / "x").exists()
+
+
+def test_born_again_generation_k_is_distilled_from_generation_k_minus_1(teacher_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ban"
+    m = distill(teacher=teacher_dir, data=SYN, out=out, scheme="born-again", generations=3, ensemble=True,
+                epochs=1, lr=0.05, device="cpu")
+    gens = m["generations"]
+    assert [g["generation"] for g in gens] == [1, 2, 3]
+    assert [g["teacher"] for g in gens] == ["teacher", "generations/1", "generations/2"]
+    for k in (1, 2):  # generation k + 1's teacher is generation k: its accuracy is k's, measured again
+        assert gens[k]["teacher_accuracy"] == gens[k - 1]["accuracy"]
+        assert gens[k]["teacher_params"] == gens[k - 1]["params"]
+    spec = json.loads((out / "model.json").read_text())
+    teacher_spec = json.loads((teacher_dir / "model.json").read_text())
+    assert spec["architecture"] == teacher_spec["architecture"]  # the student defaults to the teacher's
+    for k in (1, 2, 3):  # each generation is a complete artifact of its own, in standard files
+        gen = out / "generations" / str(k)
+        net = create_model(spec["architecture"], num_classes=10, in_chans=3)
+        net.load_state_dict(load_file(gen / "model.safetensors"), strict=True)
+        assert json.loads((gen / "metrics.json").read_text())["accuracy"] == gens[k - 1]["accuracy"]
+    assert (out / "model.safetensors").read_bytes() == (out / "generations" / "3" / "model.safetensors").read_bytes()
+    assert m["accuracy"] == gens[-1]["accuracy"] and 0 < m["ensemble_accuracy"] <= 1
+    assert m["ensemble_accuracy"] == gens[-1]["ensemble_accuracy"]

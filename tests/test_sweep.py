@@ -89,3 +89,59 @@ def test_sweep_through_the_cli(teacher_dir, tmp_path):
     assert res.exit_code == 0 and all(p["skipped"] for p in json.loads(res.stdout)["points"])
     res = CliRunner().invoke(app, ["sweep", str(recipe), "--grid", "distill.alpha=0.5", "--at-epochs", "x"])
     assert res.exit_code == 1 and "--at-epochs" in res.output
+
+
+def test_random_vid_sweep_draws_lambdas_resumes_and_draws_them(teacher_dir, tmp_path, monkeypatch):
+    """Study D: 8 random points of vid over all layer pairs, λ from a Dirichlet and β from a range."""
+    import json
+
+    import yaml
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from compressor.cli.main import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "rs", "seed": 0, "device": "cpu", "data": {"name": "synthetic"},
+                                      "stages": [{"distill": {"student": "convverytiny", "teacher": str(teacher_dir),
+                                                              "method": "vid", "pairs": "all", "epochs": 1}}]}))
+    args = ["sweep", str(recipe), "--random", "8", "--seed", "3", "--grid", "distill.beta=0.1:0.9",
+            "--out", str(tmp_path / "run"), "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "run" / "sweep" / "results.json").read_text())
+    points = result["points"]
+    assert len(points) == 8 and not any(p["skipped"] for p in points)
+    betas = [p["point"]["beta"] for p in points]
+    assert all(0.1 <= b <= 0.9 for b in betas) and len(set(betas)) == 8
+    for p in points:
+        lam = p["point"]["lambdas"]
+        assert len(lam) == 3 and all(len(r) == 3 for r in lam)  # 3 teacher x 3 student layers
+        assert sum(map(sum, lam)) == pytest.approx(1, abs=1e-3) and min(map(min, lam)) >= 0
+        recorded = json.loads((tmp_path / "run" / "sweep" / p["name"] / "model.json").read_text())["settings"]
+        assert recorded["lambdas"] == lam and recorded["beta"] == p["point"]["beta"]
+    calls = []
+    monkeypatch.setattr(sweep_mod, "run_stage", lambda *a, **k: calls.append(a))
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "run" / "sweep" / "results.json").read_text())
+    assert calls == [] and all(p["skipped"] for p in again["points"])
+    assert [p["point"] for p in again["points"]] == [p["point"] for p in points]  # the same draws
+    png = tmp_path / "run" / "sweep" / "lambdas.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as im:
+        im.verify()
+    with Image.open(png) as im:
+        assert im.size[0] > 800 and im.size[1] > 150 and len(set(im.convert("L").getdata())) > 10
+    assert "lambdas.png" in (tmp_path / "run" / "sweep" / "results.md").read_text()
+
+
+def test_random_axes_are_checked():
+    assert parse_grid(["distill.beta=0.1:0.9"], random=True)["beta"] == sweep_mod.Range(0.1, 0.9)
+    with pytest.raises(CompressorError, match="drawn from with --random"):
+        parse_grid(["distill.beta=0.1:0.9"])
+    with pytest.raises(CompressorError, match="low end is above"):
+        parse_grid(["distill.beta=0.9:0.1"], random=True)
+    a, b = sweep_mod.random_points({"beta": sweep_mod.Range(0, 1), "temperature": [1, 4]}, 5, 0), \
+        sweep_mod.random_points({"beta": sweep_mod.Range(0, 1), "temperature": [1, 4]}, 3, 0)
+    assert a[:3] == b and {p["temperature"] for _, p in a} <= {1, 4}

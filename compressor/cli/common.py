@@ -68,6 +68,8 @@ def _cli_type(annotation) -> Any:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is Literal:
         return choices("Choice", typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        return str  # a list-valued setting is one string on the command line, parsed by its validator
     if typing.get_origin(annotation) is typing.Union and len(args) == 1:
         return Optional[_cli_type(args[0])]
     return annotation
@@ -137,6 +139,7 @@ def stage_command(config: type[Config], run, title: str, after=None):
 
 SUMMARY_KEYS = [("accuracy", "accuracy", "{:.4f}"), ("teacher_accuracy", "teacher acc", "{:.4f}"),
                 ("agreement", "agreement", "{:.4f}"), ("control_accuracy", "student alone", "{:.4f}"),
+                ("ensemble_accuracy", "ensemble acc", "{:.4f}"),
                 ("sparsity", "sparsity", "{:.3f}"), ("params", "params", "{:,}"),
                 ("accuracy_int8", "int8 acc", "{:.4f}"), ("zipped_bytes_fp32", "zipped fp32", "{:,}"),
                 ("zipped_bytes_int8", "zipped int8", "{:,}"), ("latency_ms_fp32", "fp32 ms", "{:.2f}"),

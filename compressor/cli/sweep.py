@@ -13,7 +13,10 @@ from compressor.sweep import SWEEP_DIR, parse_grid, result_tables, run_sweep
 @guarded
 def sweep(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML with a distill stage; the stages before it run once.")],
-    grid: Annotated[list[str], typer.Option("--grid", help="A distill setting and its values, e.g. distill.temperature=1,3,8; repeat for more axes (the last one gives the table's columns).")],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="A distill setting and its values, e.g. distill.temperature=1,3,8; repeat for more axes (the last one gives the table's columns). With --random: values drawn from, or a range LO:HI drawn uniformly (distill.beta=0.1:0.9).")] = None,
+    random: Annotated[Optional[int], typer.Option("--random", help="Instead of the grid, N points drawn at random from the --grid axes (study D); with vid, each point also draws its lambda matrix over the layer pairs from a Dirichlet (--concentration). A rerun with the same arguments skips the finished points.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="--random: seed of the draws (the same seed draws the same points).")] = 0,
+    concentration: Annotated[float, typer.Option("--concentration", help="--random with vid: the Dirichlet's concentration for the lambda matrices (1: uniform over the simplex; smaller: fewer pairs weigh).")] = 1.0,
     at_epochs: Annotated[Optional[str], typer.Option("--at-epochs", help="Report the best validation accuracy up to these epochs, e.g. 10,20,50 (each point trains max(at-epochs) epochs; default: the recipe's distill epochs).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default: runs/<recipe name>); points go to <out>/sweep/<point>/.")] = None,
     cache_teacher: Annotated[bool, typer.Option("--cache-teacher/--no-cache-teacher", help="Reuse the frozen teacher's outputs across points (offline distillation; default on).")] = True,
@@ -22,9 +25,10 @@ def sweep(
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run a grid over the distill stage's settings; print and write the table and a heat-map.
+    """Run a grid (or --random points) over the distill stage's settings; print and write the tables.
 
-    Writes <out>/sweep/results.md, results.json and heatmap.png. A rerun skips finished points.
+    Writes <out>/sweep/results.md, results.json and heatmap.png (a grid) or lambdas.png (random vid
+    points: the best runs' lambda matrices). A rerun skips finished points.
     """
     apply_runtime(quiet, threads)
     epochs = None
@@ -33,10 +37,13 @@ def sweep(
             epochs = [int(e) for e in at_epochs.split(",")]
         except ValueError:
             raise CompressorError(f"--at-epochs must be comma-separated integers, got '{at_epochs}'") from None
-    axes = parse_grid(grid)
+    if concentration <= 0:
+        raise CompressorError(f"--concentration must be positive, got {concentration:g}")
+    axes = parse_grid(grid or [], random=random is not None)
     r = load_recipe(recipe)
     run_dir = Path(out or Path("runs") / r.name)
-    result = run_sweep(r, run_dir, axes, at_epochs=epochs, cache_teacher=cache_teacher, device=device)
+    result = run_sweep(r, run_dir, axes, random=random, seed=seed, concentration=concentration, at_epochs=epochs,
+                       cache_teacher=cache_teacher, device=device)
     if json_:
         print(json.dumps(result, indent=2))
         return
@@ -45,4 +52,4 @@ def sweep(
     total = sum(p["seconds"] for p in result["points"])
     stdout.print(f"{len(result['points'])} points in {total:.0f} s "
                  f"({sum(p['skipped'] for p in result['points'])} finished earlier); "
-                 f"tables and heat-map in {run_dir / SWEEP_DIR}")
+                 f"tables and {'heat-map' if random is None else 'pictures'} in {run_dir / SWEEP_DIR}")

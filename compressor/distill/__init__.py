@@ -18,10 +18,11 @@ from compressor.distill.vid import VID
 from compressor.distill.l2tww import L2TWW
 from compressor.distill.dkd import DKD
 from compressor.distill.dist import DIST
+from compressor.distill.lit import LIT
 from compressor.distill.registry import METHODS, SCHEME_NAMES, get_method, resolve_options
 
 METHOD_NAMES = tuple(METHODS)
-__all__ = ["AT", "DIST", "DKD", "Distiller", "FeatureDistiller", "FitNet", "KD", "L2TWW", "MSE", "RKD", "VID", "METHODS",
+__all__ = ["AT", "DIST", "DKD", "Distiller", "FeatureDistiller", "FitNet", "KD", "L2TWW", "LIT", "MSE", "RKD", "VID", "METHODS",
            "METHOD_NAMES", "SCHEME_NAMES", "build_distiller"]
 
 
@@ -30,13 +31,13 @@ def build_distiller(method: str, student, teacher, *, input_shape: list[int], op
                     channels: dict[str, list[int]] | None = None) -> Distiller:
     """Build any registered method the same way, from the shared options (`DistillOptions`).
 
-    `options` may hold temperature, alpha, beta, gamma, layers, pairs and hint_epochs; the method's own
+    `options` may hold temperature, alpha, beta, gamma, layers, pairs, lambdas, hint_epochs and lit_epochs; the method's own
     defaults fill those left None, and one in `explicit` that the method does not read is an error.
     Feature methods get their layer pairs: explicit 'teacher_layer:student_layer,...' (`layers`),
     or each model's stage outputs (timm feature_info) paired by `pairs` (matched or all).
     """
     from compressor.config import DistillOptions
-    from compressor.distill.features import pair_layers, parse_layer_pairs
+    from compressor.distill.features import parse_layer_pairs
     from compressor.models import stage_layers
 
     info = get_method(method)
@@ -44,6 +45,6 @@ def build_distiller(method: str, student, teacher, *, input_shape: list[int], op
     layers, mode = kw.pop("layers", None), kw.pop("pairs", "matched")
     if info.feature:
         kw["pairs"] = (parse_layer_pairs(layers) if layers else
-                       pair_layers(stage_layers(teacher), stage_layers(student), mode))
+                       info.cls.pair_stages(stage_layers(teacher), stage_layers(student), mode))
         kw["channels"] = channels
     return info.cls(student, teacher, input_shape=input_shape, **kw)

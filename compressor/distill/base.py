@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from compressor import CompressorError, distributed
-from compressor.distill.features import FeatureTap, probe_shapes
+from compressor.distill.features import FeatureTap, pair_layers, probe_shapes
 from compressor.training import Task
 
 
@@ -146,6 +146,11 @@ class FeatureDistiller(Distiller):
                 self.t_shapes[name] = (len(idx), *self.t_shapes[name][1:])
         self._t_tap = FeatureTap(teacher, t_names, detach=True)
         self._s_tap = FeatureTap(student, s_names)
+
+    @classmethod
+    def pair_stages(cls, teacher_layers: list[str], student_layers: list[str], mode: str) -> list[tuple[str, str]]:
+        """The (teacher, student) pairs of the models' stage layers when --layers does not name them."""
+        return pair_layers(teacher_layers, student_layers, mode)
 
     def features(self, x: torch.Tensor):
         """(student logits, teacher logits, student features, teacher features) for one batch."""

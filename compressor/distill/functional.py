@@ -44,6 +44,11 @@ def logit_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -
     return F.mse_loss(student_logits, teacher_logits.detach())
 
 
+def as_map(f: torch.Tensor) -> torch.Tensor:
+    """A flat (N, D) feature as an (N, D, 1, 1) map; maps unchanged."""
+    return f if f.dim() == 4 else f.view(*f.shape, *([1] * (4 - f.dim())))
+
+
 def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Average-pool the larger of two (N, C, H, W) maps to the smaller one's height and width."""
     ha, wa, hb, wb = a.shape[-2], a.shape[-1], b.shape[-2], b.shape[-1]

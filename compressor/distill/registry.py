@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 
 from compressor import CompressorError
 
-SCHEME_NAMES = ("offline", "online", "self")
+SCHEME_NAMES = ("offline", "online", "self", "born-again")
 # Options a method may read besides the training ones; those with per-method defaults default to None.
-METHOD_OPTIONS = ("temperature", "alpha", "beta", "gamma", "balance", "layers", "pairs", "hint_epochs")
+METHOD_OPTIONS = ("temperature", "alpha", "beta", "gamma", "balance", "layers", "pairs", "lambdas", "hint_epochs",
+                  "lit_epochs")
+PHASE_OPTIONS = ("hint_epochs", "lit_epochs")  # epochs a method trains before its main phase
 WEIGHTS = ("temperature", "alpha", "beta", "gamma")
 
 
@@ -71,6 +73,11 @@ def resolve_options(name: str, given: dict, explicit: set[str]) -> dict:
         if out.get(k) is None:
             out[k] = v
     return out
+
+
+def extra_epochs(options: dict) -> int:
+    """Epochs the method's phases add before its main one (fitnet's hints, lit's block-wise phase)."""
+    return sum(options.get(k) or 0 for k in PHASE_OPTIONS)
 
 
 def method_table() -> list[tuple[str, str, str]]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from compressor import CompressorError
 from compressor.distill.base import FeatureDistiller
-from compressor.distill.functional import cross_entropy, gaussian_nll, match_spatial
+from compressor.distill.functional import as_map, cross_entropy, gaussian_nll, match_spatial
 from compressor.distill.registry import register_method
 
 
@@ -44,7 +44,7 @@ class VariationalRegressor(nn.Module):
 @register_method("vid", summary="variational information: per (teacher layer, student layer) pair a Gaussian "
                  "q(t \\| s) with a 1×1-conv mean and learned per-channel variance; α·CE + β·Σ λ·(−log q), the sum "
                  "balanced (scaled to equal the CE on the first batch; the study's b·task + (1 − b)·Σλ·I is α = b, "
-                 "β = 1 − b, `--no-balance`)", uses=("alpha", "beta", "balance", "layers", "pairs"),
+                 "β = 1 − b, `--no-balance`)", uses=("alpha", "beta", "balance", "layers", "pairs", "lambdas"),
                  defaults={"alpha": 1.0, "beta": 0.5})
 class VID(FeatureDistiller):
     def __init__(self, student, teacher, *, alpha: float | None = None, beta: float | None = None,
@@ -54,24 +54,45 @@ class VID(FeatureDistiller):
         self.balanced = balance
         self.regressors = nn.ModuleList(
             VariationalRegressor(_channels(self.s_shapes[s]), _channels(self.t_shapes[t])) for t, s in self.pairs)
-        n = len(self.pairs)
-        lam = torch.full((n,), 1.0 / n) if lambdas is None else torch.tensor(lambdas, dtype=torch.float32).flatten()
-        if lam.numel() != n:
-            raise CompressorError(f"the lambda matrix has {lam.numel()} entries but there are {n} layer pairs")
-        self.register_buffer("lambdas", lam)
+        self.register_buffer("lambdas", pair_weights(lambdas, self.pairs))
 
     def forward_train(self, x, y):
         logits, _, s, t = self.features(x)
-        nll = sum(lam * reg(_as_map(s[b]), _as_map(t[a]))
+        nll = sum(lam * reg(as_map(s[b]), as_map(t[a]))
                   for lam, reg, (a, b) in zip(self.lambdas, self.regressors, self.pairs))
         ce = cross_entropy(logits, y)
         nll = self.balance(ce, nll)
         return logits, {"loss_ce": self.alpha * ce, "loss_vid": self.beta * nll}
 
 
+def pair_grid(pairs: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """The rows (teacher layers) and columns (student layers) of the λ matrix of these pairs."""
+    return list(dict.fromkeys(t for t, _ in pairs)), list(dict.fromkeys(s for _, s in pairs))
+
+
+def pair_weights(matrix: list[list[float]] | None, pairs: list[tuple[str, str]]) -> torch.Tensor:
+    """λ per pair, in the order of `pairs`, from a (teacher layers x student layers) matrix; uniform
+    (1 / number of pairs) without one. A matrix of the wrong shape, or weight on layers that are not
+    paired, is one line naming what it should be."""
+    n = len(pairs)
+    if matrix is None:
+        return torch.full((n,), 1.0 / n)
+    rows, cols = pair_grid(pairs)
+    m = torch.tensor(matrix, dtype=torch.float32)
+    if m.dim() != 2 or tuple(m.shape) != (len(rows), len(cols)):
+        got = "x".join(map(str, m.shape)) or "0"
+        raise CompressorError(f"--lambdas is a {got} matrix but the layer pairs need {len(rows)}x{len(cols)}: a row "
+                              f"per teacher layer ({', '.join(rows)}), a column per student layer ({', '.join(cols)})")
+    where = {(rows.index(t), cols.index(s)) for t, s in pairs}
+    stray = [f"{rows[i]}:{cols[j]}" for i in range(len(rows)) for j in range(len(cols))
+             if (i, j) not in where and float(m[i, j]) != 0]
+    if stray:
+        raise CompressorError(f"--lambdas weighs {stray[0]}, which is not a layer pair; put 0 there or pair every "
+                              "layer with --pairs all")
+    if float(m.sum()) <= 0:
+        raise CompressorError("--lambdas are all 0: no layer pair would be distilled")
+    return torch.stack([m[rows.index(t), cols.index(s)] for t, s in pairs])
+
+
 def _channels(shape: tuple) -> int:
     return int(shape[0])
-
-
-def _as_map(f: torch.Tensor) -> torch.Tensor:
-    return f if f.dim() == 4 else f.view(*f.shape, *([1] * (4 - f.dim())))

@@ -26,7 +26,8 @@ def distill(run: StageRun) -> dict:
 
     Schemes: offline (frozen teacher, any method), online (teacher and student train together over
     a stream of chunks, kd), self (the student teaches its own auxiliary heads, kd; `teacher`
-    optional, used only for the comparison metrics). `control` also trains the same student alone
+    optional, used only for the comparison metrics), born-again (generation after generation of the
+    teacher's architecture, each distilled offline from the one before with any method). `control` also trains the same student alone
     (alpha = 1, same seed and budget) and keeps it as control.safetensors. `cache_teacher` stores
     the frozen teacher's outputs per (epoch, sample) for later runs (see compressor.distill.cache).
     """
@@ -40,14 +41,17 @@ def distill(run: StageRun) -> dict:
     if t_art is not None:
         t_art.model.to(run.device)
         t_pred = _teacher_split(t_art.model, bundle, "test", cache, run.device).argmax(1)
-        if cfg.scheme == "offline":
+        if cfg.scheme in ("offline", "born-again"):
             val_ref = _teacher_split(t_art.model, bundle, "val", cache, run.device).argmax(1)
-    net = _student(cfg, bundle)
-    log(f"distill: {_describe(t_art, t_pred, bundle.test.labels)} -> {cfg.student} ({count_params(net):,} params), "
+    arch = student_architecture(cfg, t_art)
+    net = _student(arch, cfg.seed, bundle)
+    log(f"distill: {_describe(t_art, t_pred, bundle.test.labels)} -> {arch} ({count_params(net):,} params), "
         f"scheme {cfg.scheme}, method {cfg.method}, " + ", ".join(f"{k}={v}" for k, v in options.items()))
     if cfg.scheme == "online":
         extra = train_online(net, t_art.model, bundle, cfg, options, run.device)
         t_pred = test_logits(t_art.model, bundle, run.device)[0].argmax(1)  # the teacher has learned too
+    elif cfg.scheme == "born-again":
+        net, extra = _born_again(run, net, t_art, bundle, kept, options)
     else:
         extra = _train_offline(run, net, t_art, bundle, kept, cache, val_ref, options)
     metrics = _compare(net, t_art, t_pred, bundle, run.device)
@@ -55,10 +59,9 @@ def distill(run: StageRun) -> dict:
     if "accuracy_last_epoch" in metrics and metrics["accuracy_last_epoch"] is None:  # the last epoch was the best
         metrics["accuracy_last_epoch"] = metrics["accuracy"]
     if cfg.control:
-        metrics.update(_control(run, bundle, val_ref, t_pred))
+        metrics.update(_control(run, arch, bundle, val_ref, t_pred))
         metrics.update(_gain(cfg, options, metrics))
-    run.writer.save_model(net, make_spec(cfg.student, bundle, stage="distill", kwargs=size_kwargs(cfg.student, bundle.image_size),
-                                         settings={**cfg.settings(), **options}))
+    run.writer.save_model(net, _spec(cfg, arch, bundle, options))
     log(f"distill: test accuracy {metrics['accuracy']:.4f}" +
         (f", agreement {metrics['agreement']:.4f}" if t_pred is not None else "") + f" -> {Path(cfg.out)}")
     return metrics
@@ -72,12 +75,68 @@ def method_options(cfg) -> dict:
     return resolve_options(cfg.method, given, cfg.model_fields_set)
 
 
-def _student(cfg, bundle) -> torch.nn.Module:
-    seed_everything(cfg.seed)
-    net = create_model(cfg.student, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0],
-                       **size_kwargs(cfg.student, bundle.image_size))
-    check_input_fits(net, bundle, cfg.student)
+def student_architecture(cfg, t_art) -> str:
+    """--student, or with --scheme born-again and none given, the teacher's architecture."""
+    return cfg.student or t_art.spec.architecture
+
+
+def _student(arch: str, seed: int, bundle) -> torch.nn.Module:
+    seed_everything(seed)
+    net = create_model(arch, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0],
+                       **size_kwargs(arch, bundle.image_size))
+    check_input_fits(net, bundle, arch)
     return net
+
+
+def _spec(cfg, arch: str, bundle, options: dict):
+    return make_spec(arch, bundle, stage="distill", kwargs=size_kwargs(arch, bundle.image_size),
+                     settings={**cfg.settings(), **options})
+
+
+GENERATIONS_DIR = "generations"  # born-again: OUT/generations/<k>/ holds generation k's artifact
+
+
+def _born_again(run: StageRun, net, t_art, bundle, kept, options: dict):
+    """Born-Again Networks (Furlanello et al., 2018): generation 1 is distilled offline from --teacher,
+    generation k from generation k - 1, read back from its artifact in OUT/generations/<k - 1>/; each
+    student starts fresh (seed + k - 1). Returns the last generation and the per-generation figures
+    (with --ensemble, also the accuracy of the generations' averaged probabilities)."""
+    from compressor.artifacts import ArtifactWriter
+
+    cfg, arch = run.cfg, student_architecture(run.cfg, t_art)
+    teacher, rows, probs, extra = t_art, [], [], {}
+    for k in range(1, cfg.generations + 1):
+        if k > 1:
+            net = _student(arch, cfg.seed + k - 1, bundle)
+        teacher.model.to(run.device)
+        val_ref = _teacher_split(teacher.model, bundle, "val", None, run.device).argmax(1)
+        t_test = test_logits(teacher.model, bundle, run.device)[0].argmax(1)
+        log(f"distill: born-again generation {k}/{cfg.generations} from {_name(teacher, t_art)}")
+        extra = _train_offline(run, net, teacher, bundle, kept if k == 1 else None, None, val_ref, options,
+                               loop=f"generation{k}")
+        row = {"generation": k, "teacher": _name(teacher, t_art), **_compare(net, teacher, t_test, bundle,
+                                                                                    run.device)}
+        s_logits = test_logits(net, bundle, run.device)[0]
+        probs.append(torch.softmax(s_logits.float(), 1))
+        if cfg.ensemble:
+            row["ensemble_accuracy"] = accuracy(torch.stack(probs).mean(0), bundle.test.labels)
+        rows.append(row)
+        log(f"distill: generation {k} test accuracy {row['accuracy']:.4f}" +
+            (f", ensemble of generations 1-{k} {row['ensemble_accuracy']:.4f}" if cfg.ensemble else ""))
+        gen_dir = run.writer.path(GENERATIONS_DIR) / str(k)
+        with ArtifactWriter(gen_dir) as w:
+            w.save_model(net, _spec(cfg, arch, bundle, options))
+            w.commit({**row, "history": extra.get("history"), "val_accuracy": extra.get("val_accuracy")})
+        teacher = load_artifact(gen_dir)  # generation k + 1 reads generation k from its artifact
+    extra["generations"] = rows
+    if cfg.ensemble:
+        extra["ensemble_accuracy"] = rows[-1]["ensemble_accuracy"]
+    return net, extra
+
+
+def _name(teacher, t_art) -> str:
+    """'teacher' for --teacher, else the generation's directory relative to the artifact."""
+    return "teacher" if teacher is t_art else f"{GENERATIONS_DIR}/{teacher.path.name}"
 
 
 def _teacher_cache(cfg, t_art, bundle, layers: list[str]):
@@ -96,7 +155,8 @@ def _teacher_split(teacher, bundle, split: str, cache, device) -> torch.Tensor:
     return cache.split_logits(split, compute) if cache is not None else compute()
 
 
-def _train_offline(run: StageRun, net, t_art, bundle, kept, cache, val_ref, options: dict) -> dict:
+def _train_offline(run: StageRun, net, t_art, bundle, kept, cache, val_ref, options: dict,
+                   loop: str | None = None) -> dict:
     """The offline and self schemes: build the task, train it through its phases, report its cost."""
     cfg = run.cfg
     if cfg.scheme == "self":
@@ -115,7 +175,7 @@ def _train_offline(run: StageRun, net, t_art, bundle, kept, cache, val_ref, opti
         task.cache = cache
     try:
         result = train_task(task, bundle, cfg, device=run.device, stage="distill", checkpoints=run.checkpoints,
-                            fingerprint=run.fingerprint(bundle.identity), val_reference=val_ref)
+                            fingerprint=run.fingerprint(bundle.identity), val_reference=val_ref, loop=loop)
     finally:
         task.close()
     extra = {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "history": result.history,
@@ -142,10 +202,10 @@ def _compare(net, t_art, t_pred, bundle, device) -> dict:
     return metrics
 
 
-def _control(run: StageRun, bundle, val_ref, t_pred) -> dict:
+def _control(run: StageRun, arch: str, bundle, val_ref, t_pred) -> dict:
     """The same student trained alone (alpha = 1), same seed and budget: what distillation must beat."""
     cfg = run.cfg
-    alone = _student(cfg, bundle)
+    alone = _student(arch, cfg.seed, bundle)
     result = train_task(Supervised(alone), bundle, cfg, device=run.device, stage="distill", desc="control (alpha=1)",
                         loop="control", checkpoints=run.checkpoints, fingerprint=run.fingerprint(bundle.identity),
                         val_reference=val_ref)

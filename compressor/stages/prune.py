@@ -10,6 +10,7 @@ from compressor.artifacts import load_artifact, recorded_model_sizes, state_dict
 from compressor.config import PruneConfig
 from compressor.console import log
 from compressor.distill import build_distiller
+from compressor.distill.registry import extra_epochs
 from compressor.export import onnx_latency
 from compressor.models import count_params
 from compressor.prune import (GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers,
@@ -87,7 +88,7 @@ def _cut(run: StageRun, model, shape, exclude, spec, bundle, options: dict):
         return {"channels_removed": {p["layer"]: f"{len(p['removed'])}/{p['channels']}" for p in plan},
                 "latency_ms_before": latency_before}, None
     layers = prunable_layers(model, exclude)
-    epochs = cfg.epochs + (options.get("hint_epochs") or 0)  # all phases of the method (fitnet's hints too)
+    epochs = cfg.epochs + extra_epochs(options)  # all phases of the method (fitnet's hints too)
     steps = max(1, epochs * len(bundle.loader("train", cfg.batch_size)))
     return {}, GradualMasker(layers, cfg.sparsity, steps if epochs else 0, cfg.scope, cfg.schedule)
 
