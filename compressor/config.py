@@ -182,6 +182,11 @@ class TrainConfig(Runtime):
                                           "learning rate, images/s; one point per epoch, one subdirectory per training "
                                           "loop); compress run writes them under RUN_DIR/logs/.", recipe=False,
                                     setting=False)
+    mlflow: Optional[str] = option(None, "Also log to MLflow at this tracking URI (http://HOST:5000, or a store your "
+                                         "MLflow accepts): one MLflow run per training loop in experiment 'compressor', "
+                                         "the stage's settings as its parameters, the --log-dir scalars as metrics, "
+                                         "one point per epoch. Needs MLflow: pip install 'compressor[mlflow]'.",
+                                   recipe=False, setting=False)
 
 
 class DistillOptions(Config):

@@ -189,7 +189,8 @@ def artifact_digest(stage_dir: Path) -> str:
 
 
 def stage_config(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path | str, paths: dict[str, Path],
-                 last_model: Path | None, device: str, cache_dir: Path | None = None, resume: bool = False) -> Config:
+                 last_model: Path | None, device: str, cache_dir: Path | None = None, resume: bool = False,
+                 mlflow: str | None = None) -> Config:
     """The stage's full config: the recipe's settings for it, the recipe's data, seed and device, and
     the artifacts of earlier stages as its inputs (`paths` maps stage kinds to their directories)."""
     data = {src: getattr(recipe.data, DATA_KEYS.get(src, src)) for src in DataFields.model_fields}
@@ -200,6 +201,7 @@ def stage_config(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path | str, 
     if kind in MODEL_STAGES:  # the stages that train; their TensorBoard logs go beside the stages, in logs/
         values["resume"] = resume
         values["log_dir"] = str(Path(stage_dir).parent / "logs" / Path(stage_dir).name)
+        values["mlflow"] = mlflow
     if kind == "distill":
         values["teacher"] = cfg.teacher or (str(paths["teach"]) if "teach" in paths else None)
         values["channels"] = str(paths["select"]) if "select" in paths else None
@@ -212,15 +214,18 @@ def stage_config(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path | str, 
 
 
 def run_stage(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path, paths: dict[str, Path],
-              last_model: Path | None, device: str, cache_dir: Path, resume: bool = False) -> None:
-    """Run one recipe stage into `stage_dir`; `resume`: continue from its checkpoint when it has one."""
+              last_model: Path | None, device: str, cache_dir: Path, resume: bool = False,
+              mlflow: str | None = None) -> None:
+    """Run one recipe stage into `stage_dir`; `resume`: continue from its checkpoint when it has one;
+    `mlflow`: a tracking URI its training loops also log to."""
     from compressor import stages
     from compressor.checkpoint import has_checkpoint
 
     resume = resume and has_checkpoint(stage_dir)
     if resume:
         log(f"run: {stage_dir.name}: resuming from its checkpoint")
-    getattr(stages, kind)(stage_config(kind, cfg, recipe, stage_dir, paths, last_model, device, cache_dir, resume))
+    getattr(stages, kind)(stage_config(kind, cfg, recipe, stage_dir, paths, last_model, device, cache_dir, resume,
+                                       mlflow))
 
 
 class Ledger:
@@ -250,13 +255,14 @@ class Ledger:
 
 
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: bool = False,
-               device: str | None = None) -> list[dict]:
+               device: str | None = None, mlflow: str | None = None) -> list[dict]:
     """Run the stages in order, each reading what the previous ones wrote. Returns one row per stage.
 
     Idempotent: a stage whose recorded inputs (upstream stages, data, seed, resolved settings, code
     version) match and whose artifact still hashes to what was recorded is skipped; anything
     changed reruns it and every stage after it. `force` reruns every stage. `resume` continues an
-    interrupted stage from its checkpoint instead of starting it over.
+    interrupted stage from its checkpoint instead of starting it over. `mlflow`: a tracking URI the
+    training stages also log to (besides their TensorBoard logs in OUT/logs/).
     """
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +282,8 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
             log(f"run: {name}: unchanged and verified, skipped")
         else:
             log(f"run: {name} -> {stage_dir}")
-            run_stage(kind, cfg, recipe, stage_dir, paths, last_model, dev, out / "cache", resume=resume)
+            run_stage(kind, cfg, recipe, stage_dir, paths, last_model, dev, out / "cache", resume=resume,
+                      mlflow=mlflow)
             digest = ledger.record(name, key, stage_dir)
         paths[kind] = stage_dir
         if kind in MODEL_STAGES:

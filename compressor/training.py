@@ -215,7 +215,7 @@ class Trainer:
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
         self.after_step, self.train_step, self.val_reference, self.checkpoint = after_step, train_step, val_reference, checkpoint
         self.result, self.best_state = FitResult(), None
-        self.log = open_log(cfg.log_dir, desc)
+        self.log = open_log(cfg, desc)
         self.first_step_s: float | None = None  # seconds from the process's start to the end of the first step
         self.start_epoch, self.start_step, self.carry = 1, 0, ({}, 0, 0)
         self.extra_optims = {k: v for k, v in vars(task).items() if isinstance(v, torch.optim.Optimizer)}

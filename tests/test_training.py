@@ -205,3 +205,43 @@ def test_log_dir_writes_tensorboard_scalars_one_per_epoch(tmp_path, teacher_dir)
     row = m["history"][-1]
     assert row["share_loss_ce"] + row["share_loss_kd"] == pytest.approx(1.0)
     assert row["share_loss_kd"] == pytest.approx(row["loss_kd"] / (row["loss_ce"] + row["loss_kd"]))
+
+
+def test_mlflow_logs_one_run_per_training_loop_with_the_settings_and_one_point_per_epoch(tmp_path, teacher_dir,
+                                                                                         monkeypatch):
+    """--mlflow URI: the same scalars as TensorBoard's, as MLflow metrics (read back with MlflowClient)."""
+    pytest.importorskip("mlflow", reason="the mlflow extra: pip install -e '.[mlflow]' (CI installs it)")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local store for the test; users point at a server
+    uri = (tmp_path / "mlruns").as_uri()
+    m = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "s", epochs=2, lr=0.05,
+                control=True, mlflow=uri, device="cpu")
+    client = MlflowClient(tracking_uri=uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("compressor").experiment_id])}
+    assert set(runs) == {"distill-kd", "control-alpha=1"}
+    for name, history in (("distill-kd", m["history"]), ("control-alpha=1", m["control_history"])):
+        run = runs[name]
+        assert run.info.status == "FINISHED"
+        assert run.data.params["student"] == "convverytiny" and run.data.params["epochs"] == "2"
+        val = client.get_metric_history(run.info.run_id, "accuracy/val")
+        assert [p.step for p in val] == [1, 2]
+        assert [p.value for p in val] == pytest.approx([h["val_accuracy"] for h in history])
+        assert {"loss/total", "lr", "speed/images_per_s"} <= set(run.data.metrics)
+
+
+def test_online_scheme_logs_one_point_per_chunk(tmp_path, teacher_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = tmp_path / "logs"
+    m = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "s", scheme="online",
+                chunk_size=1800, buffer_chunks=1, epochs_per_buffer=1, distill_after=1, log_dir=logs, device="cpu")
+    assert [p.name for p in logs.iterdir()] == ["distill-online"]
+    acc = EventAccumulator(str(logs / "distill-online"))
+    acc.Reload()
+    chunks = m["chunks"]
+    assert len(chunks) >= 2
+    for tag, key in (("accuracy/student_val", "student_val_accuracy"), ("accuracy/teacher_val", "teacher_val_accuracy"),
+                     ("loss/student", "loss_student"), ("loss/teacher", "loss_teacher")):
+        assert [e.step for e in acc.Scalars(tag)] == list(range(1, len(chunks) + 1)), tag
+        assert [e.value for e in acc.Scalars(tag)] == pytest.approx([c[key] for c in chunks]), tag

@@ -1,6 +1,6 @@
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -17,6 +17,7 @@ def run(
     out: RunOutOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage (Ctrl-C, SIGTERM, a crash) from its checkpoint instead of starting it over.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, even those whose inputs are unchanged and whose artifact verifies.")] = False,
+    mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="Also log every training stage to MLflow at this tracking URI (one MLflow run per training loop, experiment 'compressor'); needs pip install 'compressor[mlflow]'.")] = None,
     device: RecipeDeviceOpt = None,
     threads: ThreadsOpt = None,
     json_: JsonOpt = False,
@@ -31,7 +32,7 @@ def run(
     apply_runtime(quiet, threads)
     r = load_recipe(recipe)
     run_dir = Path(out or Path("runs") / r.name)
-    run_recipe(r, run_dir, resume=resume, force=force, device=device)
+    run_recipe(r, run_dir, resume=resume, force=force, device=device, mlflow=mlflow)
     rows = summary_rows(run_dir)
     if not distributed.is_main():
         return

@@ -17,6 +17,7 @@ from compressor import CompressorError
 from compressor.console import log, progress
 from compressor.data import DataBundle
 from compressor.distill.functional import kd_terms
+from compressor.tracking import open_log
 from compressor.training import accuracy, make_optimizer, predict, seed_everything
 
 
@@ -39,46 +40,61 @@ def train_online(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg, 
     chunks = [order[i:i + cfg.chunk_size] for i in range(0, n - cfg.chunk_size + 1, cfg.chunk_size)]
     val = data.loader("val", 512)
     history = []
-    for c in range(len(chunks)):
-        buffer = torch.cat(chunks[max(0, c - cfg.buffer_chunks + 1):c + 1])
-        loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed + c, subset=buffer)
-        distilling = c >= cfg.distill_after
-        with progress(f"online chunk {c + 1}/{len(chunks)}", cfg.epochs_per_buffer * len(loader)) as bar:
-            for epoch in range(cfg.epochs_per_buffer):
-                lr = cfg.lr / 10 if epoch == cfg.epochs_per_buffer - 1 and cfg.epochs_per_buffer > 1 else cfg.lr
-                for group in s_opt.param_groups:
-                    group["lr"] = lr
-                loader.set_epoch(epoch)
-                student.train(), _train_unfrozen(teacher)
-                for x, y in loader:
-                    x, y = x.to(device), y.to(device)
-                    t_logits = teacher(x)
-                    t_loss = F.cross_entropy(t_logits, y)
-                    t_opt.zero_grad(set_to_none=True)
-                    t_loss.backward()
-                    t_opt.step()
-                    s_logits = student(x)
-                    if distilling:
-                        ce, soft = kd_terms(s_logits, t_logits.detach(), y, options["temperature"], options["alpha"])
-                        s_loss = ce + soft
-                    else:
-                        s_loss = F.cross_entropy(s_logits, y)
-                    if not (torch.isfinite(s_loss) and torch.isfinite(t_loss)):
-                        raise CompressorError(f"distill (online): loss became non-finite at chunk {c + 1}; lower --lr")
-                    s_opt.zero_grad(set_to_none=True)
-                    s_loss.backward()
-                    s_opt.step()
-                    bar.advance(1, f"student {float(s_loss):.3f} teacher {float(t_loss):.3f}")
-        row = {"chunk": c + 1, "buffer_images": len(buffer), "distilling": distilling,
-               "student_val_accuracy": accuracy(*predict(student, val, device)),
-               "teacher_val_accuracy": accuracy(*predict(teacher, val, device))}
-        history.append(row)
-        log(f"online chunk {c + 1}/{len(chunks)}: student {row['student_val_accuracy']:.4f} teacher "
-            f"{row['teacher_val_accuracy']:.4f}{' (distilling)' if distilling else ''}")
+    logs = open_log(cfg, "distill online")  # --log-dir / --mlflow: one point per chunk
+    try:
+        for c in range(len(chunks)):
+            history.append(_train_chunk(c, chunks, student, teacher, t_opt, s_opt, data, val, cfg, options, device))
+            if logs is not None:
+                logs.epoch({"epoch": c + 1, **{k: v for k, v in history[-1].items() if k != "chunk"}})
+    finally:
+        if logs is not None:
+            logs.close()
     student.eval(), teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(True)
     return {"chunks": history, "val_accuracy": history[-1]["student_val_accuracy"] if history else None}
+
+
+def _train_chunk(c: int, chunks, student, teacher, t_opt, s_opt, data, val, cfg, options: dict, device) -> dict:
+    """Train both models on the buffer that ends with chunk c; their validation accuracy after it."""
+    buffer = torch.cat(chunks[max(0, c - cfg.buffer_chunks + 1):c + 1])
+    loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed + c, subset=buffer)
+    distilling = c >= cfg.distill_after
+    s_sum = t_sum = steps = 0
+    with progress(f"online chunk {c + 1}/{len(chunks)}", cfg.epochs_per_buffer * len(loader)) as bar:
+        for epoch in range(cfg.epochs_per_buffer):
+            lr = cfg.lr / 10 if epoch == cfg.epochs_per_buffer - 1 and cfg.epochs_per_buffer > 1 else cfg.lr
+            for group in s_opt.param_groups:
+                group["lr"] = lr
+            loader.set_epoch(epoch)
+            student.train(), _train_unfrozen(teacher)
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                t_logits = teacher(x)
+                t_loss = F.cross_entropy(t_logits, y)
+                t_opt.zero_grad(set_to_none=True)
+                t_loss.backward()
+                t_opt.step()
+                s_logits = student(x)
+                if distilling:
+                    ce, soft = kd_terms(s_logits, t_logits.detach(), y, options["temperature"], options["alpha"])
+                    s_loss = ce + soft
+                else:
+                    s_loss = F.cross_entropy(s_logits, y)
+                if not (torch.isfinite(s_loss) and torch.isfinite(t_loss)):
+                    raise CompressorError(f"distill (online): loss became non-finite at chunk {c + 1}; lower --lr")
+                s_opt.zero_grad(set_to_none=True)
+                s_loss.backward()
+                s_opt.step()
+                s_sum, t_sum, steps = s_sum + float(s_loss), t_sum + float(t_loss), steps + 1
+                bar.advance(1, f"student {float(s_loss):.3f} teacher {float(t_loss):.3f}")
+    row = {"chunk": c + 1, "buffer_images": len(buffer), "distilling": distilling,
+           "loss_student": s_sum / max(steps, 1), "loss_teacher": t_sum / max(steps, 1),
+           "student_val_accuracy": accuracy(*predict(student, val, device)),
+           "teacher_val_accuracy": accuracy(*predict(teacher, val, device))}
+    log(f"online chunk {c + 1}/{len(chunks)}: student {row['student_val_accuracy']:.4f} teacher "
+        f"{row['teacher_val_accuracy']:.4f}{' (distilling)' if distilling else ''}")
+    return row
 
 
 def _train_unfrozen(model: nn.Module) -> None:
