@@ -70,10 +70,10 @@ class Config(BaseModel):
         parts = []
         for err in e.errors():
             name = str(err["loc"][0]) if err["loc"] else ""
-            where = prefix + name if prefix else cls.flag_of(name) if name else cls.__name__
+            where = prefix + name if prefix else cls.flag_of(name) if name else ""
             msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"].replace("Value error, ", "")
             shown = f" (got {err['input']!r})" if err["loc"] and err["type"] != "extra_forbidden" else ""
-            parts.append(f"{where}: {msg}{shown}")
+            parts.append(f"{where}: {msg}{shown}" if where else msg)  # a check across options names its own flags
         return "; ".join(parts)
 
     @classmethod

@@ -162,7 +162,7 @@ def train_task(task: Task, data: DataBundle, cfg, *, device, stage: str, desc: s
         result = fit(task, data, cfg if epochs == cfg.epochs else cfg.model_copy(update={"epochs": epochs}),
                      device=device, desc=name if tag == "main" else f"{name} {tag}", stage=stage,
                      params=task.trainable_parameters(), train_step=task.train_step, after_step=after_step,
-                     val_reference=val_reference,
+                     val_reference=val_reference, keep_best=tag == "main",
                      checkpoint=(checkpoints.fit(tag if loop is None else loop if tag == "main" else f"{loop}-{tag}",
                                                  fingerprint or {}) if checkpoints is not None else None))
     return result
@@ -171,7 +171,7 @@ def train_task(task: Task, data: DataBundle, cfg, *, device, stage: str, desc: s
 def fit(task: nn.Module, data: DataBundle, cfg, *, device: torch.device | str = "cpu", desc: str = "train",
         params: list[nn.Parameter] | None = None, after_step: Callable[[], None] | None = None,
         stage: str = "train", train_step: Callable | None = None, val_reference: torch.Tensor | None = None,
-        checkpoint: FitCheckpoint | None = None) -> FitResult:
+        checkpoint: FitCheckpoint | None = None, keep_best: bool = True) -> FitResult:
     """Train `task` for cfg.epochs, validating each epoch; leave the best weights in `task.model`.
 
     Args:
@@ -186,11 +186,14 @@ def fit(task: nn.Module, data: DataBundle, cfg, *, device: torch.device | str = 
             records `val_agreement` (accuracy on the teacher's labels: the "soft" accuracy).
         checkpoint: where to save resumable state at every epoch end and when SIGINT/SIGTERM
             stops training after the current step (and to resume from, see compressor.checkpoint).
+        keep_best: leave the best epoch's weights (by validation accuracy); False leaves the last
+            epoch's (a preparatory phase such as fitnet's hints, whose loss is not the task's).
 
     A task with an `on_batch(epoch, index)` method is told which samples each batch holds.
     """
     return Trainer(task, data, cfg, device=device, desc=desc, params=params, after_step=after_step, stage=stage,
-                   train_step=train_step, val_reference=val_reference, checkpoint=checkpoint).run()
+                   train_step=train_step, val_reference=val_reference, checkpoint=checkpoint,
+                   keep_best=keep_best).run()
 
 
 class Trainer:
@@ -198,7 +201,7 @@ class Trainer:
     checkpoints and resume. Built and run by `fit`."""
 
     def __init__(self, task, data, cfg, *, device, desc, params, after_step, stage, train_step, val_reference,
-                 checkpoint) -> None:
+                 checkpoint, keep_best: bool = True) -> None:
         seed_everything(cfg.seed)
         self.device = torch.device(device)
         task.to(self.device)
@@ -215,6 +218,7 @@ class Trainer:
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
         self.after_step, self.train_step, self.val_reference, self.checkpoint = after_step, train_step, val_reference, checkpoint
         self.result, self.best_state = FitResult(), None
+        self.keep_best = keep_best  # False: a preparatory phase, whose last epoch is what the next one starts from
         self.log = open_log(cfg, desc)
         self.first_step_s: float | None = None  # seconds from the process's start to the end of the first step
         self.start_epoch, self.start_step, self.carry = 1, 0, ({}, 0, 0)
@@ -251,7 +255,7 @@ class Trainer:
         finally:
             if self.log is not None:
                 self.log.close()
-        if self.best_state is not None:
+        if self.best_state is not None and self.keep_best:
             if self.result.history and self.result.best_epoch != self.result.history[-1]["epoch"]:
                 self.result.last_state = copy.deepcopy(self.model.state_dict())
             self.model.load_state_dict(self.best_state)

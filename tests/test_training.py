@@ -245,3 +245,33 @@ def test_online_scheme_logs_one_point_per_chunk(tmp_path, teacher_dir):
                      ("loss/student", "loss_student"), ("loss/teacher", "loss_teacher")):
         assert [e.step for e in acc.Scalars(tag)] == list(range(1, len(chunks) + 1)), tag
         assert [e.value for e in acc.Scalars(tag)] == pytest.approx([c[key] for c in chunks]), tag
+
+
+def test_a_preparatory_phase_keeps_its_last_epoch_and_the_main_phase_its_best():
+    """fitnet's hints and lit's block-wise epochs do not train the classifier, so their validation
+    accuracy says nothing: the next phase starts from their last epoch, not from the 'best' one."""
+    import copy
+
+    from compressor.config import TrainConfig
+    from compressor.data import load_data
+    from compressor.models import create_model
+    from compressor.training import Supervised, fit
+
+    class Collapse(Supervised):  # learns in epoch 1, unlearns in epoch 2: its best epoch is not its last
+        def on_batch(self, epoch, index):
+            self.sign = 1.0 if epoch == 1 else -1.0
+
+        def forward_train(self, x, y):
+            logits, losses = super().forward_train(x, y)
+            return logits, {"loss_ce": self.sign * losses["loss_ce"]}
+
+    data, cfg = load_data("synthetic"), TrainConfig(epochs=2, lr=0.05)
+    for keep_best in (True, False):
+        task = Collapse(create_model("convverytiny", num_classes=10, in_chans=3))
+        last = {}
+        result = fit(task, data, cfg, keep_best=keep_best,
+                     after_step=lambda: last.update(copy.deepcopy(task.model.state_dict())))
+        assert result.best_epoch == 1 and result.history[1]["val_accuracy"] < result.history[0]["val_accuracy"]
+        final = task.model.state_dict()
+        same = all(torch.equal(final[k], last[k]) for k in final)
+        assert same is (not keep_best), keep_best
