@@ -52,4 +52,10 @@ def sweep(
     total = sum(p["seconds"] for p in result["points"])
     stdout.print(f"{len(result['points'])} points in {total:.0f} s "
                  f"({sum(p['skipped'] for p in result['points'])} finished earlier); "
-                 f"tables and {'heat-map' if random is None else 'pictures'} in {run_dir / SWEEP_DIR}")
+                 f"{_written(result)} in {run_dir / SWEEP_DIR}")
+
+
+def _written(result: dict) -> str:
+    if "random" not in result:
+        return "tables and heat-map"
+    return "table and the best runs' lambda picture" if "lambda_layers" in result else "table"
