@@ -102,18 +102,21 @@ def random_points(grid: dict[str, list | Range], n: int, seed: int) -> list[tupl
     return points
 
 
-def draw_lambdas(points: list[tuple[str, dict]], pairs: list[tuple[str, str]], seed: int,
+def draw_lambdas(points: list[tuple[str, dict]], pairs: list[list[tuple[str, str]] | None], seed: int,
                  concentration: float) -> None:
-    """Study D's λ: per point a matrix (teacher layers x student layers) drawn from a symmetric
-    Dirichlet over the layer pairs (zero where two layers are not paired), added as `lambdas`."""
+    """Study D's λ: for each point with layer pairs (a vid point; None elsewhere), a matrix (teacher
+    layers x student layers) drawn from a symmetric Dirichlet over its pairs (zero where two layers are
+    not paired), added as `lambdas`."""
     import numpy as np
 
-    rows, cols = pair_grid(pairs)
     rng = np.random.default_rng([seed, 1])  # its own stream: the other axes draw the same with or without λ
-    for _, point in points:
-        w = rng.dirichlet(np.full(len(pairs), concentration))
+    for (_, point), point_pairs in zip(points, pairs):
+        if point_pairs is None:
+            continue
+        rows, cols = pair_grid(point_pairs)
+        w = rng.dirichlet(np.full(len(point_pairs), concentration))
         m = [[0.0] * len(cols) for _ in rows]
-        for (t, s), v in zip(pairs, w):
+        for (t, s), v in zip(point_pairs, w):
             m[rows.index(t)][cols.index(s)] = round(float(v), 4)
         point["lambdas"] = m
 
@@ -172,18 +175,25 @@ def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list | Range], *,
         if kind in MODEL_STAGES:
             last_model = out / name
 
-    grid_rows = None
+    pairs = [None] * len(named)  # per point, the layer pairs its λ matrix weighs (random vid points)
     if random is not None and any(c.method == "vid" for c in cfgs):
-        pairs = vid_pairs(cfgs[0], cfgs[0].teacher or paths.get("teach"))
+        found: dict[tuple, list] = {}  # the models are read once per distinct (teacher, student, layers, pairs)
+
+        def pairs_of(c):
+            key = (str(c.teacher or paths.get("teach")), c.student, c.layers, c.pairs)
+            if key not in found:
+                found[key] = vid_pairs(c, key[0])
+            return found[key]
+
+        pairs = [pairs_of(c) if c.method == "vid" else None for c in cfgs]
         draw_lambdas(named, pairs, seed, concentration)
         cfgs = _validated(base, named, epochs)
-        grid_rows = dict(zip(("teacher_layers", "student_layers"), pair_grid(pairs)))
 
     sweep_dir = out / SWEEP_DIR
     sweep_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(sweep_dir / "state.json")
     rows = []
-    for i, ((name, point), cfg) in enumerate(zip(named, cfgs), 1):
+    for i, ((name, point), cfg, point_pairs) in enumerate(zip(named, cfgs, pairs), 1):
         key = stage_key(upstream, "distill", cfg)
         point_dir = sweep_dir / name
         t0 = time.time()
@@ -202,16 +212,16 @@ def run_sweep(recipe: Recipe, out: str | Path, grid: dict[str, list | Range], *,
                      "test_accuracy": m.get("accuracy"), "test_agreement": m.get("agreement"),
                      "teacher_cache": m.get("teacher_cache"),
                      "at": {str(e): best_until(m.get("history", []), e) for e in at_epochs}})
+        if point_pairs is not None:  # the λ matrix's rows and columns, for the picture
+            rows[-1]["lambda_layers"] = dict(zip(("teacher_layers", "student_layers"), pair_grid(point_pairs)))
     result = {"grid": {k: str(v) if isinstance(v, Range) else v for k, v in grid.items()}, "at_epochs": at_epochs,
               "epochs": epochs, "cache_teacher": cache_teacher, "points": rows}
     if random is not None:
         result.update({"random": random, "seed": seed, "concentration": concentration})
-        if grid_rows:
-            result["lambda_layers"] = grid_rows
     atomic_write_json(sweep_dir / "results.json", result)
     if random is None:
         heatmap(result, sweep_dir / "heatmap.png")
-    elif grid_rows:
+    elif has_lambdas(result):
         lambda_picture(result, sweep_dir / LAMBDA_PNG)
     atomic_write_bytes(sweep_dir / "results.md", results_markdown(result).encode())
     return result
@@ -228,6 +238,11 @@ def _validated(base, named: list[tuple[str, dict]], epochs: int) -> list:
     if errors:
         raise CompressorError("the grid has invalid points: " + "; ".join(errors))
     return cfgs
+
+
+def has_lambdas(result: dict) -> bool:
+    """Whether the sweep drew λ matrices (random vid points): then it has a λ picture."""
+    return any("lambda_layers" in p for p in result["points"])
 
 
 def ranked(result: dict) -> list[dict]:
@@ -280,7 +295,7 @@ def result_tables(result: dict) -> list[Table]:
 
 
 def random_table(result: dict) -> Table:
-    axes = [k for k in result["grid"]]
+    axes = list(result["grid"])
     last = str(result["at_epochs"][-1])
     t = Table(["rank", "point", *axes, f"val acc (hard), epoch {last}", "val acc (soft)", "test acc"],
               title=f"{result['random']} random points (seed {result['seed']}), best first")
@@ -293,7 +308,7 @@ def random_table(result: dict) -> Table:
 def results_markdown(result: dict) -> str:
     if "random" in result:
         lines = [f"# Sweep: {result['random']} random points", "", random_table(result).markdown(heading="##")]
-        if "lambda_layers" in result:
+        if has_lambdas(result):
             lines += [f"![the λ matrices of the best runs]({LAMBDA_PNG})", "",
                       f"The λ of each layer pair drawn from a Dirichlet ({result['concentration']:g}) per point; the "
                       f"picture draws the best runs' matrices, line width = λ. Per point: `sweep/<point>/metrics.json`."]
@@ -337,21 +352,21 @@ def heatmap(result: dict, path: Path) -> None:
 
 
 def lambda_picture(result: dict, path: Path, best: int = 4) -> None:
-    """Study D's figure 7: for each of the best runs, teacher layers on the left, student layers on
-    the right, a line per layer pair as wide as its λ."""
+    """Study D's figure 7: for each of the best runs with a λ matrix, teacher layers on the left,
+    student layers on the right, a line per layer pair as wide as its λ."""
     from compressor.report import pyplot, save_png
 
     plt = pyplot()
-    teacher, student = result["lambda_layers"]["teacher_layers"], result["lambda_layers"]["student_layers"]
-    runs = ranked(result)[:best]
+    runs = [p for p in ranked(result) if "lambda_layers" in p][:best]
     last = str(result["at_epochs"][-1])
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 1.2 + 0.45 * max(len(teacher), len(student))),
-                             squeeze=False)
+    tallest = max(max(map(len, p["lambda_layers"].values())) for p in runs)
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 1.2 + 0.45 * tallest), squeeze=False)
 
     def ys(n: int) -> list[float]:
         return [1 - (i + 0.5) / n for i in range(n)]
 
     for ax, p in zip(axes[0], runs):
+        teacher, student = p["lambda_layers"]["teacher_layers"], p["lambda_layers"]["student_layers"]
         lam, ty, sy = p["point"]["lambdas"], ys(len(teacher)), ys(len(student))
         for i, row in enumerate(lam):
             for j, v in enumerate(row):

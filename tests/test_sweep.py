@@ -145,3 +145,22 @@ def test_random_axes_are_checked():
     a, b = sweep_mod.random_points({"beta": sweep_mod.Range(0, 1), "temperature": [1, 4]}, 5, 0), \
         sweep_mod.random_points({"beta": sweep_mod.Range(0, 1), "temperature": [1, 4]}, 3, 0)
     assert a[:3] == b and {p["temperature"] for _, p in a} <= {1, 4}
+
+
+def test_random_points_with_other_pairings_draw_lambdas_over_their_own_pairs(teacher_dir, tmp_path):
+    """An axis that changes the layer pairs (matched or all): each point's λ weighs only its own pairs."""
+    recipe = parse_recipe({"name": "rp", "seed": 0, "data": {"name": "synthetic"},
+                           "stages": [{"distill": {"student": "convverytiny", "teacher": str(teacher_dir),
+                                                   "method": "vid", "epochs": 1}}]}, "test")
+    result = run_sweep(recipe, tmp_path, {"pairs": ["matched", "all"]}, random=4, seed=1)
+    kinds = {p["point"]["pairs"] for p in result["points"]}
+    assert kinds == {"matched", "all"}
+    for p in result["points"]:
+        lam = p["point"]["lambdas"]
+        assert sum(map(sum, lam)) == pytest.approx(1, abs=1e-3)
+        off = [lam[i][j] for i in range(3) for j in range(3) if i != j]
+        if p["point"]["pairs"] == "matched":  # convtiny and convverytiny: stage j with stage j
+            assert off == [0.0] * 6
+        else:
+            assert all(v > 0 for v in off)
+    assert (tmp_path / "sweep" / "lambdas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ from compressor import CompressorError
 from compressor.cli.common import apply_runtime, guarded, stdout
 from compressor.cli.options import JsonOpt, QuietOpt, RecipeDeviceOpt, ThreadsOpt
 from compressor.recipe import load_recipe
-from compressor.sweep import SWEEP_DIR, parse_grid, result_tables, run_sweep
+from compressor.sweep import SWEEP_DIR, has_lambdas, parse_grid, result_tables, run_sweep
 
 
 @guarded
@@ -58,4 +58,4 @@ def sweep(
 def _written(result: dict) -> str:
     if "random" not in result:
         return "tables and heat-map"
-    return "table and the best runs' lambda picture" if "lambda_layers" in result else "table"
+    return "table and the best runs' lambda picture" if has_lambdas(result) else "table"

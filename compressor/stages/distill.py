@@ -27,8 +27,9 @@ def distill(run: StageRun) -> dict:
     Schemes: offline (frozen teacher, any method), online (teacher and student train together over
     a stream of chunks, kd), self (the student teaches its own auxiliary heads, kd; `teacher`
     optional, used only for the comparison metrics), born-again (generation after generation of the
-    teacher's architecture, each distilled offline from the one before with any method). `control` also trains the same student alone
-    (alpha = 1, same seed and budget) and keeps it as control.safetensors. `cache_teacher` stores
+    teacher's architecture, each distilled offline from the one before with any method). `control`
+    also trains the same student alone (alpha = 1, same seed and budget) and keeps it as
+    control.safetensors. `cache_teacher` stores
     the frozen teacher's outputs per (epoch, sample) for later runs (see compressor.distill.cache).
     """
     cfg = run.cfg
@@ -51,7 +52,7 @@ def distill(run: StageRun) -> dict:
         extra = train_online(net, t_art.model, bundle, cfg, options, run.device)
         t_pred = test_logits(t_art.model, bundle, run.device)[0].argmax(1)  # the teacher has learned too
     elif cfg.scheme == "born-again":
-        net, extra = _born_again(run, net, t_art, bundle, kept, options)
+        net, extra = _born_again(run, net, t_art, t_pred, val_ref, bundle, kept, options)
     else:
         extra = _train_offline(run, net, t_art, bundle, kept, cache, val_ref, options)
     metrics = _compare(net, t_art, t_pred, bundle, run.device)
@@ -96,27 +97,28 @@ def _spec(cfg, arch: str, bundle, options: dict):
 GENERATIONS_DIR = "generations"  # born-again: OUT/generations/<k>/ holds generation k's artifact
 
 
-def _born_again(run: StageRun, net, t_art, bundle, kept, options: dict):
+def _born_again(run: StageRun, net, t_art, t_pred, val_ref, bundle, kept, options: dict):
     """Born-Again Networks (Furlanello et al., 2018): generation 1 is distilled offline from --teacher,
     generation k from generation k - 1, read back from its artifact in OUT/generations/<k - 1>/; each
     student starts fresh (seed + k - 1). Returns the last generation and the per-generation figures
-    (with --ensemble, also the accuracy of the generations' averaged probabilities)."""
+    (with --ensemble, also the accuracy of the generations' averaged probabilities). `t_pred`,
+    `val_ref`: --teacher's test and validation predictions; each later teacher is measured as read back."""
     from compressor.artifacts import ArtifactWriter
 
     cfg, arch = run.cfg, student_architecture(run.cfg, t_art)
-    teacher, rows, probs, extra = t_art, [], [], {}
+    teacher, t_test, rows, probs, extra = t_art, t_pred, [], [], {}
     for k in range(1, cfg.generations + 1):
         if k > 1:
             net = _student(arch, cfg.seed + k - 1, bundle)
-        teacher.model.to(run.device)
-        val_ref = _teacher_split(teacher.model, bundle, "val", None, run.device).argmax(1)
-        t_test = test_logits(teacher.model, bundle, run.device)[0].argmax(1)
+            teacher.model.to(run.device)
+            val_ref = _teacher_split(teacher.model, bundle, "val", None, run.device).argmax(1)
+            t_test = test_logits(teacher.model, bundle, run.device)[0].argmax(1)
         log(f"distill: born-again generation {k}/{cfg.generations} from {_name(teacher, t_art)}")
         extra = _train_offline(run, net, teacher, bundle, kept if k == 1 else None, None, val_ref, options,
                                loop=f"generation{k}")
-        row = {"generation": k, "teacher": _name(teacher, t_art), **_compare(net, teacher, t_test, bundle,
-                                                                                    run.device)}
         s_logits = test_logits(net, bundle, run.device)[0]
+        row = {"generation": k, "teacher": _name(teacher, t_art),
+               **_compare(net, teacher, t_test, bundle, run.device, s_logits)}
         probs.append(torch.softmax(s_logits.float(), 1))
         if cfg.ensemble:
             row["ensemble_accuracy"] = accuracy(torch.stack(probs).mean(0), bundle.test.labels)
@@ -157,7 +159,8 @@ def _teacher_split(teacher, bundle, split: str, cache, device) -> torch.Tensor:
 
 def _train_offline(run: StageRun, net, t_art, bundle, kept, cache, val_ref, options: dict,
                    loop: str | None = None) -> dict:
-    """The offline and self schemes: build the task, train it through its phases, report its cost."""
+    """The offline and self schemes (and each born-again generation): build the task, train it through
+    its phases, report its cost."""
     cfg = run.cfg
     if cfg.scheme == "self":
         task = SelfDistiller(net, stages=stage_layers(net), input_shape=bundle.input_shape,
@@ -191,8 +194,11 @@ def _train_offline(run: StageRun, net, t_art, bundle, kept, cache, val_ref, opti
     return extra
 
 
-def _compare(net, t_art, t_pred, bundle, device) -> dict:
-    s_logits, _ = test_logits(net, bundle, device)
+def _compare(net, t_art, t_pred, bundle, device, s_logits: torch.Tensor | None = None) -> dict:
+    """Test accuracy (and with a teacher, agreement with it); `s_logits`: the student's test logits
+    when already computed."""
+    if s_logits is None:
+        s_logits, _ = test_logits(net, bundle, device)
     labels = bundle.test.labels
     metrics = {"accuracy": accuracy(s_logits, labels), "params": count_params(net)}
     if t_pred is not None:
