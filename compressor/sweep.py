@@ -124,17 +124,14 @@ def draw_lambdas(points: list[tuple[str, dict]], pairs: list[list[tuple[str, str
 def vid_pairs(cfg, teacher_dir) -> list[tuple[str, str]]:
     """The layer pairs vid will build for this distill config (read from the models, nothing trained)."""
     from compressor.artifacts import load_artifact
-    from compressor.distill import VID
-    from compressor.distill.features import parse_layer_pairs
-    from compressor.models import create_model, size_kwargs, stage_layers
+    from compressor.distill import layer_pairs
+    from compressor.models import create_model, size_kwargs
 
-    if cfg.layers:
-        return parse_layer_pairs(cfg.layers)
     teacher = load_artifact(teacher_dir)
     spec = teacher.spec
     student = create_model(cfg.student, num_classes=spec.num_classes, in_chans=spec.input_shape[0],
                            **size_kwargs(cfg.student, spec.input_shape[-1]))
-    return VID.pair_stages(stage_layers(teacher.model), stage_layers(student), cfg.pairs)
+    return layer_pairs("vid", teacher.model, student, cfg.layers, cfg.pairs)
 
 
 def point_name(point: dict) -> str:

@@ -23,7 +23,7 @@ from compressor.distill.registry import METHODS, SCHEME_NAMES, get_method, resol
 
 METHOD_NAMES = tuple(METHODS)
 __all__ = ["AT", "DIST", "DKD", "Distiller", "FeatureDistiller", "FitNet", "KD", "L2TWW", "LIT", "MSE", "RKD", "VID", "METHODS",
-           "METHOD_NAMES", "SCHEME_NAMES", "build_distiller"]
+           "METHOD_NAMES", "SCHEME_NAMES", "build_distiller", "layer_pairs"]
 
 
 def build_distiller(method: str, student, teacher, *, input_shape: list[int], options: dict | None = None,
@@ -37,14 +37,22 @@ def build_distiller(method: str, student, teacher, *, input_shape: list[int], op
     or each model's stage outputs (timm feature_info) paired by `pairs` (matched or all).
     """
     from compressor.config import DistillOptions
-    from compressor.distill.features import parse_layer_pairs
-    from compressor.models import stage_layers
 
     info = get_method(method)
     kw = resolve_options(method, {**DistillOptions().model_dump(), **(options or {})}, set(explicit))
     layers, mode = kw.pop("layers", None), kw.pop("pairs", "matched")
     if info.feature:
-        kw["pairs"] = (parse_layer_pairs(layers) if layers else
-                       info.cls.pair_stages(stage_layers(teacher), stage_layers(student), mode))
+        kw["pairs"] = layer_pairs(method, teacher, student, layers, mode)
         kw["channels"] = channels
     return info.cls(student, teacher, input_shape=input_shape, **kw)
+
+
+def layer_pairs(method: str, teacher, student, layers: str | None, mode: str) -> list[tuple[str, str]]:
+    """The (teacher layer, student layer) pairs a feature method distills: as named by `layers`
+    ('t1:s1,t2:s2'), else the models' stage layers paired by the method (`mode`: matched or all)."""
+    from compressor.distill.features import parse_layer_pairs
+    from compressor.models import stage_layers
+
+    if layers:
+        return parse_layer_pairs(layers)
+    return get_method(method).cls.pair_stages(stage_layers(teacher), stage_layers(student), mode)
