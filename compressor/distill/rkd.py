@@ -1,4 +1,8 @@
-"""Relational KD (Park et al.): distance- and angle-wise potentials on penultimate embeddings."""
+"""Relational KD (Park et al.): distance- and angle-wise potentials on penultimate embeddings.
+
+Loss = alpha * CE + beta * RKD, RKD balanced (scaled to equal the CE on the first batch). beta 0.5:
+at beta 1 the quickstart student (convtiny, 10 epochs, 10,000 images) lost 1.18 points to the student
+alone over seeds 0-2 (1.97 at seed 2); at 0.5 it is within 0.25 points at every seed (README)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from compressor.models import classifier_name
 @register_method("rkd", summary="relational: distance-wise (weight 25) and angle-wise (50) potentials of the "
                  "penultimate embeddings, Huber loss; α·CE + β·RKD, RKD balanced (scaled to equal the CE on the first "
                  "batch)", uses=("alpha", "beta", "balance"),
-                 defaults={"alpha": 1.0, "beta": 1.0})
+                 defaults={"alpha": 1.0, "beta": 0.5})
 class RKD(Distiller):
     def __init__(self, student, teacher, *, alpha: float | None = None, beta: float | None = None,
                  balance: bool = True, distance_weight: float = 25.0, angle_weight: float = 50.0, **kw) -> None:
