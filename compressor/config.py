@@ -203,7 +203,7 @@ class DistillOptions(Config):
                                                 "default: the method's (4).", short="-T", gt=0)
     alpha: Optional[float] = option(None, "Weight of the hard-label cross-entropy, in [0, 1] (kd and mse give "
                                           "1 - alpha to the teacher); default: the method's.", ge=0, le=1)
-    beta: Optional[float] = option(None, "Weight of the method's knowledge term (at 1, rkd 1, vid 0.5: against the "
+    beta: Optional[float] = option(None, "Weight of the method's knowledge term (at 1, rkd 0.5, vid 0.5: against the "
                                          "cross-entropy, see --balance; l2tww 0.5; dkd: TCKD 1; dist: inter-class 1). "
                                          "vid: the study's L = b*task + (1 - b)*sum(lambda*I) is --alpha b --beta 1-b "
                                          "--no-balance.", ge=0)
