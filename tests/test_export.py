@@ -140,6 +140,9 @@ def test_runtime_all_writes_openvino_ir_and_measures_both(workdir, student_dir, 
         assert ov[f"latency_ms_{kind}"] > 0 and ov[f"max_abs_diff_{kind}"] < (1e-3 if kind == "fp32" and not bf16 else 1.0)
     assert m["fastest_runtime_int8"] in ("onnxruntime", "openvino") and m["runtime"] == "onnxruntime"
     assert m["latency_ms_int8"] == ort["latency_ms_int8"]  # the flat figures are the first runtime's
+    assert m["int8_form"] == ort["int8_form"] and ov["int8_form"] and len(ov["int8_candidates"]) == 8
+    assert "int8 form (openvino)" in res.output
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # OpenVINO's int8 ONNX: gone once its IR is
     assert evaluate(out / "model.int8.xml", data=SYN)["accuracy"] == pytest.approx(ov["accuracy_int8"])
     stages = [r["stage"] for r in summary_rows(run_dir)]
     assert stages == ["export (onnxruntime)", "export (openvino)"]
@@ -157,3 +160,73 @@ def test_openvino_missing_is_one_line(student_dir, tmp_path, monkeypatch):
     assert not (tmp_path / "ov").exists()
     m = export(student_dir, data=SYN, out=tmp_path / "auto", device="cpu")  # auto: onnxruntime alone
     assert list(m["runtimes"]) == ["onnxruntime"]
+
+
+def test_spatial_means_become_average_pools_with_the_same_outputs(tmp_path):
+    """A global pool and squeeze-and-excitation means (ReduceMean over H, W, kept or not) are exported as
+    AveragePool over the whole image (OpenVINO runs ReduceMean 10-20x slower); a mean over channels stays."""
+    import numpy as np
+    import onnx
+    import torch
+    import torch.nn as nn
+
+    from compressor.export import export_onnx, session
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            x = x * torch.sigmoid(x.mean((2, 3), keepdim=True))  # squeeze-and-excitation's squeeze
+            x = x + x.mean(1, keepdim=True)  # over channels: not a spatial mean
+            return torch.cat([self.pool(x).flatten(1), x.mean((-2, -1))], 1)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    export_onnx(net, tmp_path / "m.onnx", [3, 12, 10])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert "GlobalAveragePool" not in ops and ops.count("AveragePool") == 3 and ops.count("ReduceMean") == 1
+    x = torch.randn(5, 3, 12, 10)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert np.abs(session(tmp_path / "m.onnx")(x.numpy()) - ref).max() < 1e-5
+
+
+def test_each_runtime_gets_the_int8_form_fastest_on_it(tmp_path, student_dir, monkeypatch):
+    """With latencies that favour the float32 stem on onnxruntime and the int8 stem on OpenVINO, each
+    runtime's file is quantized in its own form, and every candidate is recorded per runtime."""
+    pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
+    import numpy as np
+    import onnx
+
+    from compressor import export as ex
+
+    def fp32_stem_kept(path) -> bool:
+        g = onnx.load(str(path)).graph
+        conv = next(n for n in g.node if n.op_type == "Conv")
+        return conv.input[0] in {i.name for i in g.input}
+
+    real_session = ex.session
+
+    def tagged_session(path, threads=None, runtime=None):
+        sess = real_session(path, threads, runtime)
+        sess.path = path
+        return sess
+
+    monkeypatch.setattr(ex, "session", tagged_session)
+    monkeypatch.setattr(ex, "latency_ms", lambda sess, *a, **k: 1.0 if fp32_stem_kept(sess.path) == (
+        sess.runtime == "onnxruntime") else 2.0)
+    ex.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
+    rng = np.random.default_rng(0)
+    calib = [(rng.standard_normal((16, 3, 16, 16)).astype(np.float32), rng.integers(0, 10, 16)) for _ in range(2)]
+    outputs = {"onnxruntime": tmp_path / "ort.onnx", "openvino": tmp_path / "ov.onnx"}
+    choices = ex.choose_int8_form(tmp_path / "m.onnx", outputs, calib, max_drop=100.0)
+    assert choices["onnxruntime"].form.stem == "fp32" and choices["openvino"].form.stem == "int8"
+    assert fp32_stem_kept(outputs["onnxruntime"]) and not fp32_stem_kept(outputs["openvino"])
+    for rt, c in choices.items():
+        assert c.path == outputs[rt] and len(c.candidates) == 8
+        chosen = [r for r in c.candidates if r.get("chosen")]
+        assert len(chosen) == 1 and chosen[0]["stem"] == c.form.stem and chosen[0]["latency_ms"] == 1.0

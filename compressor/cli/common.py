@@ -167,8 +167,9 @@ def show(metrics: dict, as_json: bool, title: str) -> None:
                     table.add(f"{label} ({rt})", fmt(values[key], spec))
         elif metrics.get(key) is not None:
             table.add(label, fmt(metrics[key], spec))
-    if metrics.get("int8_form"):
-        from compressor.export import Int8Form
+    from compressor.export import Int8Form
 
-        table.add("int8 form", Int8Form(**metrics["int8_form"]).label())
+    for rt, values in (runtimes or {"": metrics}).items():  # each runtime's int8 file has its own form
+        if values.get("int8_form"):
+            table.add(f"int8 form ({rt})" if rt else "int8 form", Int8Form(**values["int8_form"]).label())
     stdout.print(table.rich())

@@ -12,7 +12,7 @@ from compressor import CompressorError
 from compressor.artifacts import MODEL_FILE, SPEC_FILE, load_artifact, zipped_size
 from compressor.config import ExportConfig
 from compressor.console import log
-from compressor.export import (OPENVINO_MISSING, RUNTIMES, OpenVINOSession, allowed_drop, choose_int8_form,
+from compressor.export import (OPENVINO_MISSING, RUNTIMES, Int8Choice, OpenVINOSession, allowed_drop, choose_int8_form,
                                convert_fp16, convs_wrapped_in_qdq, export_onnx, latency_ms, op_counts, openvino_available,
                                predict_batches, save_openvino_ir, session)
 from compressor.models import count_params
@@ -27,9 +27,10 @@ def export(run: StageRun) -> dict:
     """Export to ONNX (and int8, fp16; OpenVINO IR); verify; write the artifact.
 
     int8: every quantization choice left at auto (stem, activation type, per-channel) is measured on
-    the calibration images on the first runtime (onnxruntime unless `runtime` is openvino); the
-    fastest form within `max_drop` points is kept, and every candidate is recorded in metrics.json
-    (`int8_candidates`, `int8_form`).
+    the calibration images on every runtime; each runtime's int8 file (model.int8.onnx for the first,
+    model.int8.xml for OpenVINO) is the form fastest on it within `max_drop` points, and every
+    candidate is recorded in metrics.json (`int8_candidates`, `int8_form`, `int8_choice`: the first
+    runtime's; each runtime's under `runtimes`).
 
     Verification, on every runtime measured: onnx.checker; the runtime vs PyTorch max abs difference
     at batch 1 and 8; accuracy of every exported model on the test split; fp32/int8 agreement;
@@ -56,12 +57,19 @@ def export(run: StageRun) -> dict:
     metrics: dict = {"params": count_params(model), "accuracy_torch": art.metrics.get("accuracy"),
                      "latency_batch": cfg.latency_batch, "threads": threads, "runtime": runtimes[0],
                      "sparsity_note": SPARSITY_NOTE}
-    variants, kept_fp32 = _write_variants(cfg, model, shape, bundle, writer, runtimes[0], threads, metrics)
+    variants, choices = _write_variants(cfg, model, shape, bundle, writer, runtimes, threads, metrics)
     per_runtime: dict[str, dict] = {}
     preds: dict[str, dict] = {}
     for rt in runtimes:
-        files = variants if rt == "onnxruntime" else _openvino_files(variants, writer)
+        files = dict(variants)
         per_runtime[rt], preds[rt] = {}, {}
+        if rt in choices:
+            files["int8"] = choices[rt].path
+            per_runtime[rt].update({"int8_form": asdict(choices[rt].form), "fp32_nodes": choices[rt].fp32_nodes,
+                                    "int8_choice": _why(choices[rt].candidates, rt, cfg),
+                                    "int8_candidates": choices[rt].candidates})
+        if rt == "openvino":
+            files = _openvino_files(files, writer)
         for kind, path in files.items():
             preds[rt][kind] = _verify(rt, kind, path, threads, test, labels, x8, ref, shape, cfg.latency_batch,
                                       per_runtime[rt])
@@ -76,14 +84,14 @@ def export(run: StageRun) -> dict:
     if cfg.int8:
         fastest = min(runtimes, key=lambda rt: per_runtime[rt]["latency_ms_int8"])
         metrics["fastest_runtime_int8"] = fastest
-        failure = _int8_metrics(cfg, variants["int8"], kept_fp32, metrics)
+        failure = _int8_metrics(cfg, variants["int8"], choices[runtimes[0]].fp32_nodes, metrics)
     metrics.update({"status": "failed" if failure else "ok", "failure": failure, "max_drop": cfg.max_drop,
                     "min_speedup": cfg.min_speedup})
     return metrics
 
 
 def resolve_runtimes(choice: str) -> list[str]:
-    """The runtimes to measure on, the first deciding the int8 form and the gates."""
+    """The runtimes to measure on; the first gives the flat figures and decides the gates."""
     if choice == "auto":
         return ["onnxruntime"] + (["openvino"] if openvino_available() else [])
     if choice in ("openvino", "all") and not openvino_available():
@@ -91,32 +99,35 @@ def resolve_runtimes(choice: str) -> list[str]:
     return list(RUNTIMES) if choice == "all" else [choice]
 
 
-def _write_variants(cfg, model, shape, bundle, writer, runtime: str, threads: int, metrics: dict):
+def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], threads: int,
+                    metrics: dict) -> tuple[dict, dict[str, Int8Choice]]:
     fp32 = writer.path("model.onnx")
     export_onnx(model, fp32, shape)
-    variants, kept_fp32 = {"fp32": fp32}, []
+    variants, choices = {"fp32": fp32}, {}
     if cfg.int8:
         calib = [(xb.numpy(), yb.numpy())
                  for xb, yb in _take(bundle.loader("train", 64, seed=cfg.seed), cfg.calibration_batches)]
         variants["int8"] = writer.path("model.int8.onnx")
-        form, kept_fp32, candidates = choose_int8_form(
-            fp32, variants["int8"], calib, stem=cfg.stem, activations=cfg.activations, per_channel=cfg.per_channel,
-            method=cfg.calibration_method, runtime=runtime, threads=threads, batch=cfg.latency_batch,
-            max_drop=cfg.max_drop)
+        # the first runtime's form is model.int8.onnx; another's is an ONNX file only until its own format is written
+        outputs = {rt: variants["int8"] if i == 0 else writer.path(f".model.int8.{rt}.onnx")
+                   for i, rt in enumerate(runtimes)}
+        choices = choose_int8_form(fp32, outputs, calib, stem=cfg.stem, activations=cfg.activations,
+                                   per_channel=cfg.per_channel, method=cfg.calibration_method, threads=threads,
+                                   batch=cfg.latency_batch, max_drop=cfg.max_drop)
+        for rt, c in choices.items():
+            log(f"export: int8 form on {rt}: {c.form.label()} ({_why(c.candidates, rt, cfg)})")
+        first = choices[runtimes[0]]
         metrics.update({"calibration_batches": len(calib), "calibration_method": cfg.calibration_method,
-                        "int8_form": asdict(form),
-                        "per_channel": form.per_channel, "int8_candidates": candidates,
-                        "int8_choice": _why(form, candidates, runtime, cfg)})
-        log(f"export: int8 form: {form.label()} ({metrics['int8_choice']})")
-        if cfg.stem == "fp32" and not kept_fp32:
+                        "per_channel": first.form.per_channel})
+        if cfg.stem == "fp32" and not first.fp32_nodes:
             log("export: --stem fp32: no Conv on a <=4-channel input followed by a MaxPool; all int8")
     if cfg.fp16:
         variants["fp16"] = writer.path("model.fp16.onnx")
         convert_fp16(fp32, variants["fp16"])
-    return variants, kept_fp32
+    return variants, choices
 
 
-def _why(form, candidates: list[dict], runtime: str, cfg) -> str:
+def _why(candidates: list[dict], runtime: str, cfg) -> str:
     if not candidates:
         return "every choice given"
     limit = allowed_drop(cfg.max_drop)
@@ -129,12 +140,15 @@ def _why(form, candidates: list[dict], runtime: str, cfg) -> str:
 
 
 def _openvino_files(variants: dict, writer) -> dict:
-    """The IR of the fp32 and int8 ONNX models (fp16 stays ONNX-only), written into the artifact."""
+    """The IR of the fp32 and int8 ONNX models (fp16 stays ONNX-only), written into the artifact; an
+    int8 ONNX file made for OpenVINO alone (a hidden name) is removed once its IR is written."""
     files = {}
     for kind in ("fp32", "int8"):
         if kind in variants:
             xml = writer.path("model.xml" if kind == "fp32" else f"model.{kind}.xml")
             save_openvino_ir(variants[kind], xml)
+            if variants[kind].name.startswith("."):
+                variants[kind].unlink()
             files[kind] = xml
     return files
 
