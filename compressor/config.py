@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from compressor import CompressorError
 from compressor.data import DATA_NAMES
 from compressor.distill import METHOD_NAMES, SCHEME_NAMES
+from compressor.distill.registry import defaults_of
 from compressor.export import CALIBRATION_METHODS
 from compressor.precision import PRECISIONS
 
@@ -200,15 +201,17 @@ class DistillOptions(Config):
                                           "--scheme self; prune: fine-tune while distilling from it.")
     method: MethodName = option("kd", "Distillation method (see the README's method table).")
     temperature: Optional[float] = option(None, "Softmax temperature T of the kd term (loss scaled by T^2); "
-                                                "default: the method's (4).", short="-T", gt=0)
+                                                f"default: the method's ({defaults_of('temperature')}).",
+                                          short="-T", gt=0)
     alpha: Optional[float] = option(None, "Weight of the hard-label cross-entropy, in [0, 1] (kd and mse give "
-                                          "1 - alpha to the teacher); default: the method's.", ge=0, le=1)
-    beta: Optional[float] = option(None, "Weight of the method's knowledge term (at 1, rkd 0.5, vid 0.5: against the "
-                                         "cross-entropy, see --balance; l2tww 0.5; dkd: TCKD 1; dist: inter-class 1). "
-                                         "vid: the study's L = b*task + (1 - b)*sum(lambda*I) is --alpha b --beta 1-b "
-                                         "--no-balance.", ge=0)
-    gamma: Optional[float] = option(None, "Weight of a method's second knowledge term (dkd: NCKD, 8; dist: "
-                                          "intra-class, 1).", ge=0)
+                                          "1 - alpha to the teacher); default: the method's "
+                                          f"({defaults_of('alpha')}).", ge=0, le=1)
+    beta: Optional[float] = option(None, "Weight of the method's knowledge term (at, rkd, vid: against the "
+                                         "cross-entropy, see --balance; dkd: TCKD; dist: inter-class); default: the "
+                                         f"method's ({defaults_of('beta')}). vid: the study's L = b*task + "
+                                         "(1 - b)*sum(lambda*I) is --alpha b --beta 1-b --no-balance.", ge=0)
+    gamma: Optional[float] = option(None, "Weight of a method's second knowledge term (dkd: NCKD; dist: "
+                                          f"intra-class); default: the method's ({defaults_of('gamma')}).", ge=0)
     balance: bool = option(True, "at, rkd, vid: scale the knowledge term so that on the first training batch it "
                                  "equals the cross-entropy; --beta then weighs it against the cross-entropy whatever "
                                  "the map sizes and layer pairs. --no-balance: --beta is a raw weight as in the papers "

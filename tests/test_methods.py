@@ -237,6 +237,14 @@ def test_the_registry_is_the_one_list_of_methods(tmp_path):
     assert all(f"'{n}'" in str(e.value) for n in names)
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert method_table_markdown() in readme, "README's method table is stale: python -m compressor.distill.registry"
+    from compressor.config import DistillOptions
+    from compressor.distill.registry import WEIGHTS
+
+    for option in WEIGHTS:  # --help gives each method's default, read from the registry (no second copy)
+        help_text = " ".join(DistillOptions.model_fields[option].description.split())
+        for info in METHODS.values():
+            if option in info.defaults:
+                assert f"{info.name} {info.defaults[option]:g}" in help_text, (option, info.name, help_text)
 
 
 def test_an_option_the_method_does_not_use_is_refused(teacher_dir, tmp_path):

@@ -80,6 +80,11 @@ def extra_epochs(options: dict) -> int:
     return sum(options.get(k) or 0 for k in PHASE_OPTIONS)
 
 
+def defaults_of(option: str) -> str:
+    """Each method's default for `option`, for its --help: 'kd 4, fitnet 4, dist 1' (registry order)."""
+    return ", ".join(f"{info.name} {info.defaults[option]:g}" for info in METHODS.values() if option in info.defaults)
+
+
 def method_table() -> list[tuple[str, str, str]]:
     """(method, what the student learns, options with defaults) per registered method."""
     rows = []
