@@ -389,7 +389,8 @@ class ExportConfig(DataFields, Runtime, Output):
                         recipe=False)
     int8: bool = option(False, "Also write model.int8.onnx (static QDQ), in the fastest form that keeps accuracy: "
                                "each choice left at auto (--stem, --activations, --per-channel/--per-tensor) is "
-                               "measured on the calibration images and recorded in metrics.json.")
+                               "measured on the calibration images on every runtime, each runtime's int8 file "
+                               "(with OpenVINO: model.int8.xml) in the form fastest on it; recorded in metrics.json.")
     fp16: bool = option(False, "Also write model.fp16.onnx (fp16 weights and compute, float32 input/output).")
     runtime: Literal["auto", "onnxruntime", "openvino", "all"] = option(
         "auto", "Runtimes that measure accuracy and latency: auto (onnxruntime, plus OpenVINO where installed), one, "
