@@ -230,3 +230,27 @@ def test_each_runtime_gets_the_int8_form_fastest_on_it(tmp_path, student_dir, mo
         assert c.path == outputs[rt] and len(c.candidates) == 8
         chosen = [r for r in c.candidates if r.get("chosen")]
         assert len(chosen) == 1 and chosen[0]["stem"] == c.form.stem and chosen[0]["latency_ms"] == 1.0
+
+
+def test_forms_of_one_stem_share_one_calibration(tmp_path, student_dir):
+    """The activation ranges are measured once per stem and read back for the other forms: the same
+    file as calibrating again, and the second form's calibration images are not read."""
+    import numpy as np
+
+    from compressor import export as ex
+
+    if not ex._has_calibration_cache():
+        pytest.skip("this onnxruntime's quantize_static has no calibration_cache_path")
+    ex.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
+    pre = ex.preprocess(tmp_path / "m.onnx", tmp_path)
+    xs = [np.random.default_rng(i).standard_normal((16, 3, 16, 16)).astype(np.float32) for i in range(2)]
+    wild = [x * 1000 for x in xs]  # would give other ranges, were they measured
+    form, other = ex.Int8Form("int8", "u8", True), ex.Int8Form("int8", "s8", False)
+    ranges = tmp_path / "ranges.json"
+    ex._quantize_preprocessed(pre, tmp_path / "cached-u8.onnx", xs, form, "minmax", ranges=ranges)
+    assert ranges.is_file()
+    ex._quantize_preprocessed(pre, tmp_path / "cached-s8.onnx", wild, other, "minmax", ranges=ranges)
+    ex._quantize_preprocessed(pre, tmp_path / "fresh-s8.onnx", xs, other, "minmax")
+    ex._quantize_preprocessed(pre, tmp_path / "wild-s8.onnx", wild, other, "minmax")
+    data = {p: (tmp_path / p).read_bytes() for p in ("cached-s8.onnx", "fresh-s8.onnx", "wild-s8.onnx")}
+    assert data["cached-s8.onnx"] == data["fresh-s8.onnx"] != data["wild-s8.onnx"]
