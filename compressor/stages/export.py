@@ -35,8 +35,8 @@ def export(run: StageRun) -> dict:
     Verification, on every runtime measured: onnx.checker; the runtime vs PyTorch max abs difference
     at batch 1 and 8; accuracy of every exported model on the test split; fp32/int8 agreement;
     latency (median of 30 runs, 100 at batch 1, fewer past VERIFY_BUDGET_S seconds; warm-up excluded)
-    at batch 1 and `latency_batch`. The flat
-    keys (accuracy_int8, latency_ms_fp32, ...) are the first runtime's; `runtimes` holds each one's.
+    at batch 1 and `latency_batch`. The flat keys (accuracy_int8, latency_ms_fp32, ...) are the first
+    runtime's; `runtimes` holds each one's.
     With `max_drop`, an int8 model that loses more than that many accuracy points is still written,
     marked failed, and an error raised; the same with `min_speedup`.
     """
