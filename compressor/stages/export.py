@@ -71,6 +71,8 @@ def export(run: StageRun) -> dict:
                                     "int8_candidates": choices[rt].candidates})
         if rt == "openvino":
             files = _openvino_files(files, writer)
+            if rt in choices and choices[rt].path != variants["int8"]:
+                choices[rt].path.unlink()  # the ONNX quantized for OpenVINO alone: its IR now holds it
         for kind, path in files.items():
             preds[rt][kind] = _verify(rt, kind, path, threads, test, labels, x8, ref, shape, cfg.latency_batch,
                                       per_runtime[rt])
@@ -141,15 +143,12 @@ def _why(candidates: list[dict], runtime: str, cfg) -> str:
 
 
 def _openvino_files(variants: dict, writer) -> dict:
-    """The IR of the fp32 and int8 ONNX models (fp16 stays ONNX-only), written into the artifact; an
-    int8 ONNX file made for OpenVINO alone (a hidden name) is removed once its IR is written."""
+    """The IR of the fp32 and int8 ONNX models (fp16 stays ONNX-only), written into the artifact."""
     files = {}
     for kind in ("fp32", "int8"):
         if kind in variants:
             xml = writer.path("model.xml" if kind == "fp32" else f"model.{kind}.xml")
             save_openvino_ir(variants[kind], xml)
-            if variants[kind].name.startswith("."):
-                variants[kind].unlink()
             files[kind] = xml
     return files
 
