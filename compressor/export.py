@@ -48,10 +48,11 @@ def spatial_means_as_average_pools(model) -> list[str]:
     width are fixed as an AveragePool with that kernel: the same function; return the rewritten
     nodes' names. The export fixes every size but the batch, so the kernel is known.
 
-    OpenVINO's CPU plugin runs ReduceMean (what it makes of both) 10-20x slower than a pooling
-    kernel: 276 against 13 us for the quickstart student's int8 head at batch 64 (128 x 7 x 7), 15 %
-    of the whole int8 model; onnxruntime runs both in the same time (its int8 QLinearAveragePool
-    and QLinearGlobalAveragePool, 27 and 22 us)."""
+    OpenVINO's CPU plugin runs ReduceMean (what it makes of both) 8-20x slower than a pooling
+    kernel: 875 against 110 us for the quickstart student's int8 head at batch 64 (128 x 7 x 7) on
+    the 2-core development machine (benchmarks/profile_ops.py; 276 against 13 us in a quieter hour),
+    about a quarter of the whole int8 model; onnxruntime runs both in about the same time (its int8
+    QLinearAveragePool and QLinearGlobalAveragePool, 27 and 22 us)."""
     import onnx
     from onnx import helper
 
@@ -271,7 +272,7 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
     fastest on that runtime whose accuracy is within `max_drop` points of fp32's (AUTO_DROP_POINTS
     when None); with none within, the most accurate. The runtimes may choose different forms: their
     kernels differ (on the 2-core development machine onnxruntime's int8 convolution of a 1-channel
-    image is 3.7x OpenVINO's, so the stem is float32 for one and int8 for the other). Forms within
+    image takes 3-4x OpenVINO's time, so the stem is float32 for one and int8 for the other). Forms within
     TIE of the fastest count as equally fast, and the first listed wins (stem int8 before fp32, u8
     before s8, per-channel before per-tensor), so noise does not flip the choice. Each measurement
     is `runs` passes, fewer where they would take more than `budget_s` seconds (large models at
