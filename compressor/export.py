@@ -32,8 +32,7 @@ def export_onnx(model: nn.Module, path: Path, input_shape: list[int]) -> None:
                               opset_version=OPSET, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                               dynamo=False, do_constant_folding=True)
         except Exception as e:  # noqa: BLE001 - the exporter's errors are long; keep the first line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CompressorError(f"ONNX export of {type(model).__name__} failed: {first[:300]}") from None
+            raise CompressorError(f"ONNX export of {type(model).__name__} failed: {_reason(e)}") from None
     import onnx
 
     model = onnx.load(str(path))
@@ -469,7 +468,20 @@ def session(path: Path, threads: int | None = None, runtime: str | None = None) 
     runtime = runtime or ("openvino" if Path(path).suffix == ".xml" else "onnxruntime")
     if runtime not in RUNTIMES:
         raise CompressorError(f"--runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
-    return (OrtSession if runtime == "onnxruntime" else OpenVINOSession)(Path(path), threads)
+    try:
+        return (OrtSession if runtime == "onnxruntime" else OpenVINOSession)(Path(path), threads)
+    except CompressorError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a file the runtime cannot read (damaged, no .bin beside an .xml)
+        raise CompressorError(f"{runtime} cannot load {path}: {_reason(e)}") from None
+
+
+def _reason(e: Exception) -> str:
+    """The line of a library's long error that says what is wrong: the first one that is not
+    OpenVINO's "Exception from FILE:LINE:" / "Check '...' failed at" location lines."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))]
+    return (said or lines or [type(e).__name__])[0][:300]
 
 
 def save_openvino_ir(onnx_path: Path, xml_path: Path) -> None:

@@ -162,6 +162,32 @@ def test_openvino_missing_is_one_line(student_dir, tmp_path, monkeypatch):
     assert list(m["runtimes"]) == ["onnxruntime"]
 
 
+def test_eval_of_an_unreadable_or_foreign_model_file_is_one_line(student_dir, tmp_path):
+    """A damaged ONNX, an IR without its .bin, a file of another model than the model.json beside it:
+    one error line each, not a runtime's traceback."""
+    import shutil
+
+    from compressor.export import export_onnx, openvino_available, save_openvino_ir
+
+    from conftest import cli, one_line_error
+
+    spec = json.loads((student_dir / "model.json").read_text())
+    shutil.copy(student_dir / "model.json", tmp_path / "model.json")
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    one_line_error(cli("eval", tmp_path / "bad.onnx", "--data", SYN), "onnxruntime cannot load")
+    export_onnx(load_artifact(student_dir).model, tmp_path / "model.onnx", spec["input_shape"])
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    shutil.copy(tmp_path / "model.onnx", foreign / "model.onnx")
+    c, h, w = spec["input_shape"]
+    (foreign / "model.json").write_text(json.dumps({**spec, "input_shape": [c, 2 * h, 2 * w]}))
+    one_line_error(cli("eval", foreign / "model.onnx", "--data", SYN), "not of one model")
+    if openvino_available():
+        save_openvino_ir(tmp_path / "model.onnx", tmp_path / "model.xml")
+        (tmp_path / "model.bin").unlink()
+        one_line_error(cli("eval", tmp_path / "model.xml", "--data", SYN), "openvino cannot load")
+
+
 def test_spatial_means_become_average_pools_with_the_same_outputs(tmp_path):
     """A global pool and squeeze-and-excitation means (ReduceMean over H, W, kept or not) are exported as
     AveragePool over the whole image (OpenVINO runs ReduceMean 10-20x slower); a mean over channels stays."""

@@ -28,8 +28,13 @@ def evaluate(target=None, /, **options) -> dict:
         if not (p.parent / SPEC_FILE).is_file():
             raise CompressorError(f"no {SPEC_FILE} beside {p}: it says how inputs are normalized")
         spec = ModelSpec.read(read_json(p.parent / SPEC_FILE), p.parent / SPEC_FILE)
+        sess = session(p)
+        if sess.input_shape() != list(spec.input_shape):
+            raise CompressorError(f"{p} takes {'x'.join(map(str, sess.input_shape()))} inputs but the "
+                                  f"{SPEC_FILE} beside it says {'x'.join(map(str, spec.input_shape))}: "
+                                  "they are not of one model")
         bundle = data.load_data(spec)
-        logits, labels = predict_batches(session(p), bundle.loader("test", 256))
+        logits, labels = predict_batches(sess, bundle.loader("test", 256))
         pred = logits.argmax(1)
     else:
         art = load_artifact(p)
