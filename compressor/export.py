@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from compressor import CompressorError
+from compressor.console import progress
 
 OPSET = 17
 
@@ -303,25 +304,32 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
             return float((logits.argmax(1) == labels).mean())
 
         paths, excluded = [], []
-        for i, form in enumerate(forms):
-            paths.append(tmp / f"candidate{i}.onnx")
-            excluded.append(_quantize_preprocessed(pre, paths[-1], xs, form, method, ranges=tmp / f"ranges-{form.stem}.json"))
-        rows: dict[str, list[dict]] = {}
-        for rt in runtimes:
-            fp32_acc = calibration_accuracy(fp32_path, rt)
-            rows[rt] = []
-            for form, path, nodes in zip(forms, paths, excluded):
-                acc = calibration_accuracy(path, rt)
-                rows[rt].append({**asdict(form), "calibration_accuracy": acc,
-                                 "drop_points": round(100 * (fp32_acc - acc), 4), "fp32_nodes": nodes})
-        shape = session(paths[0], threads, runtimes[0]).input_shape()
-        times = {rt: [[] for _ in forms] for rt in runtimes}
-        for _ in range(rounds):
-            for i, path in enumerate(paths):
-                for rt in runtimes:
-                    sess = session(path, threads, rt)  # one live session at a time: idle threads spin
-                    times[rt][i].append(latency_ms(sess, shape, batch, runs=runs, warmup=2, budget_s=budget_s))
-                    del sess
+        steps = len(forms) + len(runtimes) * (1 + len(forms)) + rounds * len(forms) * len(runtimes)
+        with progress(f"export: {len(forms)} int8 candidates", steps) as bar:
+            for i, form in enumerate(forms):
+                paths.append(tmp / f"candidate{i}.onnx")
+                excluded.append(_quantize_preprocessed(pre, paths[-1], xs, form, method,
+                                                       ranges=tmp / f"ranges-{form.stem}.json"))
+                bar.advance(1, f"quantized {form.label()}")
+            rows: dict[str, list[dict]] = {}
+            for rt in runtimes:
+                fp32_acc = calibration_accuracy(fp32_path, rt)
+                bar.advance(1, f"accuracy on {rt}")
+                rows[rt] = []
+                for form, path, nodes in zip(forms, paths, excluded):
+                    acc = calibration_accuracy(path, rt)
+                    rows[rt].append({**asdict(form), "calibration_accuracy": acc,
+                                     "drop_points": round(100 * (fp32_acc - acc), 4), "fp32_nodes": nodes})
+                    bar.advance(1, f"accuracy on {rt}")
+            shape = session(paths[0], threads, runtimes[0]).input_shape()
+            times = {rt: [[] for _ in forms] for rt in runtimes}
+            for r in range(rounds):
+                for i, path in enumerate(paths):
+                    for rt in runtimes:
+                        sess = session(path, threads, rt)  # one live session at a time: idle threads spin
+                        times[rt][i].append(latency_ms(sess, shape, batch, runs=runs, warmup=2, budget_s=budget_s))
+                        del sess
+                        bar.advance(1, f"latency round {r + 1}/{rounds}")
         limit = allowed_drop(max_drop)
         choices = {}
         for rt in runtimes:
@@ -492,12 +500,15 @@ def save_openvino_ir(onnx_path: Path, xml_path: Path) -> None:
         ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
 
 
-def predict_batches(sess: Session, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of every batch (any runtime's session)."""
+def predict_batches(sess: Session, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every batch (any runtime's session), with a progress bar named `desc`."""
     outs, labels = [], []
-    for x, y in batches:
-        outs.append(sess(x.numpy()))
-        labels.append(y.numpy())
+    with progress(desc, len(batches) if hasattr(batches, "__len__") else 0) as bar:
+        for x, y in batches:
+            outs.append(sess(x.numpy()))
+            labels.append(y.numpy())
+            bar.advance(1)
     return np.concatenate(outs), np.concatenate(labels)
 
 

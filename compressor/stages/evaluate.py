@@ -34,7 +34,7 @@ def evaluate(target=None, /, **options) -> dict:
                                   f"{SPEC_FILE} beside it says {'x'.join(map(str, spec.input_shape))}: "
                                   "they are not of one model")
         bundle = data.load_data(spec)
-        logits, labels = predict_batches(sess, bundle.loader("test", 256))
+        logits, labels = predict_batches(sess, bundle.loader("test", 256), f"eval {p.name}")
         pred = logits.argmax(1)
     else:
         art = load_artifact(p)

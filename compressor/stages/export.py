@@ -157,7 +157,7 @@ def _verify(runtime: str, kind: str, path, threads: int, test, labels, x8, ref, 
             metrics: dict):
     """Accuracy, difference from PyTorch, latency and sizes of one exported model on one runtime."""
     sess = session(path, threads, runtime)
-    logits, _ = predict_batches(sess, test)
+    logits, _ = predict_batches(sess, test, f"export: {kind} on {runtime}")
     pred = logits.argmax(1)
     size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
     metrics.update({
