@@ -104,8 +104,9 @@ class DataFields(Config):
     image_size: Optional[int] = option(None, "Resize images to this square size (default: native size, or the "
                                              "upstream model's).", ge=8, recipe=False)
     download: bool = option(False, "Allow torchvision to download the dataset into --data-root.", recipe=False)
-    train_size: Optional[int] = option(None, "Use only the first N training images (after the fixed validation "
-                                             "split).", ge=1)
+    train_size: Optional[int] = option(None, "Use only N training images (after the fixed validation split): the "
+                                             "first N, or for imagefolder a fixed sample spread over every class "
+                                             "folder.", ge=1)
     workers: Optional[int] = option(None, "imagefolder: DataLoader worker processes decoding and augmenting images "
                                           "(default: one per CPU core, at most 8, shared by torchrun's processes; 0: "
                                           "in the main process). Changes no result.", ge=0, recipe=False, setting=False)

@@ -48,6 +48,11 @@ class Split:
     def subset(self, index: torch.Tensor) -> Split:
         return Split(self.images[index], self.labels[index])
 
+    def first(self, n: int) -> Split:
+        """`n` images standing for the split: its first ones (the decoded datasets' own order mixes the
+        classes; a folder's does not, see `FileSplit.first`)."""
+        return self if n >= len(self) else self.subset(torch.arange(n))
+
 
 @dataclass
 class DataBundle:
@@ -85,14 +90,14 @@ class DataBundle:
                limit: int | None = None, subset: torch.Tensor | None = None, shard: bool = False):
         """A loader over `split`; `train=True` shuffles and augments (deterministically by seed).
 
-        `subset`: only these sample indices of the split; `limit`: only the first N samples;
+        `subset`: only these sample indices of the split; `limit`: only N samples standing for the split (`first`);
         `shard`: under torchrun, each process takes its share of every batch (`batch_size` is the
         global batch)."""
         data = getattr(self, split)
         if subset is not None:
             data = data.subset(subset)
-        if limit is not None and limit < len(data):
-            data = data.subset(torch.arange(limit))
+        if limit is not None:
+            data = data.first(limit)
         rank, world = _shard() if shard else (0, 1)
         if self.streamed:
             from compressor.folder import StreamLoader
@@ -390,15 +395,16 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, image_size: i
     if train_size is not None:
         if train_size < 1:
             raise CompressorError(f"--train-size must be positive, got {train_size}")
-        train = train.subset(torch.arange(min(train_size, len(train))))
+        train = train.first(train_size)
     size = image_size or (IMAGEFOLDER_SIZE if name == "imagefolder" else int(train.images.shape[-1]))
     identity = {"name": name, "root": root, "train": len(train), "val": len(val), "test": len(test),
                 "image_size": size, "train_size": train_size, "val_fraction": val_fraction}
     bundle = DataBundle(name=name, root=root, num_classes=num_classes, class_names=list(classes), train=train,
                         val=val, test=test, mean=[], std=[], image_size=size, flip=flip, identity=identity)
     if bundle.streamed:
-        from compressor.folder import configure_stream
+        from compressor.folder import configure_stream, listing_digest
 
+        identity["files"] = listing_digest(Path(root), train, val, test)
         configure_stream(bundle, pipeline or {}, workers)
     else:
         x = train.images.float().div(255.0)

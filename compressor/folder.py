@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from compressor import CompressorError
 from compressor.data import IMAGE_EXTENSIONS, Batches, _mix
 
+SAMPLE_SEED = 20261201  # which images of a folder's split stand for it when only some are used (FileSplit.first)
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 # Where neither the options nor a pretrained model say: timm's defaults for photographs.
@@ -46,6 +47,15 @@ class FileSplit:
 
     def subset(self, index: torch.Tensor) -> FileSplit:
         return FileSplit([self.files[i] for i in index.tolist()], self.labels[index])
+
+    def first(self, n: int) -> FileSplit:
+        """`n` images standing for the split (--train-size, select's --samples, export's calibration):
+        a folder is listed class by class, so its first files are its first classes'; this takes a
+        fixed sample (seeded by SAMPLE_SEED) spread over the whole split instead, in listing order."""
+        if n >= len(self):
+            return self
+        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(SAMPLE_SEED))[:n]
+        return self.subset(pick.sort().values)
 
 
 def list_imagefolder(root: Path) -> tuple[FileSplit, FileSplit, list[str]]:
@@ -72,6 +82,19 @@ def list_imagefolder(root: Path) -> tuple[FileSplit, FileSplit, list[str]]:
             raise CompressorError(f"{folder} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         splits[split] = FileSplit(files, torch.tensor(labels, dtype=torch.int64))
     return splits["train"], splits["val"], classes
+
+
+def listing_digest(root: Path, *splits: FileSplit) -> str:
+    """A digest of the splits' files (paths relative to `root`, in order) and labels: part of a folder's
+    data identity, so a teacher cache or a skipped recipe stage is not reused once files change."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in splits:
+        for f, y in zip(split.files, split.labels.tolist()):
+            h.update(f"{os.path.relpath(f, root)}\t{y}\n".encode())
+        h.update(b"--\n")
+    return h.hexdigest()[:16]
 
 
 def default_workers() -> int:

@@ -55,6 +55,25 @@ def test_evaluation_resizes_then_crops_the_centre(photo_folder):
     assert d.identity["pipeline"]["crop_pct"] == 0.875 and d.mean == [0.485, 0.456, 0.406]
 
 
+def test_the_images_standing_for_a_folder_split_hold_every_class(tmp_path):
+    """A folder is listed class by class; where only some images of a split are used (--train-size,
+    select's --samples, export's calibration batches) they are a fixed sample of every class, not the
+    first classes' files. The listing is part of the data identity: a renamed file changes it."""
+    from conftest import write_photo_folder
+
+    root = write_photo_folder(tmp_path / "photos", per_class=24, classes=4)
+    d = load_data("imagefolder", root, image_size=32, workers=0, train_size=16)
+    assert len(d.train) == 16 and set(d.train.labels.tolist()) == {0, 1, 2, 3}
+    assert d.train.labels.tolist() == sorted(d.train.labels.tolist())  # kept in listing order
+    _, calibration = next(iter(d.loader("test", 16, limit=16)))
+    assert set(calibration.tolist()) == {0, 1, 2, 3}
+    again = load_data("imagefolder", root, image_size=32, workers=0, train_size=16)
+    assert again.train.files == d.train.files and again.identity == d.identity  # the same sample every time
+    first = sorted((root / "train").rglob("*.jpg"))[0]
+    first.rename(first.with_name("renamed.jpg"))
+    assert load_data("imagefolder", root, image_size=32, workers=0, train_size=16).identity["files"] != d.identity["files"]
+
+
 def test_augmentation_options_are_for_photographs_only(tmp_path):
     with pytest.raises(CompressorError, match="--auto-augment applies only to --data imagefolder"):
         teach(data="synthetic", model="convverytiny", auto_augment="rand-m9-mstd0.5", out=tmp_path / "t")

@@ -108,8 +108,8 @@ def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], thre
     export_onnx(model, fp32, shape)
     variants, choices = {"fp32": fp32}, {}
     if cfg.int8:
-        calib = [(xb.numpy(), yb.numpy())
-                 for xb, yb in _take(bundle.loader("train", 64, seed=cfg.seed), cfg.calibration_batches)]
+        calib = [(xb.numpy(), yb.numpy())  # the images standing for the training split (a sample of every class)
+                 for xb, yb in bundle.loader("train", 64, seed=cfg.seed, limit=64 * cfg.calibration_batches)]
         variants["int8"] = writer.path("model.int8.onnx")
         # the first runtime's form is model.int8.onnx; another's is an ONNX file only until its own format is written
         outputs = {rt: variants["int8"] if i == 0 else writer.path(f".model.int8.{rt}.onnx")
@@ -198,10 +198,3 @@ def _int8_metrics(cfg, int8_path, kept_fp32, metrics: dict) -> str | None:
 def _max_diff(sess, x: np.ndarray, ref: np.ndarray, batch: int) -> float:
     out = sess(x[:batch])
     return float(np.abs(out - ref[:batch]).max())
-
-
-def _take(loader, n: int):
-    for i, batch in enumerate(loader):
-        if i >= n:
-            return
-        yield batch
