@@ -390,13 +390,14 @@ class ExportConfig(DataFields, Runtime, Output):
                         recipe=False)
     int8: bool = option(False, "Also write model.int8.onnx (static QDQ), in the fastest form that keeps accuracy: "
                                "each choice left at auto (--stem, --activations, --per-channel/--per-tensor) is "
-                               "measured on the calibration images on every runtime, each runtime's int8 file "
+                               "timed on every runtime and scored on the calibration images, each runtime's int8 file "
                                "(with OpenVINO: model.int8.xml) in the form fastest on it; recorded in metrics.json.")
     fp16: bool = option(False, "Also write model.fp16.onnx (fp16 weights and compute, float32 input/output).")
     runtime: Literal["auto", "onnxruntime", "openvino", "all"] = option(
         "auto", "Runtimes that measure accuracy and latency: auto (onnxruntime, plus OpenVINO where installed), one, "
                 "or all. With OpenVINO the IR (model.xml/.bin, model.int8.xml/.bin) is written beside the ONNX files.")
-    calibration_batches: int = option(8, "Training batches (64 images) used to calibrate int8.", ge=1)
+    calibration_batches: int = option(8, "Training batches (64 images) used to calibrate int8 (for imagefolder a "
+                                              "sample of every class).", ge=1)
     calibration_method: Literal[CALIBRATION_METHODS] = option(  # type: ignore[valid-type]
         "minmax", "How activation ranges are set from the calibration data.")
     per_channel: Optional[bool] = option(None, "int8 weight scales per output channel or one per tensor (default: "

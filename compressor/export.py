@@ -242,6 +242,7 @@ def _has_calibration_cache() -> bool:
 
 
 TIE = 0.03  # latencies within 3 % of the fastest count as equal: the first form listed of those wins
+SLOW = 1.5  # a form over 1.5x the fastest's first-round latency on a runtime is timed once there, not every round
 AUTO_DROP_POINTS = 1.0  # the accuracy a candidate form may lose on the calibration images when --max-drop is unset
 
 
@@ -266,17 +267,22 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                      method: str = "minmax", threads: int | None = None, batch: int = 64,
                      max_drop: float | None = None, rounds: int = 3, runs: int = 10,
                      budget_s: float = 0.5) -> dict[str, Int8Choice]:
-    """Quantize every form the choices left open ("auto" / None) once, measure each on every runtime
-    of `outputs` (accuracy on the calibration images against their labels, latency at `batch`,
-    interleaved rounds, one session alive at a time), and write to each runtime's path the form
-    fastest on that runtime whose accuracy is within `max_drop` points of fp32's (AUTO_DROP_POINTS
-    when None); with none within, the most accurate. The runtimes may choose different forms: their
+    """Quantize every form the choices left open ("auto" / None) once, time each on every runtime of
+    `outputs` (latency at `batch`, `rounds` interleaved rounds, one session alive at a time), and
+    write to each runtime's path the form fastest on that runtime whose accuracy on the calibration
+    images (against their labels) is within `max_drop` points of fp32's (AUTO_DROP_POINTS when
+    None); with none within, the most accurate. The runtimes may choose different forms: their
     kernels differ (on the 2-core development machine onnxruntime's int8 convolution of a 1-channel
-    image takes 3-4x OpenVINO's time, so the stem is float32 for one and int8 for the other). Forms within
-    TIE of the fastest count as equally fast, and the first listed wins (stem int8 before fp32, u8
-    before s8, per-channel before per-tensor), so noise does not flip the choice. Each measurement
-    is `runs` passes, fewer where they would take more than `budget_s` seconds (large models at
-    224 px), at least 3.
+    image takes 3-4x OpenVINO's time, so the stem is float32 for one and int8 for the other). Forms
+    within TIE of the fastest count as equally fast, and the first listed wins (stem int8 before fp32,
+    u8 before s8, per-channel before per-tensor), so noise does not flip the choice.
+
+    What cannot change the choice is not measured (at 224 px each pass is a second or more): a form
+    over SLOW times the fastest in the first round is not timed again on that runtime (its
+    `latency_rounds` says how often it was), and accuracy is scored from the fastest form on, up to
+    the fastest within the drop and those within TIE of it (the others' `calibration_accuracy`,
+    `drop_points` and `within_drop` are None). Each latency is `runs` passes, fewer where they would
+    take more than `budget_s` seconds, at least 3.
     """
     if not calibration:
         raise CompressorError("int8 quantization needs at least one calibration batch")
@@ -304,47 +310,55 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
             return float((logits.argmax(1) == labels).mean())
 
         paths, excluded = [], []
-        steps = len(forms) + len(runtimes) * (1 + len(forms)) + rounds * len(forms) * len(runtimes)
-        with progress(f"export: {len(forms)} int8 candidates", steps) as bar:
+        n, limit = len(forms), allowed_drop(max_drop)
+        steps = n + rounds * n * len(runtimes) + len(runtimes) * (1 + n)  # at most: rounds and scores are skipped
+        with progress(f"export: {n} int8 candidates", steps) as bar:
             for i, form in enumerate(forms):
                 paths.append(tmp / f"candidate{i}.onnx")
                 excluded.append(_quantize_preprocessed(pre, paths[-1], xs, form, method,
                                                        ranges=tmp / f"ranges-{form.stem}.json"))
                 bar.advance(1, f"quantized {form.label()}")
-            rows: dict[str, list[dict]] = {}
-            for rt in runtimes:
-                fp32_acc = calibration_accuracy(fp32_path, rt)
-                bar.advance(1, f"accuracy on {rt}")
-                rows[rt] = []
-                for form, path, nodes in zip(forms, paths, excluded):
-                    acc = calibration_accuracy(path, rt)
-                    rows[rt].append({**asdict(form), "calibration_accuracy": acc,
-                                     "drop_points": round(100 * (fp32_acc - acc), 4), "fp32_nodes": nodes})
-                    bar.advance(1, f"accuracy on {rt}")
+                steps -= 1
             shape = session(paths[0], threads, runtimes[0]).input_shape()
             times = {rt: [[] for _ in forms] for rt in runtimes}
             for r in range(rounds):
                 for i, path in enumerate(paths):
                     for rt in runtimes:
+                        if r and times[rt][i][0] > SLOW * min(t[0] for t in times[rt]):
+                            continue  # far slower than the fastest: not timed again on this runtime
                         sess = session(path, threads, rt)  # one live session at a time: idle threads spin
                         times[rt][i].append(latency_ms(sess, shape, batch, runs=runs, warmup=2, budget_s=budget_s))
                         del sess
                         bar.advance(1, f"latency round {r + 1}/{rounds}")
-        limit = allowed_drop(max_drop)
-        choices = {}
-        for rt in runtimes:
-            for row, t in zip(rows[rt], times[rt]):
-                row["latency_ms"] = float(np.median(t))
-                row["within_drop"] = row["drop_points"] <= limit
-            ok = [i for i, r in enumerate(rows[rt]) if r["within_drop"]]
-            if ok:  # the fastest; among forms within TIE of it, the first listed (timings this close are noise)
-                fastest = min(rows[rt][i]["latency_ms"] for i in ok)
-                best = next(i for i in ok if rows[rt][i]["latency_ms"] <= fastest * (1 + TIE))
-            else:
-                best = max(range(len(forms)), key=lambda i: rows[rt][i]["calibration_accuracy"])
-            rows[rt][best]["chosen"] = True
-            shutil.copyfile(paths[best], outputs[rt])
-            choices[rt] = Int8Choice(forms[best], Path(outputs[rt]), excluded[best], rows[rt])
+                        steps -= 1
+            choices = {}
+            for rt in runtimes:
+                rows = [{**asdict(form), "calibration_accuracy": None, "drop_points": None, "fp32_nodes": nodes,
+                         "latency_ms": float(np.median(t)), "latency_rounds": len(t), "within_drop": None}
+                        for form, nodes, t in zip(forms, excluded, times[rt])]
+                fp32_acc = calibration_accuracy(fp32_path, rt)
+                bar.advance(1, f"accuracy on {rt}")
+                steps -= 1
+                fastest = None  # the fastest form within the drop; forms are scored from the fastest on
+                for i in sorted(range(n), key=lambda i: rows[i]["latency_ms"]):
+                    if fastest is not None and rows[i]["latency_ms"] > fastest * (1 + TIE):
+                        break  # slower than the fastest form within the drop: never chosen, never scored
+                    acc = calibration_accuracy(paths[i], rt)
+                    drop = round(100 * (fp32_acc - acc), 4)
+                    rows[i].update(calibration_accuracy=acc, drop_points=drop, within_drop=drop <= limit)
+                    if fastest is None and rows[i]["within_drop"]:
+                        fastest = rows[i]["latency_ms"]
+                    bar.advance(1, f"accuracy on {rt}")
+                    steps -= 1
+                if fastest is not None:  # among forms within TIE of the fastest, the first listed (this close is noise)
+                    best = next(i for i, row in enumerate(rows) if row["within_drop"]
+                                and row["latency_ms"] <= fastest * (1 + TIE))
+                else:  # none within: every form was scored; the most accurate
+                    best = max(range(n), key=lambda i: rows[i]["calibration_accuracy"])
+                rows[best]["chosen"] = True
+                shutil.copyfile(paths[best], outputs[rt])
+                choices[rt] = Int8Choice(forms[best], Path(outputs[rt]), excluded[best], rows)
+            bar.advance(steps, "done")
         return choices
 
 

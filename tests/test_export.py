@@ -280,3 +280,55 @@ def test_forms_of_one_stem_share_one_calibration(tmp_path, student_dir):
     ex._quantize_preprocessed(pre, tmp_path / "wild-s8.onnx", wild, other, "minmax")
     data = {p: (tmp_path / p).read_bytes() for p in ("cached-s8.onnx", "fresh-s8.onnx", "wild-s8.onnx")}
     assert data["cached-s8.onnx"] == data["fresh-s8.onnx"] != data["wild-s8.onnx"]
+
+
+def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_dir, monkeypatch):
+    """A form far slower than the fastest in the first round is timed once; accuracy is scored from
+    the fastest form on, up to the fastest within --max-drop and the forms within TIE of it. The
+    choice is the one scoring every form would give."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from compressor import export as ex
+
+    latency = {0: 5.0, 1: 1.0, 2: 1.02, 3: 3.0, 4: 1.2, 5: 1.01, 6: 1.5, 7: 2.0}  # by candidate number
+    wrong: set[int] = {1}  # candidate 1, the fastest, misclassifies everything
+    scored = []
+
+    class Fake(ex.Session):  # the label of each calibration image is written in its first pixel
+        def __init__(self, path, threads=None, runtime=None):
+            self.path, self.runtime = Path(path), runtime or "onnxruntime"
+            self.i = int(self.path.stem[len("candidate"):]) if self.path.stem.startswith("candidate") else None
+
+        def __call__(self, x):
+            if self.i is not None:
+                scored.append(self.i)
+            y = x[:, 0, 0, 0].astype(int)
+            return np.eye(10, dtype=np.float32)[(y + (self.i in wrong)) % 10]
+
+        def input_shape(self):
+            return [3, 16, 16]
+
+    monkeypatch.setattr(ex, "session", Fake)
+    monkeypatch.setattr(ex, "latency_ms", lambda sess, *a, **k: latency[sess.i])
+    ex.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
+    rng = np.random.default_rng(0)
+    calib = []
+    for _ in range(2):
+        y = rng.integers(0, 10, 16)
+        x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+        x[:, 0, 0, 0] = y
+        calib.append((x, y))
+    rows = ex.choose_int8_form(tmp_path / "m.onnx", {"onnxruntime": tmp_path / "q.onnx"}, calib,
+                               max_drop=1.0)["onnxruntime"].candidates
+    assert [r["latency_rounds"] for r in rows] == [1, 3, 3, 1, 3, 3, 3, 1]  # 5.0, 3.0, 2.0 > 1.5 x 1.0
+    assert sorted(set(scored)) == [1, 2, 5]  # 1 (out of the drop), 5 (the fastest within), 2 (within TIE of 5)
+    assert [r["calibration_accuracy"] is None for r in rows] == [True, False, False, True, True, False, True, True]
+    assert [i for i, r in enumerate(rows) if r.get("chosen")] == [2]  # within TIE of 5 and listed first
+    wrong.update(range(8))
+    scored.clear()
+    rows = ex.choose_int8_form(tmp_path / "m.onnx", {"onnxruntime": tmp_path / "q.onnx"}, calib,
+                               max_drop=1.0)["onnxruntime"].candidates
+    assert sorted(set(scored)) == list(range(8)) and not any(r["within_drop"] for r in rows)  # none within: all scored
+    assert rows[0].get("chosen")  # all equally wrong: the most accurate listed first
