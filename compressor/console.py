@@ -46,23 +46,34 @@ class _PlainTask:
             print(f"{self.desc}: {self.done}/{self.total} ({pct}%) {rate:.1f}/s {info}".rstrip(),
                   file=sys.stderr, flush=True)
 
+    def complete(self, info: str = "") -> None:
+        """The rest of the steps skipped: the task is done."""
+        self.advance(max(self.total - self.done, 0), info)
+
 
 class _RichTask:
     def __init__(self, progress, desc: str, total: int) -> None:
-        self.progress, self.task = progress, progress.add_task(desc, total=total, info="")
+        self.progress, self.task, self.total = progress, progress.add_task(desc, total=total, info=""), total
 
     def advance(self, n: int = 1, info: str = "") -> None:
         self.progress.update(self.task, advance=n, info=info)
+
+    def complete(self, info: str = "") -> None:
+        self.progress.update(self.task, completed=self.total, info=info)
 
 
 class _NullTask:
     def advance(self, n: int = 1, info: str = "") -> None:
         pass
 
+    def complete(self, info: str = "") -> None:
+        pass
+
 
 @contextmanager
 def progress(desc: str, total: int):
-    """A progress task: `with progress("teach epoch 1", n) as p: p.advance(1, "loss 0.3")`."""
+    """A progress task: `with progress("teach epoch 1", n) as p: p.advance(1, "loss 0.3")`;
+    `p.complete()` when the steps left are skipped."""
     if _state["quiet"]:
         yield _NullTask()
         return

@@ -318,7 +318,6 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                 excluded.append(_quantize_preprocessed(pre, paths[-1], xs, form, method,
                                                        ranges=tmp / f"ranges-{form.stem}.json"))
                 bar.advance(1, f"quantized {form.label()}")
-                steps -= 1
             shape = session(paths[0], threads, runtimes[0]).input_shape()
             times = {rt: [[] for _ in forms] for rt in runtimes}
             for r in range(rounds):
@@ -330,7 +329,6 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                         times[rt][i].append(latency_ms(sess, shape, batch, runs=runs, warmup=2, budget_s=budget_s))
                         del sess
                         bar.advance(1, f"latency round {r + 1}/{rounds}")
-                        steps -= 1
             choices = {}
             for rt in runtimes:
                 rows = [{**asdict(form), "calibration_accuracy": None, "drop_points": None, "fp32_nodes": nodes,
@@ -338,7 +336,6 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                         for form, nodes, t in zip(forms, excluded, times[rt])]
                 fp32_acc = calibration_accuracy(fp32_path, rt)
                 bar.advance(1, f"accuracy on {rt}")
-                steps -= 1
                 fastest = None  # the fastest form within the drop; forms are scored from the fastest on
                 for i in sorted(range(n), key=lambda i: rows[i]["latency_ms"]):
                     if fastest is not None and rows[i]["latency_ms"] > fastest * (1 + TIE):
@@ -349,7 +346,6 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                     if fastest is None and rows[i]["within_drop"]:
                         fastest = rows[i]["latency_ms"]
                     bar.advance(1, f"accuracy on {rt}")
-                    steps -= 1
                 if fastest is not None:  # among forms within TIE of the fastest, the first listed (this close is noise)
                     best = next(i for i, row in enumerate(rows) if row["within_drop"]
                                 and row["latency_ms"] <= fastest * (1 + TIE))
@@ -358,7 +354,7 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                 rows[best]["chosen"] = True
                 shutil.copyfile(paths[best], outputs[rt])
                 choices[rt] = Int8Choice(forms[best], Path(outputs[rt]), excluded[best], rows)
-            bar.advance(steps, "done")
+            bar.complete("done")
         return choices
 
 
