@@ -277,9 +277,10 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
     within TIE of the fastest count as equally fast, and the first listed wins (stem int8 before fp32,
     u8 before s8, per-channel before per-tensor), so noise does not flip the choice.
 
-    What cannot change the choice is not measured (at 224 px each pass is a second or more): a form
-    over SLOW times the fastest in the first round is not timed again on that runtime (its
-    `latency_rounds` says how often it was), and accuracy is scored from the fastest form on, up to
+    Little is measured that would not change the choice (at 224 px each pass is a second or more): a
+    form over SLOW times the fastest in the first round is not timed again on that runtime (its
+    `latency_rounds` says how often it was; it is chosen only if every faster form fails the drop,
+    then on that one timing), and accuracy is scored from the fastest form on, up to
     the fastest within the drop and those within TIE of it (the others' `calibration_accuracy`,
     `drop_points` and `within_drop` are None). Each latency is `runs` passes, fewer where they would
     take more than `budget_s` seconds, at least 3.
