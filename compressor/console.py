@@ -42,6 +42,8 @@ class _PlainTask:
         elapsed = time.time() - self.t0
         if pct >= self.next_pct and elapsed > 5:  # quiet for short tasks; ~10 lines for long ones
             self.next_pct = pct - pct % 10 + 10
+            if self.next_pct - pct < 5 and self.next_pct < 100:  # 59 % then 60 %: one line says as much
+                self.next_pct += 10
             rate = self.done / max(elapsed, 1e-9)
             print(f"{self.desc}: {self.done}/{self.total} ({pct}%) {rate:.1f}/s {info}".rstrip(),
                   file=sys.stderr, flush=True)

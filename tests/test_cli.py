@@ -175,3 +175,23 @@ def test_every_option_is_derived_from_its_stage_config():
             assert info.description, (kind, name)
             public = info.alias or name
             assert (public in STAGES[kind].model_fields) == extra.get("recipe", True), (kind, name)
+
+
+def test_plain_progress_lines_for_logs_are_few_and_none_repeats_a_step(monkeypatch, capsys):
+    """Without a terminal, progress is at most about ten lines a task, one per tenth, the last at 100 %;
+    a task that first prints at 59 % does not print 60 % next."""
+    from compressor import console
+
+    clock = iter(range(0, 10_000, 1))
+    monkeypatch.setattr(console.time, "time", lambda: float(next(clock)))
+    task = console._PlainTask("work", 100)
+    for _ in range(100):
+        task.advance()
+    pcts = [int(line.split("(")[1].split("%")[0]) for line in capsys.readouterr().err.splitlines()]
+    assert pcts[0] < 20 and pcts[-1] == 100 and len(pcts) <= 11, pcts
+    assert all(b - a >= 5 for a, b in zip(pcts, pcts[1:])), pcts
+    clock = iter([0.0] + [0.0] * 58 + [6.0 + i for i in range(100)])
+    task = console._PlainTask("late", 100)
+    for _ in range(100):
+        task.advance()
+    assert [int(line.split("(")[1].split("%")[0]) for line in capsys.readouterr().err.splitlines()][:2] == [59, 70]
