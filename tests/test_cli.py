@@ -27,6 +27,12 @@ def test_every_command_has_help():
     for cmd in ("teach", "select", "distill", "prune", "export", "eval", "run", "report", "sweep"):
         out = invoke(cmd, "--help").output
         assert "--help" in out and "Usage" in out
+    narrow = CliRunner().invoke(app, ["export", "--help"], terminal_width=80)
+    text = " ".join(line.strip(" │") for line in narrow.output.splitlines())
+    # the docstring reflowed to the terminal's width: no line of it broken twice (a word alone on a line)
+    lines = [line.strip() for line in narrow.output.split("╭")[0].splitlines()]
+    assert all(len(line) > 20 or line.endswith((".", ")")) or not line for line in lines[3:]), lines
+    assert "the form fastest on it within `max_drop` points" in text
 
 
 def test_stages_through_the_cli(tmp_path):

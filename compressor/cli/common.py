@@ -38,6 +38,13 @@ def apply_runtime(quiet: bool, threads: int | None, device: str = "auto") -> Non
         torch.set_num_threads(threads)
 
 
+def paragraphs(doc: str | None) -> str:
+    """A docstring as `--help` text: each paragraph one line, which the terminal wraps at its width
+    (typer keeps a docstring's line breaks, and rich then wraps each line on its own: ragged text)."""
+    blocks = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in b.splitlines()) for b in blocks)
+
+
 def fail(message: str, code: int = 1) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise typer.Exit(code)

@@ -11,6 +11,7 @@ try:  # typer >= 0.2x vendors its own click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import ClickException
 
+from compressor.cli.common import paragraphs
 from compressor.cli.report import report
 from compressor.cli.run import run
 from compressor.cli.stages import distill, evaluate, export, prune, select, teach
@@ -23,15 +24,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command("teach")(teach)
-app.command("select")(select)
-app.command("distill")(distill)
-app.command("prune")(prune)
-app.command("export")(export)
-app.command("eval")(evaluate)
-app.command("run")(run)
-app.command("report")(report)
-app.command("sweep")(sweep)
+COMMANDS = {"teach": teach, "select": select, "distill": distill, "prune": prune, "export": export,
+            "eval": evaluate, "run": run, "report": report, "sweep": sweep}
+for _name, _fn in COMMANDS.items():
+    app.command(_name, help=paragraphs(_fn.__doc__))(_fn)
 
 
 def main() -> None:

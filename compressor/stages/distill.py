@@ -22,7 +22,7 @@ from compressor.training import Supervised, accuracy, predict, seed_everything, 
 
 @stage("distill", DistillConfig, trains=True)
 def distill(run: StageRun) -> dict:
-    """Distill `teacher` (an artifact dir) into a fresh `student`; write the student's artifact.
+    """Train a fresh student from a teacher (an artifact directory); write the student's artifact.
 
     Schemes: offline (frozen teacher, any method), online (teacher and student train together over
     a stream of chunks, kd), self (the student teaches its own auxiliary heads, kd; `teacher`

@@ -23,7 +23,7 @@ from compressor.training import Supervised, train_task
 
 @stage("prune", PruneConfig, trains=True)
 def prune(run: StageRun) -> dict:
-    """Prune the model in `model_dir` and fine-tune it; write the pruned artifact.
+    """Prune a model (weights or whole channels) and fine-tune it; write the pruned artifact.
 
     Unstructured: `sparsity` of the conv/linear weights set to zero, oneshot or gradual (Zhu &
     Gupta's cubic ramp over the first 3/4 of fine-tuning), one global threshold or per layer.

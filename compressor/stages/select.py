@@ -41,7 +41,7 @@ def score_channels(model: torch.nn.Module, loader, layers: list[str], num_classe
 
 @stage("select", SelectConfig)
 def select(run: StageRun) -> dict:
-    """Score the channels of `layers` of the model in `model_dir`; write channels.json to `out`."""
+    """Rank the channels of the chosen layers by how well they separate the classes; write channels.json."""
     cfg = run.cfg
     art = load_artifact(cfg.model_dir)
     bundle = cfg.load_data(art.spec)

@@ -86,7 +86,7 @@ def set_trainable(model: torch.nn.Module, pattern: str | None) -> int:
 
 @stage("teach", TeachConfig, trains=True)
 def teach(run: StageRun) -> dict:
-    """Fine-tune a teacher and write its artifact directory. Returns metrics.json's content.
+    """Fine-tune a teacher (any timm model) on the dataset; write its artifact directory.
 
     `resume` continues an interrupted run of the same command from its checkpoint (see
     compressor.checkpoint); without it, any old checkpoint for `out` is discarded.
