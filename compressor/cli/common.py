@@ -82,6 +82,21 @@ def _cli_type(annotation) -> Any:
     return annotation
 
 
+def _flag(info, public: str) -> str:
+    return field_extra(info).get("flag") or "--" + public.replace("_", "-")
+
+
+def cli_doc(config: type[Config], doc: str | None) -> str:
+    """A stage's docstring for its command's --help: each `setting` it names becomes its `--flag`
+    (an argument: its NAME)."""
+    doc = inspect.cleandoc(doc or "")
+    for name, info in config.model_fields.items():
+        public = info.alias or name
+        said = public.upper() if field_extra(info).get("argument") else _flag(info, public).split("/")[0]
+        doc = doc.replace(f"`{name}`", f"`{said}`")
+    return doc
+
+
 def config_parameters(config: type[Config]) -> list[inspect.Parameter]:
     """One CLI parameter per config field: its flag, type, default and help come from the field."""
     params = []
@@ -92,7 +107,7 @@ def config_parameters(config: type[Config]) -> list[inspect.Parameter]:
         if extra.get("argument"):
             decl = typer.Argument(help=info.description)
         else:
-            flag = extra.get("flag") or "--" + public.replace("_", "-")
+            flag = _flag(info, public)
             if typ is bool and default is True and "/" not in flag:
                 flag = f"{flag}/--no-{flag[2:]}"
             decl = typer.Option(flag, *([extra["short"]] if extra.get("short") else []), help=info.description)
@@ -140,7 +155,7 @@ def stage_command(config: type[Config], run, title: str, after=None):
             after(metrics)
 
     command.__signature__ = inspect.Signature(params + PRESENTATION)
-    command.__doc__ = inspect.getdoc(run)
+    command.__doc__ = cli_doc(config, inspect.getdoc(run))
     return command
 
 
