@@ -29,8 +29,8 @@ def export(run: StageRun) -> dict:
     int8: every quantization choice left at auto (stem, activation type, per-channel) is timed on every
     runtime and scored on the calibration images from the fastest on (`choose_int8_form`); each
     runtime's int8 file (model.int8.onnx for the first, model.int8.xml for OpenVINO) is the form
-    fastest on it within `max_drop` points, and every candidate is recorded in metrics.json (`int8_candidates`, `int8_form`, `int8_choice`: the first
-    runtime's; each runtime's under `runtimes`).
+    fastest on it within `max_drop` points, and every candidate is recorded in metrics.json
+    (`int8_candidates`, `int8_form`, `int8_choice`: the first runtime's; each runtime's under `runtimes`).
 
     Verification, on every runtime measured: onnx.checker; the runtime vs PyTorch max abs difference
     at batch 1 and 8; accuracy of every exported model on the test split; fp32/int8 agreement;
