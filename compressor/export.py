@@ -254,12 +254,20 @@ def allowed_drop(max_drop: float | None) -> float:
 @dataclass
 class Int8Choice:
     """The int8 form kept for one runtime, the file it was written to, the nodes it leaves float32,
-    and every candidate measured (empty when every choice was given)."""
+    and every candidate measured (empty when every choice was given). Where the runtime could run
+    none of the forms, `form` and `path` are None and `error` says why (the first form's reason)."""
 
-    form: Int8Form
-    path: Path
+    form: Int8Form | None
+    path: Path | None
     fp32_nodes: list[str]
     candidates: list[dict]
+    error: str | None = None
+
+
+def _refusal(e: Exception, path: Path) -> str:
+    """Why a runtime refused a candidate file, without the temporary file's name."""
+    msg = str(e) if isinstance(e, CompressorError) else _reason(e)
+    return msg.split(f"{path}: ", 1)[-1]
 
 
 def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: list[tuple[np.ndarray, np.ndarray]],
@@ -300,10 +308,19 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
         chans = [per_channel] if per_channel is not None else [True, False]
         forms = [Int8Form(s, a, c) for s in stems for a in acts for c in chans]
         if len(forms) == 1:
-            excluded = _quantize_preprocessed(pre, first, xs, forms[0], method)
-            for rt in runtimes[1:]:
-                shutil.copyfile(first, outputs[rt])
-            return {rt: Int8Choice(forms[0], Path(outputs[rt]), excluded, []) for rt in runtimes}
+            only = tmp / "candidate0.onnx"
+            excluded = _quantize_preprocessed(pre, only, xs, forms[0], method)
+            choices = {}
+            for rt in runtimes:
+                try:
+                    session(only, threads, rt)
+                except Exception as e:  # noqa: BLE001 - a runtime that cannot compile the form: recorded
+                    row = {**asdict(forms[0]), "fp32_nodes": excluded, "error": _refusal(e, only)}
+                    choices[rt] = Int8Choice(None, None, excluded, [row], error=row["error"])
+                    continue
+                shutil.copyfile(only, outputs[rt])
+                choices[rt] = Int8Choice(forms[0], Path(outputs[rt]), excluded, [])
+            return choices
 
         def calibration_accuracy(path: Path, runtime: str) -> float:
             sess = session(path, threads, runtime)
@@ -319,44 +336,65 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                 excluded.append(_quantize_preprocessed(pre, paths[-1], xs, form, method,
                                                        ranges=tmp / f"ranges-{form.stem}.json"))
                 bar.advance(1, f"quantized {form.label()}")
-            shape = session(paths[0], threads, runtimes[0]).input_shape()
+            shape = input_shape_of(fp32_path)
             times = {rt: [[] for _ in forms] for rt in runtimes}
+            errors: dict[str, dict[int, str]] = {rt: {} for rt in runtimes}  # forms a runtime cannot compile or run
             for r in range(rounds):
                 for i, path in enumerate(paths):
                     for rt in runtimes:
-                        if r and times[rt][i][0] > SLOW * min(t[0] for t in times[rt]):
-                            continue  # far slower than the fastest: not timed again on this runtime
-                        sess = session(path, threads, rt)  # one live session at a time: idle threads spin
-                        times[rt][i].append(latency_ms(sess, shape, batch, runs=runs, warmup=2, budget_s=budget_s))
-                        del sess
+                        timed = [t[0] for t in times[rt] if t]
+                        if i in errors[rt] or (r and times[rt][i][0] > SLOW * min(timed)):
+                            continue  # refused, or far slower than the fastest: not timed again on this runtime
+                        try:
+                            sess = session(path, threads, rt)  # one live session at a time: idle threads spin
+                            times[rt][i].append(latency_ms(sess, shape, batch, runs=runs, warmup=2, budget_s=budget_s))
+                        except Exception as e:  # noqa: BLE001 - not a candidate on this runtime; never the end of the export
+                            errors[rt][i] = _refusal(e, path)
+                        sess = None
                         bar.advance(1, f"latency round {r + 1}/{rounds}")
             choices = {}
             for rt in runtimes:
                 rows = [{**asdict(form), "calibration_accuracy": None, "drop_points": None, "fp32_nodes": nodes,
-                         "latency_ms": float(np.median(t)), "latency_rounds": len(t), "within_drop": None}
-                        for form, nodes, t in zip(forms, excluded, times[rt])]
+                         "latency_ms": float(np.median(t)) if t else None, "latency_rounds": len(t),
+                         "within_drop": None, **({"error": errors[rt][i]} if i in errors[rt] else {})}
+                        for i, (form, nodes, t) in enumerate(zip(forms, excluded, times[rt]))]
                 fp32_acc = calibration_accuracy(fp32_path, rt)
                 bar.advance(1, f"accuracy on {rt}")
                 fastest = None  # the fastest form within the drop; forms are scored from the fastest on
-                for i in sorted(range(n), key=lambda i: rows[i]["latency_ms"]):
+                for i in sorted((i for i in range(n) if "error" not in rows[i]), key=lambda i: rows[i]["latency_ms"]):
                     if fastest is not None and rows[i]["latency_ms"] > fastest * (1 + TIE):
                         break  # slower than the fastest form within the drop: never chosen, never scored
-                    acc = calibration_accuracy(paths[i], rt)
+                    try:
+                        acc = calibration_accuracy(paths[i], rt)
+                    except Exception as e:  # noqa: BLE001 - compiled, then failed to run: not a candidate either
+                        rows[i].update(error=_refusal(e, paths[i]), latency_ms=None)
+                        continue
                     drop = round(100 * (fp32_acc - acc), 4)
                     rows[i].update(calibration_accuracy=acc, drop_points=drop, within_drop=drop <= limit)
                     if fastest is None and rows[i]["within_drop"]:
                         fastest = rows[i]["latency_ms"]
                     bar.advance(1, f"accuracy on {rt}")
+                ran = [i for i in range(n) if "error" not in rows[i]]
+                if not ran:
+                    choices[rt] = Int8Choice(None, None, [], rows, error=rows[0]["error"])
+                    continue
                 if fastest is not None:  # among forms within TIE of the fastest, the first listed (this close is noise)
-                    best = next(i for i, row in enumerate(rows) if row["within_drop"]
-                                and row["latency_ms"] <= fastest * (1 + TIE))
-                else:  # none within: every form was scored; the most accurate
-                    best = max(range(n), key=lambda i: rows[i]["calibration_accuracy"])
+                    best = next(i for i in ran if rows[i]["within_drop"] and rows[i]["latency_ms"] <= fastest * (1 + TIE))
+                else:  # none within: every form that runs was scored; the most accurate
+                    best = max(ran, key=lambda i: rows[i]["calibration_accuracy"])
                 rows[best]["chosen"] = True
                 shutil.copyfile(paths[best], outputs[rt])
                 choices[rt] = Int8Choice(forms[best], Path(outputs[rt]), excluded[best], rows)
             bar.complete("done")
         return choices
+
+
+def input_shape_of(path: Path) -> list[int]:
+    """C, H, W of an ONNX model's input (the batch dimension is dynamic)."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [int(d.dim_value) for d in dims[1:]]
 
 
 def convert_fp16(fp32_path: Path, fp16_path: Path) -> None:
@@ -429,6 +467,7 @@ class OrtSession(Session):
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        self.path = Path(path)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
@@ -447,16 +486,20 @@ class OpenVINOSession(Session):
 
     The file keeps its dynamic batch; each batch size seen is compiled once with that static shape
     (as a deployment would: OpenVINO's CPU kernels for a static shape are faster, e.g. 3.9 against
-    5.8 ms for the quickstart's fp32 model at batch 64 on the 2-core development machine). On a CPU
-    with AMX-BF16 or AVX-512-BF16, OpenVINO runs a float32 model's layers in bfloat16 by default;
-    `precision` records what it chose (INFERENCE_PRECISION_HINT)."""
+    5.8 ms for the quickstart's fp32 model at batch 64 on the 2-core development machine).
+
+    `precision`: the float precision of the layers that are not int8 (INFERENCE_PRECISION_HINT),
+    "fp32" unless asked otherwise. Left to itself, OpenVINO runs a float32 model in bfloat16 on a
+    CPU with AMX-BF16 or AVX-512-BF16: figures called fp32 would not be float32 there. "bf16" and
+    "fp16" are forms of their own (`reduced_float_forms` says which this CPU runs natively)."""
 
     runtime = "openvino"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "fp32") -> None:
         ov = _openvino()
+        self.path = Path(path)
         self.core = ov.Core()
-        self.config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+        self.config: dict = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision]}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = threads
         self.model = self.core.read_model(str(path))
@@ -482,13 +525,70 @@ class OpenVINOSession(Session):
         return self.shape
 
 
-def session(path: Path, threads: int | None = None, runtime: str | None = None) -> Session:
-    """Load `path` (.onnx, or OpenVINO's .xml) on `runtime` (default: onnxruntime for .onnx, openvino for .xml)."""
+OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}  # our form names -> INFERENCE_PRECISION_HINT
+OPENVINO_CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}  # -> what OPTIMIZATION_CAPABILITIES lists for it
+
+
+def reduced_float_forms(runtime: str) -> list[str]:
+    """The reduced float precisions `runtime` runs natively on this CPU, as the runtime reports them:
+    OpenVINO's OPTIMIZATION_CAPABILITIES (BF16 with AMX-BF16 or AVX-512-BF16, FP16 with AVX-512-FP16);
+    none for onnxruntime, whose CPU provider has no bf16 or fp16 convolution kernels on x86."""
+    if runtime != "openvino" or not openvino_available():
+        return []
+    caps = set(_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return [form for form, cap in OPENVINO_CAPABILITY.items() if cap in caps]
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",
+             "amx_bf16")  # the ones that change which kernels the runtimes pick
+
+
+def cpu_flags() -> list[str]:
+    """This CPU's instruction-set flags that decide the runtimes' kernels (recorded beside latencies;
+    what a runtime supports is asked of the runtime, not read from here)."""
+    import platform
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return [platform.processor() or platform.machine()]
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.partition(":")[2].split())
+    return [f for f in CPU_FLAGS if f in have]
+
+
+def machine_summary() -> str:
+    """One line: the CPU's model, its flags that matter to the runtimes, threads, and runtime versions."""
+    import os
+    import platform
+
+    import onnxruntime
+
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(ln.partition(":")[2].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = [f"onnxruntime {onnxruntime.__version__}"]
+    if openvino_available():
+        versions.append(f"OpenVINO {_openvino().__version__.split('-')[0]}")
+    return (f"CPU: {model}, {os.cpu_count()} cores; flags: {' '.join(cpu_flags()) or 'none of ' + ' '.join(CPU_FLAGS)}; "
+            f"{', '.join(versions)}; torch {torch.__version__}")
+
+
+def session(path: Path, threads: int | None = None, runtime: str | None = None, precision: str = "fp32") -> Session:
+    """Load `path` (.onnx, or OpenVINO's .xml) on `runtime` (default: onnxruntime for .onnx, openvino
+    for .xml); `precision`: the float precision OpenVINO runs the float layers in (see OpenVINOSession)."""
     runtime = runtime or ("openvino" if Path(path).suffix == ".xml" else "onnxruntime")
     if runtime not in RUNTIMES:
         raise CompressorError(f"--runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
     try:
-        return (OrtSession if runtime == "onnxruntime" else OpenVINOSession)(Path(path), threads)
+        if runtime == "onnxruntime":
+            if precision != "fp32":
+                raise CompressorError(f"onnxruntime runs the file's own precision, not {precision}")
+            return OrtSession(Path(path), threads)
+        return OpenVINOSession(Path(path), threads, precision)
     except CompressorError:
         raise
     except Exception as e:  # noqa: BLE001 - a file the runtime cannot read (damaged, no .bin beside an .xml)

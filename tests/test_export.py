@@ -332,3 +332,143 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
                                max_drop=1.0)["onnxruntime"].candidates
     assert sorted(set(scored)) == list(range(8)) and not any(r["within_drop"] for r in rows)  # none within: all scored
     assert rows[0].get("chosen")  # all equally wrong: the most accurate listed first
+
+
+def _activations_of(path) -> str:
+    """'s8' when the QDQ model's activations are int8, 'u8' when uint8."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    inits = {t.name: t for t in g.initializer}
+    zp = next(inits[n.input[2]] for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2)
+    return "s8" if zp.data_type == onnx.TensorProto.INT8 else "u8"
+
+
+def _refuse_on_openvino(monkeypatch, refused) -> None:
+    """OpenVINO refuses to compile the int8 files `refused(path)` names, as it does s8 activations on
+    an AMX-INT8 Xeon ("No suitable implementations"): simulated on any CPU."""
+    from compressor import export as ex
+
+    real = ex.session
+
+    def picky(path, threads=None, runtime=None, precision="fp32"):
+        if runtime == "openvino" and str(path).endswith(".onnx") and "int8" not in str(path) and refused(path):
+            raise CompressorError(f"openvino cannot load {path}: No suitable implementations. This may indicate "
+                                  "that the provided memory descriptors are not compatible with any implementation.")
+        return real(path, threads, runtime, precision)
+
+    monkeypatch.setattr(ex, "session", picky)
+
+
+def test_a_form_a_runtime_refuses_is_recorded_and_skipped(student_dir, tmp_path, monkeypatch):
+    """OpenVINO refusing the s8 forms ends neither the export nor the run: the refused candidates are
+    listed with their error, OpenVINO's file is one of the forms it runs."""
+    pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
+    _refuse_on_openvino(monkeypatch, lambda path: "candidate" in str(path) and _activations_of(path) == "s8")
+    m = export(student_dir, data=SYN, out=tmp_path / "e", int8=True, runtime="all", calibration_batches=2,
+               device="cpu")
+    ov, ort = m["runtimes"]["openvino"], m["runtimes"]["onnxruntime"]
+    refused = [c for c in ov["int8_candidates"] if "error" in c]
+    assert len(refused) == 4 and all(c["activations"] == "s8" and "No suitable implementations" in c["error"]
+                                     and c["latency_ms"] is None and not c.get("chosen") for c in refused)
+    assert "candidate" not in refused[0]["error"]  # the reason, not the temporary file's name
+    assert ov["int8_form"]["activations"] == "u8" and "4 refused by openvino" in ov["int8_choice"]
+    assert not any("error" in c for c in ort["int8_candidates"]) and "int8" in ov["forms"]
+    assert (tmp_path / "e" / "model.int8.xml").is_file() and m["status"] == "ok"
+
+
+def test_a_runtime_that_runs_no_int8_form_is_recorded_and_the_export_goes_on(student_dir, tmp_path, monkeypatch):
+    pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
+    from conftest import cli, one_line_error
+
+    _refuse_on_openvino(monkeypatch, lambda path: "candidate" in str(path))
+    m = export(student_dir, data=SYN, out=tmp_path / "e", int8=True, runtime="all", calibration_batches=2,
+               device="cpu")
+    ov = m["runtimes"]["openvino"]
+    assert ov["int8_form"] is None and "runs none of the 8 int8 forms" in ov["error_int8"]
+    assert "int8" not in ov["forms"] and ov["deploy_form"] in ov["forms"] and m["status"] == "ok"
+    assert not (tmp_path / "e" / "model.int8.xml").exists() and (tmp_path / "e" / "model.int8.onnx").is_file()
+    # what the user asked for runs nowhere: one line
+    one_line_error(cli("export", student_dir, "--data", "synthetic", "--int8", "--runtime", "openvino",
+                       "--calibration-batches", "2", "--device", "cpu", "--out", tmp_path / "ov"),
+                   "openvino runs none of the 8 int8 forms")
+    one_line_error(cli("export", student_dir, "--data", "synthetic", "--int8", "--runtime", "openvino", "--activations",
+                       "s8", "--stem", "int8", "--per-channel", "--calibration-batches", "2", "--device", "cpu",
+                       "--out", tmp_path / "ov1"), "No suitable implementations")
+
+
+def test_openvino_fp32_is_float32_and_reduced_floats_are_forms_of_their_own(student_dir, tmp_path, monkeypatch):
+    """fp32 on OpenVINO is float32 (its CPU plugin would run bf16 on an AMX/AVX-512-BF16 CPU); the bf16
+    and fp16 forms the runtime reports are measured beside it, each with its accuracy and latency;
+    on a CPU whose runtime reports none (simulated), only fp32 is."""
+    pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
+    from compressor.export import reduced_float_forms
+
+    stage_module = importlib.import_module("compressor.stages.export")
+    m = export(student_dir, data=SYN, out=tmp_path / "e", runtime="openvino", device="cpu")
+    ov = m["runtimes"]["openvino"]
+    assert ov["max_abs_diff_fp32"] <= 1e-4 and ov["max_abs_diff_fp32_batch1"] <= 1e-4
+    assert ov["inference_precision_fp32"] == "f32"
+    reported = reduced_float_forms("openvino")
+    assert ov["forms"] == ["fp32", *reported]
+    for form in reported:
+        assert 0 <= ov[f"accuracy_{form}"] <= 1 and ov[f"latency_ms_{form}"] > 0
+        assert ov[f"inference_precision_{form}"] == {"bf16": "bf16", "fp16": "f16"}[form]
+    assert ov["deploy_form"] in ov["forms"] and (tmp_path / "e" / ov["deploy_file"].split()[0]).is_file()
+    monkeypatch.setattr(stage_module, "reduced_float_forms", lambda runtime: [])  # a CPU without bf16/fp16 units
+    m = export(student_dir, data=SYN, out=tmp_path / "plain", runtime="openvino", device="cpu")
+    assert m["runtimes"]["openvino"]["forms"] == ["fp32"] and m["deploy_form"] == "fp32"
+    assert "accuracy_bf16" not in m
+
+
+def test_reduced_float_forms_are_what_the_runtime_reports(monkeypatch):
+    pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
+    import openvino
+
+    from compressor.export import reduced_float_forms
+
+    for caps, forms in ((["FP32", "INT8"], []), (["BF16", "FP32", "INT8"], ["bf16"]),
+                        (["BF16", "FP32", "FP16", "INT8"], ["bf16", "fp16"])):
+        monkeypatch.setattr(openvino.Core, "get_property", lambda self, dev, key, caps=caps: caps)
+        assert reduced_float_forms("openvino") == forms
+    assert reduced_float_forms("onnxruntime") == []
+
+
+def test_int8_that_loses_more_than_the_budget_fails_by_default(workdir, student_dir, tmp_path, monkeypatch):
+    """With --max-drop unset, an int8 model more than 1 point below fp32 is a failed export: exit 1, one
+    line naming the drop and what to try, the artifact kept and marked failed."""
+    from compressor import export as ex
+
+    from conftest import cli, one_line_error
+
+    stage_module = importlib.import_module("compressor.stages.export")
+    real = ex.choose_int8_form
+    monkeypatch.setattr(stage_module, "choose_int8_form",
+                        lambda f, q, calib, **kw: real(f, q, [(x * 1000, y) for x, y in calib], **kw))
+    out = tmp_path / "broken"
+    line = one_line_error(cli("export", student_dir, "--data", "synthetic", "--int8", "--runtime", "onnxruntime",
+                              "--calibration-batches", "2", "--device", "cpu", "--out", out), "accuracy points")
+    assert "--max-drop unset" in line and "try --calibration-method" in line and "marked failed" in line
+    m = _metrics(out)
+    assert m["status"] == "failed" and m["accuracy_drop_points"] > 1.0 and m["max_drop"] is None
+    assert m["deploy_form"] == "fp32" and (out / "model.int8.onnx").is_file()
+
+
+def test_int8_slower_than_fp32_prints_one_warning_line(student_dir, tmp_path, monkeypatch):
+    from conftest import cli
+
+    stage_module = importlib.import_module("compressor.stages.export")
+    real = stage_module.latency_ms
+
+    def int8_slow(sess, *a, **k):
+        real(sess, *a, **k)
+        return 9.0 if "int8" in sess.path.name else 3.0
+
+    monkeypatch.setattr(stage_module, "latency_ms", int8_slow)
+    res = cli("export", student_dir, "--data", "synthetic", "--int8", "--runtime", "onnxruntime",
+              "--calibration-batches", "2", "--device", "cpu", "--out", tmp_path / "slow")
+    assert res.exit_code == 0, res.output
+    warned = [ln for ln in res.output.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 1 and "int8 on onnxruntime is not faster than fp32 (9.00 vs 3.00 ms" in warned[0]
+    assert "ship fp32 (model.onnx, 3.00 ms" in warned[0]
+    assert _metrics(tmp_path / "slow")["deploy_form"] == "fp32"

@@ -163,12 +163,16 @@ SUMMARY_KEYS = [("accuracy", "accuracy", "{:.4f}"), ("teacher_accuracy", "teache
                 ("agreement", "agreement", "{:.4f}"), ("control_accuracy", "student alone", "{:.4f}"),
                 ("ensemble_accuracy", "ensemble acc", "{:.4f}"),
                 ("sparsity", "sparsity", "{:.3f}"), ("params", "params", "{:,}"),
+                ("accuracy_fp32", "fp32 acc", "{:.4f}"), ("accuracy_bf16", "bf16 acc", "{:.4f}"),
+                ("accuracy_fp16", "fp16 acc", "{:.4f}"),
                 ("accuracy_int8", "int8 acc", "{:.4f}"), ("zipped_bytes_fp32", "zipped fp32", "{:,}"),
                 ("zipped_bytes_int8", "zipped int8", "{:,}"), ("latency_ms_fp32", "fp32 ms", "{:.2f}"),
+                ("latency_ms_bf16", "bf16 ms", "{:.2f}"), ("latency_ms_fp16", "fp16 ms", "{:.2f}"),
                 ("latency_ms_int8", "int8 ms", "{:.2f}"), ("wall_time_s", "wall s", "{:.1f}")]
 
 
-RUNTIME_KEYS = ("accuracy_int8", "latency_ms_fp32", "latency_ms_int8")  # export: one figure per runtime
+RUNTIME_KEYS = tuple(f"{k}_{form}" for k in ("accuracy", "latency_ms")
+                     for form in ("fp32", "bf16", "fp16", "int8"))  # export: one figure per runtime
 
 
 def show(metrics: dict, as_json: bool, title: str) -> None:
@@ -194,4 +198,11 @@ def show(metrics: dict, as_json: bool, title: str) -> None:
     for rt, values in (runtimes or {"": metrics}).items():  # each runtime's int8 file has its own form
         if values.get("int8_form"):
             table.add(f"int8 form ({rt})" if rt else "int8 form", Int8Form(**values["int8_form"]).label())
+    for rt, values in runtimes.items():  # the file to ship on each runtime
+        if values.get("deploy_form"):
+            form = values["deploy_form"]
+            table.add(f"deploy ({rt})", f"{form}: {values['deploy_file']}, {values[f'latency_ms_{form}']:.2f} ms, "
+                                        f"{values['deploy_speedup']:.2f}x fp32")
+    if metrics.get("cpu_flags") is not None:
+        table.add("CPU flags", " ".join(metrics["cpu_flags"]) or "-")
     stdout.print(table.rich())

@@ -11,10 +11,11 @@ import torch
 from compressor import CompressorError
 from compressor.artifacts import MODEL_FILE, SPEC_FILE, load_artifact, zipped_size
 from compressor.config import ExportConfig
-from compressor.console import log
-from compressor.export import (OPENVINO_MISSING, RUNTIMES, VERIFY_BUDGET_S, Int8Choice, OpenVINOSession, allowed_drop,
-                               choose_int8_form, convert_fp16, convs_wrapped_in_qdq, export_onnx, latency_ms, op_counts,
-                               openvino_available, predict_batches, save_openvino_ir, session)
+from compressor.console import log, warn
+from compressor.export import (OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S, Int8Choice,
+                               OpenVINOSession, allowed_drop, choose_int8_form, convert_fp16, convs_wrapped_in_qdq,
+                               cpu_flags, export_onnx, latency_ms, op_counts, openvino_available, predict_batches,
+                               reduced_float_forms, save_openvino_ir, session)
 from compressor.models import count_params
 from compressor.stages.runner import StageRun, stage
 
@@ -24,21 +25,28 @@ SPARSITY_NOTE = ("ONNX stores weights densely; pruned zeros cost 4 bytes each ra
 
 @stage("export", ExportConfig)
 def export(run: StageRun) -> dict:
-    """Export to ONNX (and int8, fp16; OpenVINO IR); verify; write the artifact.
+    """Export to ONNX (and int8, fp16; OpenVINO IR); verify; name each runtime's deploy form; write the artifact.
 
     int8: every quantization choice left at auto (stem, activation type, per-channel) is timed on every
     runtime and scored on the calibration images from the fastest on (`choose_int8_form`); each
     runtime's int8 file (model.int8.onnx for the first, model.int8.xml for OpenVINO) is the form
     fastest on it within `max_drop` points, and every candidate is recorded in metrics.json
     (`int8_candidates`, `int8_form`, `int8_choice`: the first runtime's; each runtime's under `runtimes`).
+    A form a runtime cannot compile or run is recorded among its candidates with its `error` and
+    skipped; the export fails only when the first runtime runs none.
 
     Verification, on every runtime measured: onnx.checker; the runtime vs PyTorch max abs difference
     at batch 1 and 8; accuracy of every exported model on the test split; fp32/int8 agreement;
     latency (median of 30 runs, 100 at batch 1, fewer past VERIFY_BUDGET_S seconds; warm-up excluded)
-    at batch 1 and `latency_batch`. The flat keys (accuracy_int8, latency_ms_fp32, ...) are the first
-    runtime's; `runtimes` holds each one's.
-    With `max_drop`, an int8 model that loses more than that many accuracy points is still written,
-    marked failed, and an error raised; the same with `min_speedup`.
+    at batch 1 and `latency_batch`. fp32 is float32 on every runtime; where OpenVINO reports bf16 or
+    fp16 support on this CPU, those are measured as forms of their own (the fp32 IR run in that
+    precision). The flat keys (accuracy_int8, latency_ms_fp32, ...) are the first runtime's;
+    `runtimes` holds each one's, with `forms` (those measured) and `deploy_form`/`deploy_file`: the
+    fastest form at `latency_batch` within the accuracy budget (`max_drop`, 1 point when unset), the
+    file to ship on that runtime. One warning line says where int8 is slower than fp32 or loses more.
+
+    An int8 model that loses more than the budget on any runtime (`max_drop`, 1 point when unset) is
+    still written, marked failed, and an error raised; the same with `min_speedup`.
     """
     cfg = run.cfg
     runtimes = resolve_runtimes(cfg.runtime)
@@ -59,38 +67,79 @@ def export(run: StageRun) -> dict:
                      "latency_batch": cfg.latency_batch, "threads": threads, "runtime": runtimes[0],
                      "sparsity_note": SPARSITY_NOTE}
     variants, choices = _write_variants(cfg, model, shape, bundle, writer, runtimes, threads, metrics)
+    limit = allowed_drop(cfg.max_drop)
     per_runtime: dict[str, dict] = {}
-    preds: dict[str, dict] = {}
     for rt in runtimes:
-        files = dict(variants)
-        per_runtime[rt], preds[rt] = {}, {}
-        if rt in choices:
-            files["int8"] = choices[rt].path
-            per_runtime[rt].update({"int8_form": asdict(choices[rt].form), "fp32_nodes": choices[rt].fp32_nodes,
-                                    "int8_choice": _why(choices[rt].candidates, rt, cfg),
-                                    "int8_candidates": choices[rt].candidates})
+        r = per_runtime[rt] = {}
+        files = {kind: path for kind, path in variants.items() if kind != "int8"}
+        choice = choices.get(rt)
+        if choice is not None:
+            r.update({"int8_form": asdict(choice.form) if choice.form else None, "fp32_nodes": choice.fp32_nodes,
+                      "int8_choice": _why(choice, rt, cfg), "int8_candidates": choice.candidates})
+            if choice.path is not None:
+                files["int8"] = choice.path
+            else:
+                r["error_int8"] = _why(choice, rt, cfg)
         if rt == "openvino":
             files = _openvino_files(files, writer)
-            if rt in choices and choices[rt].path != variants["int8"]:
-                choices[rt].path.unlink()  # the ONNX quantized for OpenVINO alone: its IR now holds it
-        for kind, path in files.items():
-            preds[rt][kind] = _verify(rt, kind, path, threads, test, labels, x8, ref, shape, cfg.latency_batch,
-                                      per_runtime[rt])
-        if cfg.int8:
-            r = per_runtime[rt]
+            if choice is not None and choice.path is not None and choice.path != variants["int8"]:
+                choice.path.unlink()  # the ONNX quantized for OpenVINO alone: its IR now holds it
+        forms = [(kind, path, "fp32") for kind, path in files.items()]
+        forms[1:1] = [(p, files["fp32"], p) for p in reduced_float_forms(rt)]  # bf16/fp16: the fp32 file, run so
+        preds = {}
+        for kind, path, precision in forms:
+            try:
+                preds[kind] = _verify(rt, kind, path, precision, threads, test, labels, x8, ref, shape,
+                                      cfg.latency_batch, r)
+            except CompressorError as e:  # a form this runtime refuses: recorded, never the end of the export
+                if kind == "fp32":
+                    raise
+                r[f"error_{kind}"] = str(e)
+                warn(f"export: {kind} on {rt} not measured: {e}")
+        r["forms"] = list(preds)
+        if "int8" in preds:
             r["speedup_int8"] = round(r["latency_ms_fp32"] / r["latency_ms_int8"], 3)
-            r["agreement_fp32_int8"] = float((preds[rt]["int8"] == preds[rt]["fp32"]).mean())
+            r["agreement_fp32_int8"] = float((preds["int8"] == preds["fp32"]).mean())
+        _deploy_form(rt, r, {kind: path for kind, path, _ in forms}, limit, cfg.latency_batch)
+    if cfg.int8 and "int8" not in per_runtime[runtimes[0]]["forms"]:  # it compiled, then failed to verify
+        raise CompressorError(per_runtime[runtimes[0]]["error_int8"])
     metrics.update(per_runtime[runtimes[0]])
     metrics["runtimes"] = per_runtime
+    metrics["cpu_flags"] = cpu_flags()
     metrics["accuracy"] = metrics["accuracy_fp32"]
     failure = None
     if cfg.int8:
-        fastest = min(runtimes, key=lambda rt: per_runtime[rt]["latency_ms_int8"])
+        fastest = min((rt for rt in runtimes if "int8" in per_runtime[rt]["forms"]),
+                      key=lambda rt: per_runtime[rt]["latency_ms_int8"])
         metrics["fastest_runtime_int8"] = fastest
         failure = _int8_metrics(cfg, variants["int8"], choices[runtimes[0]].fp32_nodes, metrics)
     metrics.update({"status": "failed" if failure else "ok", "failure": failure, "max_drop": cfg.max_drop,
-                    "min_speedup": cfg.min_speedup})
+                    "min_speedup": cfg.min_speedup, "accuracy_budget_points": limit})
     return metrics
+
+
+def _deploy_form(runtime: str, r: dict, files: dict, limit: float, batch: int) -> None:
+    """Name the form to ship on `runtime`: the fastest at `batch` of those measured whose test accuracy
+    is within `limit` points of fp32's (fp32 itself always is); warn where int8 is slower than fp32 or
+    loses more than `limit`."""
+    fp32_acc = r["accuracy_fp32"]
+    within = [k for k in r["forms"] if 100 * (fp32_acc - r[f"accuracy_{k}"]) <= limit]
+    best = min(within, key=lambda k: r[f"latency_ms_{k}"])
+    hint = f" with INFERENCE_PRECISION_HINT {OPENVINO_PRECISION[best]}" if best in OPENVINO_PRECISION and best != "fp32" \
+        else ""
+    r.update({"deploy_form": best, "deploy_file": files[best].name + hint,
+              "deploy_speedup": round(r["latency_ms_fp32"] / r[f"latency_ms_{best}"], 3)})
+    log(f"export: deploy form on {runtime}: {best}: {r['deploy_file']} ({r[f'latency_ms_{best}']:.2f} ms at batch "
+        f"{batch}, {r['deploy_speedup']:.2f}x fp32's speed; accuracy {r[f'accuracy_{best}']:.4f})")
+    if "int8" not in r["forms"]:
+        return
+    drop = 100 * (fp32_acc - r["accuracy_int8"])
+    slow = r["latency_ms_int8"] >= r["latency_ms_fp32"]
+    if slow or drop > limit:
+        what = (f"is not faster than fp32 ({r['latency_ms_int8']:.2f} vs {r['latency_ms_fp32']:.2f} ms at batch {batch})"
+                if slow else f"loses {drop:.2f} accuracy points ({fp32_acc:.4f} -> {r['accuracy_int8']:.4f})")
+        warn(f"int8 on {runtime} {what}; ship {best} ({r['deploy_file']}, {r[f'latency_ms_{best}']:.2f} ms, "
+             f"accuracy {r[f'accuracy_{best}']:.4f})")
 
 
 def resolve_runtimes(choice: str) -> list[str]:
@@ -118,8 +167,13 @@ def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], thre
                                    per_channel=cfg.per_channel, method=cfg.calibration_method, threads=threads,
                                    batch=cfg.latency_batch, max_drop=cfg.max_drop)
         for rt, c in choices.items():
-            log(f"export: int8 form on {rt}: {c.form.label()} ({_why(c.candidates, rt, cfg)})")
+            if c.form is None:
+                warn(f"export: no int8 file for {rt}: {_why(c, rt, cfg)}")
+            else:
+                log(f"export: int8 form on {rt}: {c.form.label()} ({_why(c, rt, cfg)})")
         first = choices[runtimes[0]]
+        if first.form is None:  # what the user asked for runs nowhere it was asked to
+            raise CompressorError(f"no int8 file: {_why(first, runtimes[0], cfg)}")
         metrics.update({"calibration_batches": len(calib), "calibration_method": cfg.calibration_method,
                         "per_channel": first.form.per_channel})
         if cfg.stem == "fp32" and not first.fp32_nodes:
@@ -130,16 +184,21 @@ def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], thre
     return variants, choices
 
 
-def _why(candidates: list[dict], runtime: str, cfg) -> str:
+def _why(choice: Int8Choice, runtime: str, cfg) -> str:
+    candidates = choice.candidates
+    refused = sum("error" in c for c in candidates)
+    said = f" ({refused} refused by {runtime})" if refused else ""
+    if choice.form is None:
+        return f"{runtime} runs none of the {len(candidates)} int8 forms measured: {choice.error}"
     if not candidates:
         return "every choice given"
     limit = allowed_drop(cfg.max_drop)
     chosen = next(c for c in candidates if c.get("chosen"))
     if not chosen["within_drop"]:
         return (f"no candidate within {limit} points on the calibration images; kept the most accurate of "
-                f"{len(candidates)}")
-    return (f"fastest of {len(candidates)} candidates within {limit} points on the calibration images: "
-            f"{chosen['latency_ms']:.2f} ms at batch {cfg.latency_batch} on {runtime}")
+                f"{len(candidates) - refused}{said}")
+    return (f"fastest of {len(candidates) - refused} candidates within {limit} points on the calibration images: "
+            f"{chosen['latency_ms']:.2f} ms at batch {cfg.latency_batch} on {runtime}{said}")
 
 
 def _openvino_files(variants: dict, writer) -> dict:
@@ -153,10 +212,11 @@ def _openvino_files(variants: dict, writer) -> dict:
     return files
 
 
-def _verify(runtime: str, kind: str, path, threads: int, test, labels, x8, ref, shape, latency_batch: int,
-            metrics: dict):
-    """Accuracy, difference from PyTorch, latency and sizes of one exported model on one runtime."""
-    sess = session(path, threads, runtime)
+def _verify(runtime: str, kind: str, path, precision: str, threads: int, test, labels, x8, ref, shape,
+            latency_batch: int, metrics: dict):
+    """Accuracy, difference from PyTorch, latency and sizes of one exported model on one runtime, its
+    float layers run in `precision` (OpenVINO's bf16/fp16 forms run the fp32 file so)."""
+    sess = session(path, threads, runtime, precision)
     logits, _ = predict_batches(sess, test, f"export: {kind} on {runtime}")
     pred = logits.argmax(1)
     size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
@@ -168,7 +228,7 @@ def _verify(runtime: str, kind: str, path, threads: int, test, labels, x8, ref, 
         f"latency_ms_{kind}_batch1": latency_ms(sess, shape, 1, runs=100, budget_s=VERIFY_BUDGET_S),
         f"size_bytes_{kind}": size, f"zipped_bytes_{kind}": zipped_size(path) if path.suffix == ".onnx" else None})
     if isinstance(sess, OpenVINOSession):
-        metrics[f"inference_precision_{kind}"] = sess.precision
+        metrics[f"inference_precision_{kind}"] = sess.precision  # what OpenVINO says it ran the float layers in
     log(f"export: {kind} on {runtime}: accuracy {metrics[f'accuracy_{kind}']:.4f}, max abs diff vs PyTorch "
         f"{metrics[f'max_abs_diff_{kind}']:.2e}, latency {metrics[f'latency_ms_{kind}']:.2f} ms at batch "
         f"{latency_batch} ({metrics[f'latency_ms_{kind}_batch1']:.3f} ms at 1), {size:,} bytes")
@@ -176,18 +236,28 @@ def _verify(runtime: str, kind: str, path, threads: int, test, labels, x8, ref, 
 
 
 def _int8_metrics(cfg, int8_path, kept_fp32, metrics: dict) -> str | None:
-    """The int8 model's checks; the failure message when it loses more than --max-drop points or is
-    less than --min-speedup times as fast as fp32 (first runtime)."""
+    """The int8 model's checks; the failure message when an int8 file (on any runtime) loses more
+    than --max-drop points (1 point when unset: a default never ships a broken int8 model with exit 0),
+    or is less than --min-speedup times as fast as fp32 (first runtime)."""
     ops = op_counts(int8_path)
-    acc32, acc8 = metrics["accuracy_fp32"], metrics["accuracy_int8"]
     metrics.update({
         "qdq_ops": {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")},
         "convs_wrapped_in_qdq": convs_wrapped_in_qdq(int8_path, skip=kept_fp32),
-        "fp32_nodes": kept_fp32, "accuracy_drop_points": round(100 * (acc32 - acc8), 4)})
+        "fp32_nodes": kept_fp32,
+        "accuracy_drop_points": round(100 * (metrics["accuracy_fp32"] - metrics["accuracy_int8"]), 4)})
+    limit = allowed_drop(cfg.max_drop)
+    budget = f"--max-drop {cfg.max_drop}" if cfg.max_drop is not None else f"the {limit:g}-point budget (--max-drop unset)"
     failures = []
-    if cfg.max_drop is not None and metrics["accuracy_drop_points"] > cfg.max_drop:
-        failures.append(f"int8 model loses {metrics['accuracy_drop_points']:.2f} accuracy points "
-                        f"(fp32 {acc32:.4f}, int8 {acc8:.4f}), more than --max-drop {cfg.max_drop}")
+    for rt, r in metrics["runtimes"].items():
+        if "int8" not in r["forms"]:
+            continue
+        drop = round(100 * (r["accuracy_fp32"] - r["accuracy_int8"]), 4)
+        r["accuracy_drop_points"] = drop
+        if drop > limit:
+            failures.append(f"int8 on {rt} loses {drop:.2f} accuracy points (fp32 {r['accuracy_fp32']:.4f}, int8 "
+                            f"{r['accuracy_int8']:.4f}), more than {budget}; try --calibration-method percentile or "
+                            f"more --calibration-batches, or ship {rt}'s deploy form {r['deploy_form']} "
+                            f"({r['deploy_file']})")
     if cfg.min_speedup is not None and metrics["speedup_int8"] < cfg.min_speedup:
         failures.append(f"int8 model is {metrics['speedup_int8']:.2f}x as fast as fp32 at batch {cfg.latency_batch} "
                         f"({metrics['latency_ms_int8']:.2f} vs {metrics['latency_ms_fp32']:.2f} ms, "
