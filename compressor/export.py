@@ -114,7 +114,7 @@ def check_calibration_method(method: str) -> None:
 def fp32_stem(model) -> list[str]:
     """Prepare the stem (the first Conv, reading the graph input, of at most 4 channels, then an
     optional Relu and a MaxPool) to stay float32; return its node names. A first Conv followed by
-    neither Relu nor MaxPool is kept float32 alone; a Conv -> Relu not followed by one MaxPool, or
+    neither Relu nor MaxPool, or read by several nodes, is kept float32 alone; a Conv -> Relu not followed by one MaxPool, or
     no such Conv, gives [] (all int8).
 
     onnxruntime's int8 convolution spends most of its time on im2col when an image has 1-4 channels
@@ -137,8 +137,8 @@ def fp32_stem(model) -> list[str]:
     if conv is None or conv.input[1] not in inits or nph.to_array(inits[conv.input[1]]).shape[1] > 4:
         return []
     nxt = consumers.get(conv.output[0], [])
-    if len(nxt) != 1:
-        return []
+    if len(nxt) != 1:  # e.g. hard-swish as x * HardSigmoid(x) (MobileNetV3): the conv alone stays float32
+        return [conv.name]
     if nxt[0].op_type == "MaxPool":
         return [conv.name, nxt[0].name]
     relu = nxt[0]
@@ -163,18 +163,62 @@ def fp32_stem(model) -> list[str]:
 class Int8Form:
     """How a model is quantized: these choices decide the int8 model's speed on a given CPU and runtime.
 
+    quantizer: onnxruntime's quantize_static (a QDQ ONNX file, for every runtime), or "nncf":
+    OpenVINO's own post-training quantizer (an IR, for OpenVINO alone; it places the quantizers where
+    OpenVINO's CPU kernels fuse them, and chooses the other three itself: they are None);
     stem: the first Conv on a 1-4 channel input (and its MaxPool) in int8 or float32 (see `fp32_stem`);
     activations: uint8 (u8s8 kernels) or int8 (s8s8; VNNI/AMX kernels on recent x86);
     per_channel: one weight scale per output channel, or one per tensor.
     """
 
-    stem: str = "int8"
-    activations: str = "u8"
-    per_channel: bool = True
+    stem: str | None = "int8"
+    activations: str | None = "u8"
+    per_channel: bool | None = True
+    quantizer: str = "onnxruntime"
 
     def label(self) -> str:
+        if self.quantizer == "nncf":
+            return "NNCF (OpenVINO's quantizer, performance preset)"
         return (f"stem {self.stem}, {self.activations} activations, "
                 f"{'per-channel' if self.per_channel else 'per-tensor'} weights")
+
+
+NNCF_FORM = Int8Form(None, None, None, "nncf")
+
+
+def nncf_available() -> bool:
+    import importlib.util
+
+    return openvino_available() and importlib.util.find_spec("nncf") is not None
+
+
+def quantize_nncf(fp32_path: Path, xml_path: Path, calibration: list[np.ndarray]) -> None:
+    """OpenVINO's IR of the fp32 ONNX model quantized by NNCF (performance preset: symmetric int8
+    weights and activations, per-channel weights, fast bias correction) on the calibration batches."""
+    import logging
+
+    ov = _openvino()
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")  # NNCF's progress bars go to stdout, which belongs to --json
+        model = ov.convert_model(str(fp32_path))
+        data = nncf.Dataset(calibration)
+        quantized = nncf.quantize(model, data, preset=nncf.QuantizationPreset.PERFORMANCE,
+                                  subset_size=sum(len(x) for x in calibration))
+        ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
+
+
+def write_int8(src: Path, dst: Path) -> None:
+    """A chosen candidate into place: an ONNX file as it is, or as OpenVINO's IR where `dst` is .xml."""
+    if dst.suffix != ".xml":
+        shutil.copyfile(src, dst)
+    elif src.suffix == ".xml":
+        shutil.copyfile(src, dst)
+        shutil.copyfile(src.with_suffix(".bin"), dst.with_suffix(".bin"))
+    else:
+        save_openvino_ir(src, dst)
 
 
 def preprocess(fp32_path: Path, tmp: Path) -> Path:
@@ -283,7 +327,10 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
     kernels differ (on the 2-core development machine onnxruntime's int8 convolution of a 1-channel
     image takes 3-4x OpenVINO's time, so the stem is float32 for one and int8 for the other). Forms
     within TIE of the fastest count as equally fast, and the first listed wins (stem int8 before fp32,
-    u8 before s8, per-channel before per-tensor), so noise does not flip the choice.
+    u8 before s8, per-channel before per-tensor), so noise does not flip the choice. Where a path of
+    `outputs` is an OpenVINO IR (.xml), every choice is left open and NNCF is installed, NNCF's own
+    quantization of the model (`NNCF_FORM`) is one more candidate there (on OpenVINO alone); an ONNX
+    form chosen for an .xml path is written as its IR.
 
     Little is measured that would not change the choice (at 224 px each pass is a second or more): a
     form over SLOW times the fastest in the first round is not timed again on that runtime (its
@@ -307,6 +354,8 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
         acts = [activations] if activations != "auto" else ["u8", "s8"]
         chans = [per_channel] if per_channel is not None else [True, False]
         forms = [Int8Form(s, a, c) for s in stems for a in acts for c in chans]
+        with_nncf = (nncf_available() and (stem, activations, per_channel) == ("auto", "auto", None)
+                     and any(Path(p).suffix == ".xml" for p in outputs.values()))
         if len(forms) == 1:
             only = tmp / "candidate0.onnx"
             excluded = _quantize_preprocessed(pre, only, xs, forms[0], method)
@@ -318,7 +367,7 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                     row = {**asdict(forms[0]), "fp32_nodes": excluded, "error": _refusal(e, only)}
                     choices[rt] = Int8Choice(None, None, excluded, [row], error=row["error"])
                     continue
-                shutil.copyfile(only, outputs[rt])
+                write_int8(only, Path(outputs[rt]))
                 choices[rt] = Int8Choice(forms[0], Path(outputs[rt]), excluded, [])
             return choices
 
@@ -328,14 +377,25 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
             return float((logits.argmax(1) == labels).mean())
 
         paths, excluded = [], []
+        n_onnx = len(forms)
+        forms += [NNCF_FORM] if with_nncf else []
         n, limit = len(forms), allowed_drop(max_drop)
         steps = n + rounds * n * len(runtimes) + len(runtimes) * (1 + n)  # at most: rounds and scores are skipped
         with progress(f"export: {n} int8 candidates", steps) as bar:
             for i, form in enumerate(forms):
-                paths.append(tmp / f"candidate{i}.onnx")
-                excluded.append(_quantize_preprocessed(pre, paths[-1], xs, form, method,
-                                                       ranges=tmp / f"ranges-{form.stem}.json"))
+                if form.quantizer == "nncf":
+                    paths.append(tmp / f"candidate{i}.xml")
+                    quantize_nncf(fp32_path, paths[-1], xs)
+                    excluded.append([])
+                else:
+                    paths.append(tmp / f"candidate{i}.onnx")
+                    excluded.append(_quantize_preprocessed(pre, paths[-1], xs, form, method,
+                                                           ranges=tmp / f"ranges-{form.stem}.json"))
                 bar.advance(1, f"quantized {form.label()}")
+
+            def applies(i: int, rt: str) -> bool:  # an IR candidate is OpenVINO's alone, for its IR output
+                return i < n_onnx or (rt == "openvino" and Path(outputs[rt]).suffix == ".xml")
+
             shape = input_shape_of(fp32_path)
             times = {rt: [[] for _ in forms] for rt in runtimes}
             errors: dict[str, dict[int, str]] = {rt: {} for rt in runtimes}  # forms a runtime cannot compile or run
@@ -343,7 +403,7 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                 for i, path in enumerate(paths):
                     for rt in runtimes:
                         timed = [t[0] for t in times[rt] if t]
-                        if i in errors[rt] or (r and times[rt][i][0] > SLOW * min(timed)):
+                        if not applies(i, rt) or i in errors[rt] or (r and times[rt][i][0] > SLOW * min(timed)):
                             continue  # refused, or far slower than the fastest: not timed again on this runtime
                         try:
                             sess = session(path, threads, rt)  # one live session at a time: idle threads spin
@@ -358,10 +418,12 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                          "latency_ms": float(np.median(t)) if t else None, "latency_rounds": len(t),
                          "within_drop": None, **({"error": errors[rt][i]} if i in errors[rt] else {})}
                         for i, (form, nodes, t) in enumerate(zip(forms, excluded, times[rt]))]
+                rows = [row if applies(i, rt) else None for i, row in enumerate(rows)]  # placeholders: indices stay
                 fp32_acc = calibration_accuracy(fp32_path, rt)
                 bar.advance(1, f"accuracy on {rt}")
                 fastest = None  # the fastest form within the drop; forms are scored from the fastest on
-                for i in sorted((i for i in range(n) if "error" not in rows[i]), key=lambda i: rows[i]["latency_ms"]):
+                for i in sorted((i for i in range(n) if rows[i] and "error" not in rows[i]),
+                                key=lambda i: rows[i]["latency_ms"]):
                     if fastest is not None and rows[i]["latency_ms"] > fastest * (1 + TIE):
                         break  # slower than the fastest form within the drop: never chosen, never scored
                     try:
@@ -374,17 +436,17 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                     if fastest is None and rows[i]["within_drop"]:
                         fastest = rows[i]["latency_ms"]
                     bar.advance(1, f"accuracy on {rt}")
-                ran = [i for i in range(n) if "error" not in rows[i]]
+                ran = [i for i in range(n) if rows[i] and "error" not in rows[i]]
                 if not ran:
-                    choices[rt] = Int8Choice(None, None, [], rows, error=rows[0]["error"])
+                    choices[rt] = Int8Choice(None, None, [], [row for row in rows if row], error=rows[0]["error"])
                     continue
                 if fastest is not None:  # among forms within TIE of the fastest, the first listed (this close is noise)
                     best = next(i for i in ran if rows[i]["within_drop"] and rows[i]["latency_ms"] <= fastest * (1 + TIE))
                 else:  # none within: every form that runs was scored; the most accurate
                     best = max(ran, key=lambda i: rows[i]["calibration_accuracy"])
                 rows[best]["chosen"] = True
-                shutil.copyfile(paths[best], outputs[rt])
-                choices[rt] = Int8Choice(forms[best], Path(outputs[rt]), excluded[best], rows)
+                write_int8(paths[best], Path(outputs[rt]))
+                choices[rt] = Int8Choice(forms[best], Path(outputs[rt]), excluded[best], [row for row in rows if row])
             bar.complete("done")
         return choices
 

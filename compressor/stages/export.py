@@ -81,9 +81,7 @@ def export(run: StageRun) -> dict:
             else:
                 r["error_int8"] = _why(choice, rt, cfg)
         if rt == "openvino":
-            files = _openvino_files(files, writer)
-            if choice is not None and choice.path is not None and choice.path != variants["int8"]:
-                choice.path.unlink()  # the ONNX quantized for OpenVINO alone: its IR now holds it
+            files = {**_openvino_files(files, writer), **({"int8": files["int8"]} if "int8" in files else {})}
         forms = [(kind, path, "fp32") for kind, path in files.items()]
         forms[1:1] = [(p, files["fp32"], p) for p in reduced_float_forms(rt)]  # bf16/fp16: the fp32 file, run so
         preds = {}
@@ -159,10 +157,9 @@ def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], thre
     if cfg.int8:
         calib = [(xb.numpy(), yb.numpy())  # the images standing for the training split (a sample of every class)
                  for xb, yb in bundle.loader("train", 64, seed=cfg.seed, limit=64 * cfg.calibration_batches)]
-        variants["int8"] = writer.path("model.int8.onnx")
-        # the first runtime's form is model.int8.onnx; another's is an ONNX file only until its own format is written
-        outputs = {rt: variants["int8"] if i == 0 else writer.path(f".model.int8.{rt}.onnx")
-                   for i, rt in enumerate(runtimes)}
+        # onnxruntime's form is model.int8.onnx, OpenVINO's its IR model.int8.xml (+ .bin)
+        outputs = {rt: writer.path("model.int8.onnx" if rt == "onnxruntime" else "model.int8.xml") for rt in runtimes}
+        variants["int8"] = outputs[runtimes[0]]
         choices = choose_int8_form(fp32, outputs, calib, stem=cfg.stem, activations=cfg.activations,
                                    per_channel=cfg.per_channel, method=cfg.calibration_method, threads=threads,
                                    batch=cfg.latency_batch, max_drop=cfg.max_drop)
@@ -187,7 +184,7 @@ def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], thre
 def _why(choice: Int8Choice, runtime: str, cfg) -> str:
     candidates = choice.candidates
     refused = sum("error" in c for c in candidates)
-    said = f" ({refused} refused by {runtime})" if refused else ""
+    said = f"; {refused} refused by {runtime}" if refused else ""
     if choice.form is None:
         return f"{runtime} runs none of the {len(candidates)} int8 forms measured: {choice.error}"
     if not candidates:
@@ -202,14 +199,10 @@ def _why(choice: Int8Choice, runtime: str, cfg) -> str:
 
 
 def _openvino_files(variants: dict, writer) -> dict:
-    """The IR of the fp32 and int8 ONNX models (fp16 stays ONNX-only), written into the artifact."""
-    files = {}
-    for kind in ("fp32", "int8"):
-        if kind in variants:
-            xml = writer.path("model.xml" if kind == "fp32" else f"model.{kind}.xml")
-            save_openvino_ir(variants[kind], xml)
-            files[kind] = xml
-    return files
+    """The IR of the fp32 ONNX model (fp16 stays ONNX-only; int8 is written as IR where it is chosen)."""
+    xml = writer.path("model.xml")
+    save_openvino_ir(variants["fp32"], xml)
+    return {"fp32": xml}
 
 
 def _verify(runtime: str, kind: str, path, precision: str, threads: int, test, labels, x8, ref, shape,
@@ -239,10 +232,11 @@ def _int8_metrics(cfg, int8_path, kept_fp32, metrics: dict) -> str | None:
     """The int8 model's checks; the failure message when an int8 file (on any runtime) loses more
     than --max-drop points (1 point when unset: a default never ships a broken int8 model with exit 0),
     or is less than --min-speedup times as fast as fp32 (first runtime)."""
-    ops = op_counts(int8_path)
+    if int8_path.suffix == ".onnx":  # the QDQ graph (with --runtime openvino alone: an IR)
+        ops = op_counts(int8_path)
+        metrics.update({"qdq_ops": {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")},
+                        "convs_wrapped_in_qdq": convs_wrapped_in_qdq(int8_path, skip=kept_fp32)})
     metrics.update({
-        "qdq_ops": {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")},
-        "convs_wrapped_in_qdq": convs_wrapped_in_qdq(int8_path, skip=kept_fp32),
         "fp32_nodes": kept_fp32,
         "accuracy_drop_points": round(100 * (metrics["accuracy_fp32"] - metrics["accuracy_int8"]), 4)})
     limit = allowed_drop(cfg.max_drop)

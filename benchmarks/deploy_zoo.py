@@ -1,0 +1,106 @@
+"""What `compress export` makes of the model families users ship to CPUs: each runtime's float32,
+reduced-float and int8 forms, and the deploy form it chooses.
+
+    python benchmarks/deploy_zoo.py                       # the five families, about an hour on 2 cores
+    python benchmarks/deploy_zoo.py --models resnet18     # one
+
+Each model is taught on --train-size Fashion-MNIST images at --image-size px for --epochs epochs
+(`compress teach`; cached under --work and reused when present), then exported with the default flags
+but --int8 and --runtime all:
+
+    compress export WORK/MODEL/teach --data fashion-mnist --image-size 32 --int8 --runtime all --out WORK/MODEL/export
+
+The table gives, per runtime and form, the test accuracy, the latency at batch 1 and 64 (medians,
+warm-up excluded, this machine's threads), and the deploy form; the header names the CPU's flags and
+the runtimes' versions. Results differ between machines (other kernels, other default precisions); on
+one machine the accuracies repeat. The rows are also written as CSV (--csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+FAMILIES = ("resnet18", "regnetx_002", "mobilenetv2_050", "mobilenetv3_small_100", "efficientnet_b0")
+
+
+def teach(model: str, out: Path, a) -> None:
+    if (out / "metrics.json").is_file():
+        return  # cached: taught before with these settings (the directory name holds them)
+    subprocess.run(["compress", "teach", "--model", model, "--data", "fashion-mnist", "--image-size", str(a.image_size),
+                    "--train-size", str(a.train_size), "--epochs", str(a.epochs), "--lr", str(a.lr), "--quiet",
+                    "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+
+
+def export(teacher: Path, out: Path, a) -> tuple[dict, int]:
+    res = subprocess.run(["compress", "export", str(teacher), "--data", "fashion-mnist", "--image-size",
+                          str(a.image_size), "--int8", "--runtime", "all", "--quiet", "--out", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if not (out / "metrics.json").is_file():
+        raise SystemExit(f"export of {teacher} wrote nothing: {res.stderr.strip().splitlines()[-1:]}")
+    return json.loads((out / "metrics.json").read_text()), res.returncode
+
+
+def rows_of(model: str, m: dict, rc: int) -> list[dict]:
+    rows = []
+    for rt, r in m["runtimes"].items():
+        fp32 = r["accuracy_fp32"]
+        for form in r.get("forms", ["fp32", "int8"]):
+            if f"accuracy_{form}" not in r:
+                continue
+            rows.append({"model": model, "runtime": rt, "form": form, "precision": r.get(f"precision_{form}", form),
+                         "accuracy": r[f"accuracy_{form}"], "drop_points": round(100 * (fp32 - r[f"accuracy_{form}"]), 2),
+                         "ms_batch1": r[f"latency_ms_{form}_batch1"], "ms_batch64": r[f"latency_ms_{form}"],
+                         "vs_fp32_batch64": round(r[f"latency_ms_{form}"] / r["latency_ms_fp32"], 3),
+                         "deploy": r.get("deploy_form") == form, "int8_form": _form(r) if form == "int8" else "",
+                         "exit": rc})
+    return rows
+
+
+def _form(r: dict) -> str:
+    f = r.get("int8_form") or {}
+    return ", ".join(f"{k}={v}" for k, v in f.items())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(FAMILIES))
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--train-size", type=int, default=20000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--work", type=Path, default=Path("runs/deploy-zoo"), help="cache of the taught models and exports")
+    ap.add_argument("--csv", type=Path, default=None, help="also write the rows here")
+    a = ap.parse_args()
+    from compressor.export import machine_summary
+
+    rows = []
+    for model in a.models:
+        base = a.work / f"{model}-{a.image_size}px-{a.train_size}-e{a.epochs}-lr{a.lr}"
+        teach(model, base / "teach", a)
+        m, rc = export(base / "teach", base / "export", a)
+        rows += rows_of(model, m, rc)
+        print(f"{model}: exported (exit {rc})", file=sys.stderr)
+    print(machine_summary())
+    print(f"\nFashion-MNIST, {a.train_size} training images, {a.epochs} epochs, {a.image_size} px; test split "
+          f"(10,000 images); latency median ms, {m['threads']} threads\n")
+    print("| model | runtime | form | accuracy (drop, points) | ms at batch 1 | ms at batch 64 | × fp32 at 64 | deploy |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['runtime']} | {r['form']} | {r['accuracy']:.4f} ({r['drop_points']:+.2f}) | "
+              f"{r['ms_batch1']:.3f} | {r['ms_batch64']:.2f} | {r['vs_fp32_batch64']:.2f} | "
+              f"{'**deploy**' if r['deploy'] else ''} |")
+    if a.csv:
+        a.csv.parent.mkdir(parents=True, exist_ok=True)
+        with a.csv.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
