@@ -410,9 +410,10 @@ class ExportConfig(DataFields, Runtime, Output):
         "auto", "int8 activation type: u8 (uint8) or s8 (int8; VNNI/AMX kernels); auto: measured.")
     quant_format: Literal["qdq"] = option("qdq", "Quantized graph format: qdq (QuantizeLinear/DequantizeLinear "
                                                  "around each op).", flag="--format")
-    max_drop: Optional[float] = option(None, "Fail (exit 1, artifact marked failed) if int8 loses more than this "
-                                             "many accuracy points; also the loss allowed to the forms --int8 measures "
-                                             "(1 point when unset).", ge=0)
+    max_drop: Optional[float] = option(None, "Fail (exit 1, artifact marked failed) if an int8 file loses more than "
+                                             "this many accuracy points on any runtime (1 point when unset); also the "
+                                             "loss allowed to the int8 forms measured and to each runtime's deploy "
+                                             "form.", ge=0)
     min_speedup: Optional[float] = option(None, "Fail (exit 1, artifact marked failed) if int8 is not at least this many "
                                                 "times as fast as fp32 at --latency-batch (on the first runtime measured: "
                                                 "onnxruntime unless --runtime openvino; this machine).", gt=0)

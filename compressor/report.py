@@ -41,7 +41,7 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
                "control_accuracy": m.get("control_accuracy"), "sparsity": m.get("sparsity"),
                "zipped_bytes": None, "accuracy_int8": m.get("accuracy_int8"),
                "latency_ms_fp32": m.get("latency_ms_fp32"), "latency_ms_int8": m.get("latency_ms_int8"),
-               "status": m.get("status", "ok"),
+               "status": m.get("status", "ok"), "deploy_form": m.get("deploy_form"),
                # what the stage started from: prune's model before pruning, export's PyTorch model
                "input_accuracy": m.get("accuracy_before", m.get("accuracy_torch"))}
         if "zipped_bytes_int8" in m:
@@ -55,7 +55,7 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
             rows.append({**{k: None for k in row}, "stage": f"{d.name} ({rt})", "status": row["status"],
                          "accuracy": values.get("accuracy_fp32"), "accuracy_int8": values.get("accuracy_int8"),
                          "latency_ms_fp32": values.get("latency_ms_fp32"),
-                         "latency_ms_int8": values.get("latency_ms_int8")})
+                         "latency_ms_int8": values.get("latency_ms_int8"), "deploy_form": values.get("deploy_form")})
         if m.get("runtimes") and len(m["runtimes"]) > 1:
             row["stage"] = f"{d.name} ({m.get('runtime', 'onnxruntime')})"
     return rows
@@ -67,7 +67,8 @@ def summary_table(rows: list[dict], title: str = "") -> Table:
               caption="accuracy: test split; zipped: model.safetensors, or the int8 ONNX for export, compressed with "
                       "zip (deflate); ms: CPU latency at batch 64 on onnxruntime (on the runtime in brackets where "
                       "export measured several), median of repeated runs after warm-up; "
-                      "alone: the student trained without the teacher")
+                      "alone: the student trained without the teacher; deploy: the form to ship on that runtime "
+                      "(the fastest within the accuracy budget)")
     for r in rows:
         notes = []
         if r["agreement"] is not None:
@@ -76,6 +77,8 @@ def summary_table(rows: list[dict], title: str = "") -> Table:
             notes.append(f"alone {r['control_accuracy']:.4f}")
         if r["sparsity"] is not None:
             notes.append(f"sparsity {r['sparsity']:.3f}")
+        if r.get("deploy_form"):
+            notes.append(f"deploy {r['deploy_form']}")
         notes.extend(worse_notes(r))
         if r["status"] != "ok":
             notes.append(str(r["status"]).upper())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict
 
@@ -94,6 +95,11 @@ def export(run: StageRun) -> dict:
                     raise
                 r[f"error_{kind}"] = str(e)
                 warn(f"export: {kind} on {rt} not measured: {e}")
+        if "int8" in preds and choice.fallback is not None:
+            if 100 * (r["accuracy_fp32"] - r["accuracy_int8"]) > limit:
+                preds["int8"] = _fall_back(rt, choice, r, limit, lambda: _verify(
+                    rt, "int8", choice.path, "fp32", threads, test, labels, x8, ref, shape, cfg.latency_batch, r))
+            _remove_ir_or_onnx(choice.fallback)
         r["forms"] = list(preds)
         if "int8" in preds:
             r["speedup_int8"] = round(r["latency_ms_fp32"] / r["latency_ms_int8"], 3)
@@ -114,6 +120,30 @@ def export(run: StageRun) -> dict:
     metrics.update({"status": "failed" if failure else "ok", "failure": failure, "max_drop": cfg.max_drop,
                     "min_speedup": cfg.min_speedup, "accuracy_budget_points": limit})
     return metrics
+
+
+def _fall_back(runtime: str, choice: Int8Choice, r: dict, limit: float, verify):
+    """NNCF's file, chosen on the calibration images, lost more than `limit` points on the test split:
+    ship the best QDQ form instead (chosen on the same images), verified the same way; return its predictions."""
+    lost = round(100 * (r["accuracy_fp32"] - r["accuracy_int8"]), 4)
+    for suffix in ((".xml", ".bin") if choice.path.suffix == ".xml" else (choice.path.suffix,)):
+        os.replace(choice.fallback.with_suffix(suffix), choice.path.with_suffix(suffix))
+    chosen = asdict(choice.fallback_form)
+    for row in r["int8_candidates"]:
+        row["chosen"] = all(row.get(k) == v for k, v in chosen.items())
+    r.update(int8_form=chosen, int8_fallback={"from": asdict(choice.form), "test_drop_points": lost},
+             int8_choice=f"{choice.fallback_form.label()}: {choice.form.label()} lost {lost:.2f} points on the test "
+                         f"split, more than {limit:g}")
+    warn(f"int8 on {runtime}: {choice.form.label()} lost {lost:.2f} accuracy points on the test split; shipping "
+         f"{choice.fallback_form.label()} instead")
+    choice.form = choice.fallback_form
+    return verify()
+
+
+def _remove_ir_or_onnx(path) -> None:
+    for p in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
+        if p.exists():
+            p.unlink()
 
 
 def _deploy_form(runtime: str, r: dict, files: dict, limit: float, batch: int) -> None:
