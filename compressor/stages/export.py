@@ -34,7 +34,9 @@ def export(run: StageRun) -> dict:
     fastest on it within `max_drop` points, and every candidate is recorded in metrics.json
     (`int8_candidates`, `int8_form`, `int8_choice`: the first runtime's; each runtime's under `runtimes`).
     A form a runtime cannot compile or run is recorded among its candidates with its `error` and
-    skipped; the export fails only when the first runtime runs none.
+    skipped; the export fails only when the first runtime runs none. OpenVINO's candidates include
+    NNCF's own quantization; where NNCF's file, chosen on the calibration images, loses more than the
+    budget on the test split, the best QDQ form is shipped instead (`int8_fallback`).
 
     Verification, on every runtime measured: onnx.checker; the runtime vs PyTorch max abs difference
     at batch 1 and 8; accuracy of every exported model on the test split; fp32/int8 agreement;
