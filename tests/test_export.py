@@ -532,3 +532,17 @@ def test_nncf_form_that_loses_on_the_test_split_falls_back_to_the_best_qdq_form(
     assert len(chosen) == 1 and chosen[0]["quantizer"] == "onnxruntime"
     assert m["accuracy_int8"] > m["accuracy_fp32"] - 0.05 and m["status"] == "ok"
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_reduced_float_file_on_onnxruntime_is_shipped_as_it_is(student_dir, tmp_path, monkeypatch):
+    """--fp16 on onnxruntime: where model.fp16.onnx is the deploy form, it is named without OpenVINO's hint."""
+    stage_module = importlib.import_module("compressor.stages.export")
+    real = stage_module.latency_ms
+
+    def fp16_fastest(sess, *a, **k):
+        real(sess, *a, **k)
+        return 1.0 if "fp16" in sess.path.name else 2.0
+
+    monkeypatch.setattr(stage_module, "latency_ms", fp16_fastest)
+    m = export(student_dir, data=SYN, out=tmp_path / "e", fp16=True, runtime="onnxruntime", device="cpu")
+    assert m["deploy_form"] == "fp16" and m["deploy_file"] == "model.fp16.onnx"

@@ -155,8 +155,8 @@ def _deploy_form(runtime: str, r: dict, files: dict, limit: float, batch: int) -
     fp32_acc = r["accuracy_fp32"]
     within = [k for k in r["forms"] if 100 * (fp32_acc - r[f"accuracy_{k}"]) <= limit]
     best = min(within, key=lambda k: r[f"latency_ms_{k}"])
-    hint = f" with INFERENCE_PRECISION_HINT {OPENVINO_PRECISION[best]}" if best in OPENVINO_PRECISION and best != "fp32" \
-        else ""
+    ov_hint = runtime == "openvino" and best in OPENVINO_PRECISION and best != "fp32"  # the fp32 IR, run so
+    hint = f" with INFERENCE_PRECISION_HINT {OPENVINO_PRECISION[best]}" if ov_hint else ""
     r.update({"deploy_form": best, "deploy_file": files[best].name + hint,
               "deploy_speedup": round(r["latency_ms_fp32"] / r[f"latency_ms_{best}"], 3)})
     log(f"export: deploy form on {runtime}: {best}: {r['deploy_file']} ({r[f'latency_ms_{best}']:.2f} ms at batch "
