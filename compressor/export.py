@@ -210,13 +210,16 @@ def quantize_nncf(fp32_path: Path, xml_path: Path, calibration: list[np.ndarray]
         ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
 
 
+def model_files(path: Path) -> list[Path]:
+    """The files of one model: an ONNX file, or OpenVINO's IR (the .xml and the .bin beside it)."""
+    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+
+
 def write_int8(src: Path, dst: Path) -> None:
     """A chosen candidate into place: an ONNX file as it is, or as OpenVINO's IR where `dst` is .xml."""
-    if dst.suffix != ".xml":
-        shutil.copyfile(src, dst)
-    elif src.suffix == ".xml":
-        shutil.copyfile(src, dst)
-        shutil.copyfile(src.with_suffix(".bin"), dst.with_suffix(".bin"))
+    if src.suffix == ".xml" or dst.suffix != ".xml":
+        for a, b in zip(model_files(src), model_files(dst)):
+            shutil.copyfile(a, b)
     else:
         save_openvino_ir(src, dst)
 
@@ -378,6 +381,17 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
             logits = np.concatenate([sess(x) for x in xs])
             return float((logits.argmax(1) == labels).mean())
 
+        def score(row: dict, path: Path, runtime: str, fp32_acc: float) -> bool:
+            """Score one candidate on the calibration images into its row; False where it fails to run."""
+            try:
+                acc = calibration_accuracy(path, runtime)
+            except Exception as e:  # noqa: BLE001 - compiled, then failed to run: not a candidate either
+                row.update(error=_refusal(e, path), latency_ms=None)
+                return False
+            drop = round(100 * (fp32_acc - acc), 4)
+            row.update(calibration_accuracy=acc, drop_points=drop, within_drop=drop <= limit)
+            return True
+
         paths, excluded = [], []
         n_onnx = len(forms)
         forms += [NNCF_FORM] if with_nncf else []
@@ -428,13 +442,8 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                                 key=lambda i: rows[i]["latency_ms"]):
                     if fastest is not None and rows[i]["latency_ms"] > fastest * (1 + TIE):
                         break  # slower than the fastest form within the drop: never chosen, never scored
-                    try:
-                        acc = calibration_accuracy(paths[i], rt)
-                    except Exception as e:  # noqa: BLE001 - compiled, then failed to run: not a candidate either
-                        rows[i].update(error=_refusal(e, paths[i]), latency_ms=None)
+                    if not score(rows[i], paths[i], rt, fp32_acc):
                         continue
-                    drop = round(100 * (fp32_acc - acc), 4)
-                    rows[i].update(calibration_accuracy=acc, drop_points=drop, within_drop=drop <= limit)
                     if fastest is None and rows[i]["within_drop"]:
                         fastest = rows[i]["latency_ms"]
                     bar.advance(1, f"accuracy on {rt}")
@@ -453,15 +462,8 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                     qdq = [i for i in sorted(range(n_onnx), key=lambda i: rows[i]["latency_ms"] or float("inf"))
                            if "error" not in rows[i]]
                     for i in qdq:
-                        if rows[i]["calibration_accuracy"] is None:
-                            try:
-                                acc = calibration_accuracy(paths[i], rt)
-                            except Exception as e:  # noqa: BLE001
-                                rows[i].update(error=_refusal(e, paths[i]), latency_ms=None)
-                                continue
-                            drop = round(100 * (fp32_acc - acc), 4)
-                            rows[i].update(calibration_accuracy=acc, drop_points=drop, within_drop=drop <= limit)
-                        if rows[i]["within_drop"]:
+                        if (rows[i]["calibration_accuracy"] is not None or score(rows[i], paths[i], rt, fp32_acc)) \
+                                and rows[i]["within_drop"]:
                             break
                     scored = [i for i in qdq if rows[i].get("calibration_accuracy") is not None]
                     if scored:
@@ -629,18 +631,24 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx51
              "amx_bf16")  # the ones that change which kernels the runtimes pick
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line of /proc/cpuinfo (None where there is none, e.g. off Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((ln.partition(":")[2].strip() for ln in lines if ln.split(":")[0].strip() == field), None)
+
+
 def cpu_flags() -> list[str]:
     """This CPU's instruction-set flags that decide the runtimes' kernels (recorded beside latencies;
     what a runtime supports is asked of the runtime, not read from here)."""
     import platform
 
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    flags = _cpuinfo("flags")
+    if flags is None:
         return [platform.processor() or platform.machine()]
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    have = set(line.partition(":")[2].split())
-    return [f for f in CPU_FLAGS if f in have]
+    return [f for f in CPU_FLAGS if f in set(flags.split())]
 
 
 def machine_summary() -> str:
@@ -650,12 +658,7 @@ def machine_summary() -> str:
 
     import onnxruntime
 
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(ln.partition(":")[2].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                     if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = _cpuinfo("model name") or platform.processor() or platform.machine()
     versions = [f"onnxruntime {onnxruntime.__version__}"]
     if openvino_available():
         versions.append(f"OpenVINO {_openvino().__version__.split('-')[0]}")

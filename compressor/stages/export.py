@@ -15,8 +15,8 @@ from compressor.config import ExportConfig
 from compressor.console import log, warn
 from compressor.export import (OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S, Int8Choice,
                                OpenVINOSession, allowed_drop, choose_int8_form, convert_fp16, convs_wrapped_in_qdq,
-                               cpu_flags, export_onnx, latency_ms, op_counts, openvino_available, predict_batches,
-                               reduced_float_forms, save_openvino_ir, session)
+                               cpu_flags, export_onnx, latency_ms, model_files, op_counts, openvino_available,
+                               predict_batches, reduced_float_forms, save_openvino_ir, session)
 from compressor.models import count_params
 from compressor.stages.runner import StageRun, stage
 
@@ -82,7 +82,7 @@ def export(run: StageRun) -> dict:
             if choice.path is not None:
                 files["int8"] = choice.path
             else:
-                r["error_int8"] = _why(choice, rt, cfg)
+                r["error_int8"] = r["int8_choice"]
         if rt == "openvino":
             files = {**_openvino_files(files, writer), **({"int8": files["int8"]} if "int8" in files else {})}
         forms = [(kind, path, "fp32") for kind, path in files.items()]
@@ -101,7 +101,8 @@ def export(run: StageRun) -> dict:
             if 100 * (r["accuracy_fp32"] - r["accuracy_int8"]) > limit:
                 preds["int8"] = _fall_back(rt, choice, r, limit, lambda: _verify(
                     rt, "int8", choice.path, "fp32", threads, test, labels, x8, ref, shape, cfg.latency_batch, r))
-            _remove_ir_or_onnx(choice.fallback)
+            for leftover in model_files(choice.fallback):  # already moved into place where it was shipped
+                leftover.unlink(missing_ok=True)
         r["forms"] = list(preds)
         if "int8" in preds:
             r["speedup_int8"] = round(r["latency_ms_fp32"] / r["latency_ms_int8"], 3)
@@ -128,8 +129,8 @@ def _fall_back(runtime: str, choice: Int8Choice, r: dict, limit: float, verify):
     """NNCF's file, chosen on the calibration images, lost more than `limit` points on the test split:
     ship the best QDQ form instead (chosen on the same images), verified the same way; return its predictions."""
     lost = round(100 * (r["accuracy_fp32"] - r["accuracy_int8"]), 4)
-    for suffix in ((".xml", ".bin") if choice.path.suffix == ".xml" else (choice.path.suffix,)):
-        os.replace(choice.fallback.with_suffix(suffix), choice.path.with_suffix(suffix))
+    for src, dst in zip(model_files(choice.fallback), model_files(choice.path)):
+        os.replace(src, dst)
     chosen = asdict(choice.fallback_form)
     for row in r["int8_candidates"]:
         row["chosen"] = all(row.get(k) == v for k, v in chosen.items())
@@ -140,12 +141,6 @@ def _fall_back(runtime: str, choice: Int8Choice, r: dict, limit: float, verify):
          f"{choice.fallback_form.label()} instead")
     choice.form = choice.fallback_form
     return verify()
-
-
-def _remove_ir_or_onnx(path) -> None:
-    for p in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
-        if p.exists():
-            p.unlink()
 
 
 def _deploy_form(runtime: str, r: dict, files: dict, limit: float, batch: int) -> None:
@@ -244,7 +239,7 @@ def _verify(runtime: str, kind: str, path, precision: str, threads: int, test, l
     sess = session(path, threads, runtime, precision)
     logits, _ = predict_batches(sess, test, f"export: {kind} on {runtime}")
     pred = logits.argmax(1)
-    size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+    size = sum(p.stat().st_size for p in model_files(path))
     metrics.update({
         f"accuracy_{kind}": float((pred == labels).mean()),
         f"max_abs_diff_{kind}": _max_diff(sess, x8.numpy(), ref, batch=8),
