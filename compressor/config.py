@@ -384,6 +384,18 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
         return self
 
 
+class QuantizeConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output):
+    model_dir: str = option(help="Artifact directory of the float model to quantize (teach, distill or prune).",
+                            argument=True, recipe=False)
+    teacher: Optional[str] = option(None, "Teacher artifact directory. Default: the float model being quantized (its "
+                                          "int8 form learns to match its own float outputs).")
+    epochs: int = option(2, "Quantization-aware fine-tuning epochs.", ge=0)
+    lr: float = option(0.002, "Peak fine-tuning learning rate (cosine schedule down to 0); small: the weights "
+                              "only learn to live with int8 rounding.", gt=0, allow_inf_nan=False)
+    calibration_batches: int = option(8, "Training batches that initialise the activation ranges before "
+                                         "fine-tuning.", ge=1)
+
+
 class ExportConfig(DataFields, Runtime, Output):
     model_dir: str = option(help="Artifact directory of the model to read.", argument=True, recipe=False)
     onnx: bool = option(True, "Write model.onnx (fp32, opset 17, dynamic batch). Always on.", flag="--onnx",
@@ -436,7 +448,8 @@ class EvalConfig(DataFields, Runtime):
 
 
 STAGE_CONFIGS: dict[str, type[Config]] = {"teach": TeachConfig, "select": SelectConfig, "distill": DistillConfig,
-                                          "prune": PruneConfig, "export": ExportConfig}
+                                          "prune": PruneConfig, "quantize": QuantizeConfig,
+                                          "export": ExportConfig}
 INPUT_FIELDS = ("model_dir", "teacher", "channels", "target")  # artifact directories a stage reads
 
 

@@ -42,6 +42,57 @@ def export_onnx(model: nn.Module, path: Path, input_shape: list[int]) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
+def export_qdq(model: nn.Module, path: Path, input_shape: list[int]) -> None:
+    """Export a fake-quantized model (compressor.quantize) as a QDQ ONNX file: torch.onnx writes each
+    FakeQuantize as QuantizeLinear -> DequantizeLinear with its scale and zero point; the weights'
+    QuantizeLinear is then computed once, so the file stores int8 weights as onnxruntime's quantizer does."""
+    export_onnx(model, path, input_shape)
+    import onnx
+
+    proto = onnx.load(str(path))
+    if weights_stored_int8(proto):
+        onnx.save(proto, str(path))
+        onnx.checker.check_model(str(path), full_check=True)
+
+
+def weights_stored_int8(model) -> int:
+    """Replace each QuantizeLinear whose inputs are all constants (a weight, its scales and zero
+    points) by its int8 result, stored as an initializer; drop the float weights no longer read.
+    Rounds half to even, as QuantizeLinear does. Return how many were replaced."""
+    import onnx.numpy_helper as nph
+
+    g = model.graph
+    consts = {t.name: nph.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = nph.to_array(n.attribute[0].t)
+        elif n.op_type == "Identity" and n.input[0] in consts:
+            consts[n.output[0]] = consts[n.input[0]]
+    keep, added = [], []
+    for n in g.node:
+        if n.op_type != "QuantizeLinear" or len(n.input) < 3 or not all(i in consts for i in n.input):
+            keep.append(n)
+            continue
+        x, scale, zp = (consts[i] for i in n.input[:3])
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        shape = [1] * x.ndim
+        if scale.size > 1:
+            shape[axis] = -1
+        info = np.iinfo(zp.dtype)
+        q = np.rint(x / scale.reshape(shape)) + zp.astype(np.int64).reshape(shape)
+        added.append(nph.from_array(np.clip(q, info.min, info.max).astype(zp.dtype), n.output[0]))
+    if not added:
+        return 0
+    del g.node[:]
+    g.node.extend(keep)
+    g.initializer.extend(added)
+    read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    unused = [t for t in g.initializer if t.name not in read]
+    for t in unused:
+        g.initializer.remove(t)
+    return len(added)
+
+
 def spatial_means_as_average_pools(model) -> list[str]:
     """Rewrite each mean over the whole image (GlobalAveragePool, or ReduceMean over axes 2 and 3 of
     a 4-d tensor: the global pool of a head, the squeeze of squeeze-and-excitation) whose height and
@@ -163,9 +214,10 @@ def fp32_stem(model) -> list[str]:
 class Int8Form:
     """How a model is quantized: these choices decide the int8 model's speed on a given CPU and runtime.
 
-    quantizer: onnxruntime's quantize_static (a QDQ ONNX file, for every runtime), or "nncf":
+    quantizer: onnxruntime's quantize_static (a QDQ ONNX file, for every runtime), "nncf":
     OpenVINO's own post-training quantizer (an IR, for OpenVINO alone; it places the quantizers where
-    OpenVINO's CPU kernels fuse them, and chooses the other three itself: they are None);
+    OpenVINO's CPU kernels fuse them, and chooses the other three itself: they are None), or
+    "quantize": the scheme `compress quantize` trains (compressor.quantize), its ranges learned;
     stem: the first Conv on a 1-4 channel input (and its MaxPool) in int8 or float32 (see `fp32_stem`);
     activations: uint8 (u8s8 kernels) or int8 (s8s8; VNNI/AMX kernels on recent x86);
     per_channel: one weight scale per output channel, or one per tensor.
@@ -179,11 +231,15 @@ class Int8Form:
     def label(self) -> str:
         if self.quantizer == "nncf":
             return "NNCF (OpenVINO's quantizer, performance preset)"
+        if self.quantizer == "quantize":
+            return ("learned by compress quantize: u8 activations, per-channel weights, float32 between layers"
+                    " (stem float32 on 1-4 channel images)")
         return (f"stem {self.stem}, {self.activations} activations, "
                 f"{'per-channel' if self.per_channel else 'per-tensor'} weights")
 
 
 NNCF_FORM = Int8Form(None, None, None, "nncf")
+LEARNED_FORM = Int8Form(None, "u8", True, "quantize")  # compress quantize's scheme (compressor.quantize)
 
 
 def nncf_available() -> bool:

@@ -151,6 +151,7 @@ class ModelSpec(BaseModel):
     data: dict[str, Any] = {}
     settings: dict[str, Any] = {}
     structured_pruning: list[list[dict[str, Any]]] = []
+    quantization: dict[str, Any] = {}  # compress quantize: folded BatchNorms and quantized layers (compressor.quantize)
 
     @classmethod
     def read(cls, obj: dict, source) -> ModelSpec:
@@ -192,7 +193,7 @@ def size_kwargs(name: str, image_size: int) -> dict:
 
 
 def build_from_spec(spec: ModelSpec | dict) -> nn.Module:
-    """Rebuild a model from a model.json spec (no weights), replaying any structured pruning."""
+    """Rebuild a model from a model.json spec (no weights), replaying any structured pruning and quantization."""
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec.read(spec, "model.json")
     model = create_model(spec.architecture, num_classes=spec.num_classes, in_chans=spec.input_shape[0],
@@ -202,6 +203,10 @@ def build_from_spec(spec: ModelSpec | dict) -> nn.Module:
 
         for plan in spec.structured_pruning:
             remove_channels(model, spec.input_shape, plan)
+    if spec.quantization:
+        from compressor.quantize import apply_structure
+
+        apply_structure(model, spec.quantization)
     return model
 
 

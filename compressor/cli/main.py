@@ -14,17 +14,18 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from compressor.cli.common import paragraphs
 from compressor.cli.report import report
 from compressor.cli.run import run
-from compressor.cli.stages import distill, evaluate, export, prune, select, teach
+from compressor.cli.stages import distill, evaluate, export, prune, quantize, select, teach
 from compressor.cli.sweep import sweep
 
 app = typer.Typer(
     name="compress",
-    help="Turn a big image classifier into a small, fast one: teach -> select -> distill -> prune -> export.",
+    help="Turn a big image classifier into a small, fast one: teach -> select -> distill -> prune -> quantize -> export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-COMMANDS = {"teach": teach, "select": select, "distill": distill, "prune": prune, "export": export,
+COMMANDS = {"teach": teach, "select": select, "distill": distill, "prune": prune, "quantize": quantize,
+            "export": export,
             "eval": evaluate, "run": run, "report": report, "sweep": sweep}
 for _name, _fn in COMMANDS.items():
     app.command(_name, help=paragraphs(_fn.__doc__))(_fn)

@@ -13,9 +13,9 @@ from compressor import CompressorError
 from compressor.artifacts import MODEL_FILE, SPEC_FILE, load_artifact, zipped_size
 from compressor.config import ExportConfig
 from compressor.console import log, warn
-from compressor.export import (OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S, Int8Choice,
+from compressor.export import (LEARNED_FORM, OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S, Int8Choice,
                                OpenVINOSession, allowed_drop, choose_int8_form, convert_fp16, convs_wrapped_in_qdq,
-                               cpu_flags, export_onnx, latency_ms, model_files, op_counts, openvino_available,
+                               cpu_flags, export_onnx, export_qdq, latency_ms, model_files, op_counts, openvino_available,
                                predict_batches, reduced_float_forms, save_openvino_ir, session)
 from compressor.models import count_params
 from compressor.stages.runner import StageRun, stage
@@ -55,12 +55,17 @@ def export(run: StageRun) -> dict:
     runtimes = resolve_runtimes(cfg.runtime)
     threads = torch.get_num_threads()
     art = load_artifact(cfg.model_dir)
+    learned = bool(art.spec.quantization)  # a `compress quantize` artifact: its int8 form and ranges are learned
+    if learned:
+        cfg = _learned_int8(cfg)
     bundle = cfg.load_data(art.spec)
     model = art.model.cpu().eval()
     shape = art.spec.input_shape
     x8, _ = next(iter(bundle.loader("test", 8)))
-    with torch.no_grad():
+    with torch.no_grad(), _float(model):
         ref = model(x8).numpy()
+    with torch.no_grad():
+        refs = {"int8": model(x8).numpy() if learned else ref}  # int8 is verified against the fake-quantized model
     test = list(bundle.loader("test", 256))
     labels = np.concatenate([y.numpy() for _, y in test])
     writer = run.writer
@@ -69,7 +74,8 @@ def export(run: StageRun) -> dict:
     metrics: dict = {"params": count_params(model), "accuracy_torch": art.metrics.get("accuracy"),
                      "latency_batch": cfg.latency_batch, "threads": threads, "runtime": runtimes[0],
                      "sparsity_note": SPARSITY_NOTE}
-    variants, choices = _write_variants(cfg, model, shape, bundle, writer, runtimes, threads, metrics)
+    variants, choices = _write_variants(cfg, model, shape, bundle, writer, runtimes, threads, metrics,
+                                        art.spec.quantization)
     limit = allowed_drop(cfg.max_drop)
     per_runtime: dict[str, dict] = {}
     for rt in runtimes:
@@ -90,8 +96,8 @@ def export(run: StageRun) -> dict:
         preds = {}
         for kind, path, precision in forms:
             try:
-                preds[kind] = _verify(rt, kind, path, precision, threads, test, labels, x8, ref, shape,
-                                      cfg.latency_batch, r)
+                preds[kind] = _verify(rt, kind, path, precision, threads, test, labels, x8, refs.get(kind, ref),
+                                      shape, cfg.latency_batch, r)
             except CompressorError as e:  # a form this runtime refuses: recorded, never the end of the export
                 if kind == "fp32":
                     raise
@@ -100,11 +106,14 @@ def export(run: StageRun) -> dict:
         if "int8" in preds and choice.fallback is not None:
             if 100 * (r["accuracy_fp32"] - r["accuracy_int8"]) > limit:
                 preds["int8"] = _fall_back(rt, choice, r, limit, lambda: _verify(
-                    rt, "int8", choice.path, "fp32", threads, test, labels, x8, ref, shape, cfg.latency_batch, r))
+                    rt, "int8", choice.path, "fp32", threads, test, labels, x8, refs["int8"], shape,
+                    cfg.latency_batch, r))
             for leftover in model_files(choice.fallback):  # already moved into place where it was shipped
                 leftover.unlink(missing_ok=True)
         r["forms"] = list(preds)
         if "int8" in preds:
+            if learned:  # the int8 file against the fake-quantized PyTorch model it was written from
+                r["int8_vs_torch_points"] = round(100 * (r["accuracy_int8"] - art.metrics["accuracy"]), 4)
             r["speedup_int8"] = round(r["latency_ms_fp32"] / r["latency_ms_int8"], 3)
             r["agreement_fp32_int8"] = float((preds["int8"] == preds["fp32"]).mean())
         _deploy_form(rt, r, {kind: path for kind, path, _ in forms}, limit, cfg.latency_batch)
@@ -119,7 +128,7 @@ def export(run: StageRun) -> dict:
         fastest = min((rt for rt in runtimes if "int8" in per_runtime[rt]["forms"]),
                       key=lambda rt: per_runtime[rt]["latency_ms_int8"])
         metrics["fastest_runtime_int8"] = fastest
-        failure = _int8_metrics(cfg, variants["int8"], choices[runtimes[0]].fp32_nodes, metrics)
+        failure = _int8_metrics(cfg, variants["int8"], choices[runtimes[0]].fp32_nodes, metrics, learned)
     metrics.update({"status": "failed" if failure else "ok", "failure": failure, "max_drop": cfg.max_drop,
                     "min_speedup": cfg.min_speedup, "accuracy_budget_points": limit})
     return metrics
@@ -176,12 +185,52 @@ def resolve_runtimes(choice: str) -> list[str]:
     return list(RUNTIMES) if choice == "all" else [choice]
 
 
-def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], threads: int,
-                    metrics: dict) -> tuple[dict, dict[str, Int8Choice]]:
+def _learned_int8(cfg):
+    """A quantized artifact's export: int8 always, in the form quantize trained; no calibration."""
+    given = sorted({"calibration_batches", "calibration_method", "per_channel", "stem", "activations"}
+                   & cfg.model_fields_set)
+    if given:
+        raise CompressorError(f"{', '.join(cfg.flag_of(g) for g in given)}: {cfg.model_dir} was quantized by compress "
+                              "quantize; its int8 form and ranges are the ones it learned")
+    if not cfg.int8:
+        log("export: a quantized model (compress quantize): writing its int8 files too")
+    return cfg.model_copy(update={"int8": True})
+
+
+def _float(model):
+    """The model without int8 rounding (a quantized artifact's float form; any other model as it is)."""
+    from contextlib import nullcontext
+
+    from compressor.quantize import float_mode, is_quantized
+
+    return float_mode(model) if is_quantized(model) else nullcontext(model)
+
+
+def _write_learned(model, shape, outputs: dict, structure: dict) -> dict[str, Int8Choice]:
+    """The QDQ file of a fake-quantized model (its scales and zero points as learned): model.int8.onnx,
+    and OpenVINO's IR of it."""
+    qdq = outputs.get("onnxruntime") or outputs["openvino"].with_suffix(".onnx")
+    export_qdq(model, qdq, shape)
+    if "openvino" in outputs:
+        save_openvino_ir(qdq, outputs["openvino"])
+        if "onnxruntime" not in outputs:
+            qdq.unlink()
+    return {rt: Int8Choice(LEARNED_FORM, path, list(structure["float"]), []) for rt, path in outputs.items()}
+
+
+def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], threads: int, metrics: dict,
+                    structure: dict) -> tuple[dict, dict[str, Int8Choice]]:
     fp32 = writer.path("model.onnx")
-    export_onnx(model, fp32, shape)
+    with _float(model):
+        export_onnx(model, fp32, shape)
     variants, choices = {"fp32": fp32}, {}
-    if cfg.int8:
+    if cfg.int8 and structure:
+        outputs = {rt: writer.path("model.int8.onnx" if rt == "onnxruntime" else "model.int8.xml") for rt in runtimes}
+        variants["int8"] = outputs[runtimes[0]]
+        choices = _write_learned(model, shape, outputs, structure)
+        metrics["per_channel"] = True
+        log(f"export: int8 form {LEARNED_FORM.label()}")
+    elif cfg.int8:
         calib = [(xb.numpy(), yb.numpy())  # the images standing for the training split (a sample of every class)
                  for xb, yb in bundle.loader("train", 64, seed=cfg.seed, limit=64 * cfg.calibration_batches)]
         # onnxruntime's form is model.int8.onnx, OpenVINO's its IR model.int8.xml (+ .bin)
@@ -214,6 +263,8 @@ def _why(choice: Int8Choice, runtime: str, cfg) -> str:
     said = f"; {refused} refused by {runtime}" if refused else ""
     if choice.form is None:
         return f"{runtime} runs none of the {len(candidates)} int8 forms measured: {choice.error}"
+    if choice.form is LEARNED_FORM:
+        return "the ranges compress quantize learned"
     if not candidates:
         return "every choice given"
     limit = allowed_drop(cfg.max_drop)
@@ -255,7 +306,7 @@ def _verify(runtime: str, kind: str, path, precision: str, threads: int, test, l
     return pred
 
 
-def _int8_metrics(cfg, int8_path, kept_fp32, metrics: dict) -> str | None:
+def _int8_metrics(cfg, int8_path, kept_fp32, metrics: dict, learned: bool) -> str | None:
     """The int8 model's checks; the failure message when an int8 file (on any runtime) loses more
     than --max-drop points (1 point when unset: a default never ships a broken int8 model with exit 0),
     or is less than --min-speedup times as fast as fp32 (first runtime)."""
@@ -276,14 +327,20 @@ def _int8_metrics(cfg, int8_path, kept_fp32, metrics: dict) -> str | None:
         r["accuracy_drop_points"] = drop
         if drop > limit:
             failures.append(f"int8 on {rt} loses {drop:.2f} accuracy points (fp32 {r['accuracy_fp32']:.4f}, int8 "
-                            f"{r['accuracy_int8']:.4f}), more than {budget}; try --calibration-method percentile or "
-                            f"more --calibration-batches, or ship {rt}'s deploy form {r['deploy_form']} "
-                            f"({r['deploy_file']})")
+                            f"{r['accuracy_int8']:.4f}), more than {budget}; {_remedy(learned)}, or ship {rt}'s deploy "
+                            f"form {r['deploy_form']} ({r['deploy_file']})")
     if cfg.min_speedup is not None and metrics["speedup_int8"] < cfg.min_speedup:
         failures.append(f"int8 model is {metrics['speedup_int8']:.2f}x as fast as fp32 at batch {cfg.latency_batch} "
                         f"({metrics['latency_ms_int8']:.2f} vs {metrics['latency_ms_fp32']:.2f} ms, "
                         f"{metrics['runtime']}), less than --min-speedup {cfg.min_speedup}")
     return "; ".join(failures) or None
+
+
+def _remedy(learned: bool) -> str:
+    if learned:
+        return "fine-tune it longer (compress quantize --epochs)"
+    return ("run compress quantize on the model (int8 fine-tuning, distilled from it, recovers what calibration loses) "
+            "and export that; or try --calibration-method percentile or more --calibration-batches")
 
 
 def _max_diff(sess, x: np.ndarray, ref: np.ndarray, batch: int) -> float:

@@ -1,0 +1,178 @@
+"""compress quantize: BatchNorm folding is exact, the fake-quantized model and its int8 files agree,
+pruned widths and zeros survive, the artifact loads strictly, torchrun writes one artifact, and
+--resume after SIGINT is bit for bit."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from compressor import quantize as qat
+from compressor.artifacts import load_artifact, load_state_dict
+from compressor.models import build_from_spec, create_model
+from compressor.stages import export, prune, quantize
+
+from conftest import SYN, cli, one_line_error
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def _metrics(path):
+    return json.loads((path / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def quantized(workdir, teacher_dir):
+    out = workdir / "quantized"
+    quantize(teacher_dir, data=SYN, out=out, epochs=1, device="cpu")
+    return out
+
+
+def test_folding_batchnorm_changes_no_output():
+    """timm's BatchNormAct2d (MobileNetV3) and plain BatchNorm2d: folded, the float model computes the same."""
+    torch.manual_seed(0)
+    for arch in ("mobilenetv3_small_050", "convtiny"):
+        model = create_model(arch, num_classes=10, in_chans=1).eval()
+        for m in model.modules():  # statistics and affine that are not the identity
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+                m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+        x = torch.randn(4, 1, 32, 32)
+        with torch.no_grad():
+            ref = model(x)
+        structure = qat.prepare(model, [1, 32, 32])
+        assert structure["folded"] and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        qat.calibrate(model, [x], "cpu")
+        with torch.no_grad(), qat.float_mode(model.eval()):
+            assert torch.allclose(model(x), ref, atol=1e-4), arch
+        with torch.no_grad():
+            assert not torch.allclose(model(x), ref, atol=1e-4)  # the rounding is simulated
+
+
+def test_ranges_move_in_training_only():
+    model = create_model("convtiny", num_classes=10, in_chans=1)
+    qat.prepare(model, [1, 28, 28])
+    layer = qat.quantized_modules(model)[0]
+    qat.calibrate(model, [torch.randn(8, 1, 28, 28)], "cpu")
+    before = layer.input_quant.scale.clone()
+    with torch.no_grad():
+        model.eval()(torch.randn(8, 1, 28, 28) * 10)
+    assert torch.equal(layer.input_quant.scale, before)
+    with torch.no_grad():
+        model.train()(torch.randn(8, 1, 28, 28) * 10)
+    assert not torch.equal(layer.input_quant.scale, before)
+
+
+def test_artifact_loads_strictly_and_exports_int8_that_agrees(quantized, tmp_path):
+    """model.safetensors (weights, scales, zero points) loads strictly into the model model.json builds;
+    export writes the learned int8 file on each runtime, within 0.1 point of the fake-quantized model,
+    run by onnxruntime's int8 convolutions."""
+    spec = json.loads((quantized / "model.json").read_text())
+    from safetensors.torch import load_file
+
+    model = build_from_spec(spec)
+    model.load_state_dict(load_file(str(quantized / "model.safetensors")), strict=True)
+    assert spec["quantization"]["quantized"] and any(k.endswith("input_quant.scale") for k in model.state_dict())
+    q = _metrics(quantized)
+    assert q["accuracy_calibrated"] > 0.5 and q["accuracy"] > 0.5
+    runtimes = ["onnxruntime"] + (["openvino"] if pytest.importorskip("onnxruntime") and _has_openvino() else [])
+    out = tmp_path / "export"
+    m = export(quantized, data=SYN, out=out, runtime="all" if len(runtimes) == 2 else "onnxruntime", device="cpu")
+    assert m["int8_form"]["quantizer"] == "quantize" and "calibration_batches" not in m
+    for rt in runtimes:
+        r = m["runtimes"][rt]
+        assert abs(r["int8_vs_torch_points"]) <= 0.1, (rt, r["accuracy_int8"], q["accuracy"])
+    # int8 weights stored, and onnxruntime fuses every quantized convolution
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(out / "model.int8.onnx"))
+    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]
+    assert len(int8_weights) == len(spec["quantization"]["quantized"])
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(out / "model.int8.onnx"), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    convs = sum(isinstance(load_artifact(quantized).model.get_submodule(n), torch.nn.Conv2d)
+                for n in spec["quantization"]["quantized"])
+    assert ops.count("QLinearConv") == convs and "Conv" not in ops[1:], ops  # the float stem is the only Conv
+
+
+def _has_openvino() -> bool:
+    from compressor.export import openvino_available
+
+    return openvino_available()
+
+
+def test_export_of_a_quantized_model_refuses_calibration_options(quantized, tmp_path):
+    one_line_error(cli("export", quantized, "--data", "synthetic", "--int8", "--calibration-batches", "2",
+                       "--out", tmp_path / "x"), "quantized by compress quantize")
+    one_line_error(cli("quantize", quantized, "--data", "synthetic", "--out", tmp_path / "y"), "already quantized")
+
+
+def test_structured_pruned_keeps_widths_and_sparse_keeps_zeros(workdir, teacher_dir, tmp_path):
+    narrow = tmp_path / "narrow"
+    prune(teacher_dir, data=SYN, sparsity=0.5, structured=True, epochs=0, out=narrow, device="cpu")
+    quantize(narrow, data=SYN, out=tmp_path / "narrow-q", epochs=1, device="cpu")
+    widths = lambda m: [(n, p.shape) for n, p in m.named_parameters() if p.dim() > 1]  # noqa: E731
+    assert widths(load_artifact(tmp_path / "narrow-q").model) == widths(load_artifact(narrow).model)
+
+    sparse = tmp_path / "sparse"
+    prune(teacher_dir, data=SYN, sparsity=0.6, epochs=0, out=sparse, device="cpu")
+    m = quantize(sparse, data=SYN, out=tmp_path / "sparse-q", epochs=1, device="cpu")
+    assert m["sparse_layers_kept"]
+    before, after = load_state_dict(sparse / "model.safetensors"), load_state_dict(tmp_path / "sparse-q" / "model.safetensors")
+    for name in m["sparse_layers_kept"]:
+        zeros = before[f"{name}.weight"] == 0
+        assert zeros.any() and bool((after[f"{name}.weight"][zeros] == 0).all()), name
+
+
+def _quantize_cmd(teacher, out, *extra):
+    return [sys.executable, "-m", "compressor.cli.main", "quantize", str(teacher), "--data", "synthetic",
+            "--epochs", "3", "--out", str(out), *extra]
+
+
+def test_sigint_then_resume_is_bit_identical(teacher_dir, tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(_quantize_cmd(teacher_dir, out), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=ENV)
+    for line in proc.stderr:
+        if "quantize finetune epoch 1/3:" in line:
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, rest
+    assert not out.exists() and (tmp_path / ".interrupted.checkpoint").is_dir()
+    resumed = subprocess.run(_quantize_cmd(teacher_dir, out, "--resume"), capture_output=True, text=True, env=ENV,
+                             timeout=300)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    straight = tmp_path / "straight"
+    full = subprocess.run(_quantize_cmd(teacher_dir, straight), capture_output=True, text=True, env=ENV, timeout=300)
+    assert full.returncode == 0, full.stderr
+    a, b = load_state_dict(out / "model.safetensors"), load_state_dict(straight / "model.safetensors")
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+
+def test_quantize_under_torchrun_writes_one_artifact(teacher_dir, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "compressor.cli.main", "quantize", str(teacher_dir), "--data", "synthetic", "--device", "cpu",
+           "--epochs", "1", "--out", "q"]
+    res = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count("quantize finetune epoch 1/1:") == 1, res.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["q"]
+    m = _metrics(tmp_path / "q")
+    assert m["accuracy"] > 0.5 and load_artifact(tmp_path / "q").spec.quantization
+    assert np.isfinite(m["accuracy_float_weights"])
