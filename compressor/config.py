@@ -447,6 +447,7 @@ class EvalConfig(DataFields, Runtime):
     teacher: Optional[str] = option(None, "Teacher artifact: also report agreement with it.")
 
 
+POST_TRAINING_INT8 = ("calibration_batches", "calibration_method", "per_channel", "stem", "activations")  # export's
 STAGE_CONFIGS: dict[str, type[Config]] = {"teach": TeachConfig, "select": SelectConfig, "distill": DistillConfig,
                                           "prune": PruneConfig, "quantize": QuantizeConfig,
                                           "export": ExportConfig}

@@ -13,14 +13,16 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from compressor import CompressorError
 from compressor.artifacts import METRICS_FILE, atomic_write_json, hash_file, json_digest, read_json
 from compressor import distributed
-from compressor.config import STAGE_CONFIGS, Config, DataFields, field_extra
+from compressor.config import POST_TRAINING_INT8, STAGE_CONFIGS, Config, DataFields, field_extra
 from compressor.console import log
 
 
 def derived(name: str, source: type[Config], *, rename: dict[str, str] | None = None,
-            overrides: dict | None = None, keep=lambda info: field_extra(info).get("recipe", True)) -> type[Config]:
-    """A recipe schema made from a stage config's own fields: same names, types, defaults, bounds."""
-    rename, overrides, fields = rename or {}, overrides or {}, {}
+            overrides: dict | None = None, keep=lambda info: field_extra(info).get("recipe", True),
+            add: dict | None = None) -> type[Config]:
+    """A recipe schema made from a stage config's own fields: same names, types, defaults, bounds
+    (`add`: recipe-only fields)."""
+    rename, overrides, fields = rename or {}, overrides or {}, dict(add or {})
     for field_name, info in source.model_fields.items():
         if not keep(info):
             continue
@@ -33,12 +35,17 @@ def derived(name: str, source: type[Config], *, rename: dict[str, str] | None = 
 
 DATA_KEYS = {"data": "name", "data_root": "root"}  # recipe spelling of the --data options
 DataCfg = derived("DataCfg", DataFields, rename=DATA_KEYS, keep=lambda info: True)
+TEACHER_FLAG = {"prune": "fine-tune while distilling from the recipe's teach stage",
+                "quantize": "distill from the recipe's teach stage instead of the float model being quantized"}
+RECIPE_ONLY = {"quantize": {"auto": (bool, Field(False, description=(
+    "run quantize only when the export after it loses more than its accuracy budget with post-training int8; "
+    "then export again, from the quantized model")))}}
 STAGES: dict[str, type[Config]] = {
     kind: derived(f"{cls.__name__}Recipe", cls, overrides={"teacher": (bool, Field(
-        False, description="fine-tune while distilling from the recipe's teach stage"))} if kind == "prune" else None)
+        False, description=TEACHER_FLAG[kind]))} if kind in TEACHER_FLAG else None, add=RECIPE_ONLY.get(kind))
     for kind, cls in STAGE_CONFIGS.items()}
 DistillCfg = STAGES["distill"]
-MODEL_STAGES = ("teach", "distill", "prune")
+MODEL_STAGES = ("teach", "distill", "prune", "quantize")
 
 
 class Recipe(BaseModel):
@@ -134,11 +141,13 @@ def _msg(err) -> str:
 
 def _dependency_problems(kind: str, cfg, seen: list[str]) -> list[str]:
     has_model = any(s in MODEL_STAGES for s in seen)
-    if kind in ("select", "prune", "export") and not has_model:
+    if kind in ("select", "prune", "quantize", "export") and not has_model:
         return ["reads a model, but no earlier stage (teach, distill, prune) writes one"]
+    if kind in ("select", "distill", "prune", "quantize") and "quantize" in seen:
+        return ["comes after quantize, which writes the int8-ready model export reads; put it before quantize"]
     if kind == "distill" and "teach" not in seen and (cfg is None or (cfg.teacher is None and cfg.scheme != "self")):
         return ["needs a teacher: put a teach stage before it or set teacher: DIR"]
-    if kind == "prune" and cfg is not None and cfg.teacher and "teach" not in seen:
+    if kind in TEACHER_FLAG and cfg is not None and cfg.teacher and "teach" not in seen:
         return ["teacher: true needs a teach stage before it"]
     if kind == "prune" and cfg is not None and cfg.importance == "discriminability" and "select" not in seen:
         return ["importance: discriminability needs a select stage before it (of the model being pruned)"]
@@ -194,9 +203,11 @@ def stage_config(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path | str, 
     """The stage's full config: the recipe's settings for it, the recipe's data, seed and device, and
     the artifacts of earlier stages as its inputs (`paths` maps stage kinds to their directories)."""
     data = {src: getattr(recipe.data, DATA_KEYS.get(src, src)) for src in DataFields.model_fields}
-    values = {**data, **cfg.model_dump(exclude_unset=True), "seed": recipe.seed, "device": device,
-              "out": str(stage_dir)}
-    if kind in ("select", "prune", "export"):
+    own = {k: v for k, v in cfg.model_dump(exclude_unset=True).items() if k not in RECIPE_ONLY.get(kind, {})}
+    if kind == "export" and last_model is not None and paths.get("quantize") == last_model:
+        own = {k: v for k, v in own.items() if k not in POST_TRAINING_INT8}  # its int8 ranges are learned
+    values = {**data, **own, "seed": recipe.seed, "device": device, "out": str(stage_dir)}
+    if kind in ("select", "prune", "quantize", "export"):
         values["model_dir"] = str(last_model)
     if kind in MODEL_STAGES:  # the stages that train; their TensorBoard logs go beside the stages, in logs/
         values["resume"] = resume
@@ -206,8 +217,9 @@ def stage_config(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path | str, 
         values["teacher"] = cfg.teacher or (str(paths["teach"]) if "teach" in paths else None)
         values["channels"] = str(paths["select"]) if "select" in paths else None
         values["cache_dir"] = str(cache_dir) if cache_dir is not None else None
-    if kind == "prune":
+    if kind in TEACHER_FLAG:
         values["teacher"] = str(paths["teach"]) if cfg.teacher else None
+    if kind == "prune":
         if cfg.importance == "discriminability":
             values["channels"] = str(paths["select"])
     return STAGE_CONFIGS[kind].make(**{k: v for k, v in values.items() if v is not None or k in cfg.model_fields_set})
@@ -272,7 +284,10 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
     last_model: Path | None = None
     upstream = first_key(recipe)
     rows = []
-    for name, kind, cfg in named_stages(recipe):
+    deferred = None  # a quantize stage with auto: true, run only if the export after it misses its budget
+
+    def one(name: str, kind: str, cfg: Config) -> None:
+        nonlocal last_model, upstream
         stage_dir = out / name
         key = stage_key(upstream, kind, cfg)
         t0 = time.time()
@@ -291,7 +306,38 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, force: 
         upstream = _hash({"key": key, "artifact": digest})  # later stages depend on what this one wrote
         rows.append({"stage": name, "dir": str(stage_dir), "skipped": skipped, "seconds": round(time.time() - t0, 1),
                      "upstream": upstream})
+
+    for name, kind, cfg in named_stages(recipe):
+        if kind == "quantize" and getattr(cfg, "auto", False):
+            if ledger.verified(name, stage_key(upstream, kind, cfg), out / name) is None:  # not escalated before
+                deferred = (name, kind, cfg)
+                log(f"run: {name}: auto: runs only if the export after it misses its int8 accuracy budget")
+                continue
+        if kind == "export" and deferred is not None:
+            state = (last_model, upstream, len(rows))
+            try:
+                one(name, kind, cfg)
+            except CompressorError as e:
+                m = read_json(out / name / METRICS_FILE) if (out / name / METRICS_FILE).is_file() else {}
+                if m.get("status") != "failed" or not _over_budget(m):
+                    raise
+                log(f"run: {name}: post-training int8 missed its accuracy budget ({e}); running {deferred[0]} "
+                    "(quantization-aware training), then exporting again")
+                last_model, upstream = state[0], state[1]
+                del rows[state[2]:]
+                one(*deferred)
+                one(name, kind, cfg)
+            deferred = None
+            continue
+        one(name, kind, cfg)
     return rows
+
+
+def _over_budget(export_metrics: dict) -> bool:
+    """An export failed because an int8 file lost more than its accuracy budget (not for speed)."""
+    limit = export_metrics.get("accuracy_budget_points")
+    return limit is not None and any(r.get("accuracy_drop_points", 0) > limit
+                                     for r in (export_metrics.get("runtimes") or {}).values())
 
 
 def named_stages(recipe: Recipe) -> list[tuple[str, str, Config]]:

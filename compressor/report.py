@@ -14,7 +14,7 @@ from compressor import CompressorError
 from compressor.artifacts import METRICS_FILE, MODEL_FILE, read_json, recorded_model_sizes
 from compressor.tables import Table, fmt
 
-ORDER = ("teach", "select", "distill", "prune", "export")
+ORDER = ("teach", "select", "distill", "prune", "quantize", "export")
 
 
 def stage_dirs(run_dir: str | Path) -> list[Path]:
@@ -42,8 +42,9 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
                "zipped_bytes": None, "accuracy_int8": m.get("accuracy_int8"),
                "latency_ms_fp32": m.get("latency_ms_fp32"), "latency_ms_int8": m.get("latency_ms_int8"),
                "status": m.get("status", "ok"), "deploy_form": m.get("deploy_form"),
-               # what the stage started from: prune's model before pruning, export's PyTorch model
-               "input_accuracy": m.get("accuracy_before", m.get("accuracy_torch"))}
+               # what the stage started from: prune's model before pruning, quantize's float model, export's PyTorch model
+               "input_accuracy": m.get("accuracy_before", m.get("accuracy_float", m.get("accuracy_torch"))),
+               "accuracy_calibrated": m.get("accuracy_calibrated")}
         if "zipped_bytes_int8" in m:
             row["zipped_bytes"] = m["zipped_bytes_int8"]
         elif "zipped_bytes_fp32" in m:
@@ -79,6 +80,8 @@ def summary_table(rows: list[dict], title: str = "") -> Table:
             notes.append(f"sparsity {r['sparsity']:.3f}")
         if r.get("deploy_form"):
             notes.append(f"deploy {r['deploy_form']}")
+        if r.get("accuracy_calibrated") is not None:
+            notes.append(f"int8 before fine-tuning {r['accuracy_calibrated']:.4f}")
         notes.extend(worse_notes(r))
         if r["status"] != "ok":
             notes.append(str(r["status"]).upper())

@@ -176,3 +176,46 @@ def test_quantize_under_torchrun_writes_one_artifact(teacher_dir, tmp_path):
     m = _metrics(tmp_path / "q")
     assert m["accuracy"] > 0.5 and load_artifact(tmp_path / "q").spec.quantization
     assert np.isfinite(m["accuracy_float_weights"])
+
+
+def test_recipe_quantize_stage_feeds_export(tmp_path):
+    from compressor import CompressorError
+    from compressor.recipe import parse_recipe, run_recipe
+
+    raw = {"name": "q", "device": "cpu", "data": {"name": "synthetic"},
+           "stages": [{"teach": {"model": "convtiny", "epochs": 1}}, {"quantize": {"epochs": 1, "teacher": True}},
+                      {"export": {"runtime": "onnxruntime"}}]}
+    run_recipe(parse_recipe(raw), tmp_path / "runs")
+    q, e = _metrics(tmp_path / "runs" / "quantize"), _metrics(tmp_path / "runs" / "export")
+    assert json.loads((tmp_path / "runs" / "quantize" / "model.json").read_text())["settings"]["quantize"]["teacher"]
+    assert e["int8_form"]["quantizer"] == "quantize" and abs(e["int8_vs_torch_points"]) <= 0.1 and q["accuracy"] > 0.5
+    bad = {**raw, "stages": raw["stages"][:2] + [{"prune": {"sparsity": 0.5}}]}
+    with pytest.raises(CompressorError, match="comes after quantize"):
+        parse_recipe(bad)
+
+
+def test_recipe_auto_quantize_runs_only_when_post_training_int8_misses_the_budget(tmp_path, monkeypatch):
+    """quantize: {auto: true} is skipped while the export's post-training int8 keeps its budget; when
+    it does not, quantize runs and the export is written again from the quantized model."""
+    import importlib
+
+    from compressor import export as ex
+    from compressor.recipe import parse_recipe, run_recipe
+
+    raw = {"name": "q", "device": "cpu", "data": {"name": "synthetic"},
+           "stages": [{"teach": {"model": "convtiny", "epochs": 1}}, {"quantize": {"epochs": 1, "auto": True}},
+                      {"export": {"int8": True, "runtime": "onnxruntime", "calibration_batches": 2, "max_drop": 5}}]}
+    rows = run_recipe(parse_recipe(raw), tmp_path / "fine")
+    assert [r["stage"] for r in rows] == ["teach", "export"] and not (tmp_path / "fine" / "quantize").exists()
+    assert _metrics(tmp_path / "fine" / "export")["int8_form"]["quantizer"] != "quantize"
+
+    stage_module = importlib.import_module("compressor.stages.export")
+    real = ex.choose_int8_form  # calibration on images x1000: post-training int8 collapses
+    monkeypatch.setattr(stage_module, "choose_int8_form",
+                        lambda f, q, calib, **kw: real(f, q, [(x * 1000, y) for x, y in calib], **kw))
+    rows = run_recipe(parse_recipe(raw), tmp_path / "escalated")
+    assert [r["stage"] for r in rows] == ["teach", "quantize", "export"]
+    e = _metrics(tmp_path / "escalated" / "export")
+    assert e["status"] == "ok" and e["int8_form"]["quantizer"] == "quantize"
+    again = run_recipe(parse_recipe(raw), tmp_path / "escalated")  # the ledger keeps the escalated chain
+    assert [r["skipped"] for r in again] == [True, True, True]

@@ -11,7 +11,7 @@ import torch
 
 from compressor import CompressorError
 from compressor.artifacts import MODEL_FILE, SPEC_FILE, load_artifact, zipped_size
-from compressor.config import ExportConfig
+from compressor.config import POST_TRAINING_INT8, ExportConfig
 from compressor.console import log, warn
 from compressor.export import (LEARNED_FORM, OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S, Int8Choice,
                                OpenVINOSession, allowed_drop, choose_int8_form, convert_fp16, convs_wrapped_in_qdq,
@@ -187,8 +187,7 @@ def resolve_runtimes(choice: str) -> list[str]:
 
 def _learned_int8(cfg):
     """A quantized artifact's export: int8 always, in the form quantize trained; no calibration."""
-    given = sorted({"calibration_batches", "calibration_method", "per_channel", "stem", "activations"}
-                   & cfg.model_fields_set)
+    given = sorted(set(POST_TRAINING_INT8) & cfg.model_fields_set)
     if given:
         raise CompressorError(f"{', '.join(cfg.flag_of(g) for g in given)}: {cfg.model_dir} was quantized by compress "
                               "quantize; its int8 form and ranges are the ones it learned")

@@ -1,0 +1,109 @@
+"""Post-training int8 against quantization-aware fine-tuning (`compress quantize`), with and
+without the float model as teacher, on the deploy zoo's models (Fashion-MNIST, 32 px):
+
+    python benchmarks/qat.py                                   # efficientnet_b0 and mobilenetv3_small_100, 3 seeds
+    python benchmarks/qat.py --models mobilenetv3_small_100 --seeds 0 --csv benchmarks/results/qat.csv
+
+Each model is taught as benchmarks/deploy_zoo.py teaches it (the same cache, --work), then:
+
+    compress export  TEACH --data fashion-mnist --image-size 32 --int8 --runtime all --out WORK/ptq
+    compress quantize TEACH --data fashion-mnist --train-size N --seed S [--alpha 1] --out WORK/qat-...
+    compress export  WORK/qat-... --data fashion-mnist --runtime all --out WORK/qat-.../export
+
+"labels" is quantize with --alpha 1 (the hard labels alone: no teacher term); "distilled" is its
+default (kd from the float model). Per runtime the table gives the fp32 accuracy of the model that
+was quantized, the int8 accuracy (mean ± std over the seeds) and the int8 latency at batch 64
+against that runtime's float32. Results differ between machines; on one machine they repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from deploy_zoo import teach  # noqa: E402  (the zoo's cached teachers)
+
+VARIANTS = {"labels": ["--alpha", "1"], "distilled": []}
+
+
+def compress(*args) -> None:
+    res = subprocess.run(["compress", *map(str, args), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    if res.returncode not in (0, 1):  # 1: an export marked failed (over its accuracy budget) still has figures
+        raise SystemExit(f"compress {' '.join(map(str, args[:2]))} failed: {res.stderr.strip().splitlines()[-1:]}")
+
+
+def metrics(path: Path) -> dict:
+    return json.loads((path / "metrics.json").read_text())
+
+
+def export(src: Path, out: Path, a, *extra) -> dict:
+    if not (out / "metrics.json").is_file():
+        compress("export", src, "--data", "fashion-mnist", "--image-size", a.image_size, "--runtime", "all",
+                 *extra, "--out", out)
+    return metrics(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["efficientnet_b0", "mobilenetv3_small_100"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--train-size", type=int, default=20000)
+    ap.add_argument("--epochs", type=int, default=3, help="the teachers' epochs (as deploy_zoo.py)")
+    ap.add_argument("--lr", type=float, default=0.05, help="the teachers' learning rate (as deploy_zoo.py)")
+    ap.add_argument("--work", type=Path, default=Path("runs/deploy-zoo"))
+    ap.add_argument("--csv", type=Path, default=None)
+    a = ap.parse_args()
+    from compressor.export import machine_summary
+
+    rows = []
+    for model in a.models:
+        base = a.work / f"{model}-{a.image_size}px-{a.train_size}-e{a.epochs}-lr{a.lr}"
+        teach(model, base / "teach", a)
+        runs = {"post-training": [export(base / "teach", base / "export", a, "--int8")]}
+        for variant, flags in VARIANTS.items():
+            for seed in a.seeds:
+                q = base / f"qat-{variant}-e{a.qat_epochs}-s{seed}"
+                if not (q / "metrics.json").is_file():
+                    compress("quantize", base / "teach", "--data", "fashion-mnist", "--image-size", a.image_size,
+                             "--train-size", a.train_size, "--epochs", a.qat_epochs, "--seed", seed, *flags, "--out", q)
+                runs.setdefault(variant, []).append(export(q, q / "export", a))
+                print(f"{model}: {variant} seed {seed} done", file=sys.stderr)
+        for variant, ms in runs.items():
+            for rt in ms[0]["runtimes"]:
+                fp32 = runs["post-training"][0]["runtimes"][rt]["accuracy_fp32"]  # the taught model, float32
+                accs = [m["runtimes"][rt]["accuracy_int8"] for m in ms]
+                ratio = [m["runtimes"][rt]["latency_ms_int8"] / m["runtimes"][rt]["latency_ms_fp32"] for m in ms]
+                rows.append({"model": model, "runtime": rt, "int8": variant, "seeds": len(ms), "fp32_accuracy": fp32,
+                             "int8_accuracy_mean": statistics.mean(accs),
+                             "int8_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                             "drop_points": round(100 * (fp32 - statistics.mean(accs)), 2),
+                             "int8_ms_batch64": statistics.median(m["runtimes"][rt]["latency_ms_int8"] for m in ms),
+                             "vs_fp32_batch64": round(statistics.median(ratio), 3)})
+    print(machine_summary())
+    print(f"\nFashion-MNIST, {a.train_size} training images, {a.image_size} px; quantize {a.qat_epochs} epochs; "
+          f"test split (10,000 images); seeds {a.seeds}\n")
+    print("| model | runtime | int8 | fp32 acc | int8 acc (mean ± std) | drop (points) | int8 ms at 64 | × fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['runtime']} | {r['int8']} | {r['fp32_accuracy']:.4f} | "
+              f"{r['int8_accuracy_mean']:.4f} ± {r['int8_accuracy_std']:.4f} | {r['drop_points']:+.2f} | "
+              f"{r['int8_ms_batch64']:.2f} | {r['vs_fp32_batch64']:.2f} |")
+    if a.csv:
+        a.csv.parent.mkdir(parents=True, exist_ok=True)
+        with a.csv.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
