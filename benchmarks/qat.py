@@ -8,7 +8,7 @@ Each model is taught as benchmarks/deploy_zoo.py teaches it (the same cache, --w
 
     compress export  TEACH --data fashion-mnist --image-size 32 --int8 --runtime all --out WORK/ptq
     compress quantize TEACH --data fashion-mnist --train-size N --seed S [--alpha 1] --out WORK/qat-...
-    compress export  WORK/qat-... --data fashion-mnist --runtime all --out WORK/qat-.../export
+    compress export  WORK/qat-... --data fashion-mnist --runtime all --out WORK/qat-...-export
 
 "labels" is quantize with --alpha 1 (the hard labels alone: no teacher term); "distilled" is its
 default (kd from the float model). Per runtime the table gives the fp32 accuracy of the model that
@@ -75,7 +75,7 @@ def main() -> None:
                 if not (q / "metrics.json").is_file():
                     compress("quantize", base / "teach", "--data", "fashion-mnist", "--image-size", a.image_size,
                              "--train-size", a.train_size, "--epochs", a.qat_epochs, "--seed", seed, *flags, "--out", q)
-                runs.setdefault(variant, []).append(export(q, q / "export", a))
+                runs.setdefault(variant, []).append(export(q, q.with_name(q.name + "-export"), a))
                 print(f"{model}: {variant} seed {seed} done", file=sys.stderr)
         for variant, ms in runs.items():
             for rt in ms[0]["runtimes"]:

@@ -217,7 +217,8 @@ class Int8Form:
     quantizer: onnxruntime's quantize_static (a QDQ ONNX file, for every runtime), "nncf":
     OpenVINO's own post-training quantizer (an IR, for OpenVINO alone; it places the quantizers where
     OpenVINO's CPU kernels fuse them, and chooses the other three itself: they are None), or
-    "quantize": the scheme `compress quantize` trains (compressor.quantize), its ranges learned;
+    "quantize": the scheme `compress quantize` trains (compressor.quantize), its ranges learned, or
+    "layers": that scheme calibrated without training (a QDQ file written from the PyTorch model);
     stem: the first Conv on a 1-4 channel input (and its MaxPool) in int8 or float32 (see `fp32_stem`);
     activations: uint8 (u8s8 kernels) or int8 (s8s8; VNNI/AMX kernels on recent x86);
     per_channel: one weight scale per output channel, or one per tensor.
@@ -231,15 +232,17 @@ class Int8Form:
     def label(self) -> str:
         if self.quantizer == "nncf":
             return "NNCF (OpenVINO's quantizer, performance preset)"
-        if self.quantizer == "quantize":
-            return ("learned by compress quantize: u8 activations, per-channel weights, float32 between layers"
-                    " (stem float32 on 1-4 channel images)")
+        if self.quantizer in ("quantize", "layers"):
+            how = "learned by compress quantize" if self.quantizer == "quantize" else "calibrated"
+            return (f"layers only ({how}): convolutions and linear layers in int8 (u8 activations, per-channel "
+                    "weights), float32 between them (stem float32 on 1-4 channel images)")
         return (f"stem {self.stem}, {self.activations} activations, "
                 f"{'per-channel' if self.per_channel else 'per-tensor'} weights")
 
 
 NNCF_FORM = Int8Form(None, None, None, "nncf")
-LEARNED_FORM = Int8Form(None, "u8", True, "quantize")  # compress quantize's scheme (compressor.quantize)
+LAYERS_FORM = Int8Form(None, "u8", True, "layers")  # compress quantize's scheme, calibrated (no fine-tuning)
+LEARNED_FORM = Int8Form(None, "u8", True, "quantize")  # compress quantize's scheme, its ranges learned
 
 
 def nncf_available() -> bool:
@@ -379,7 +382,7 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                      stem: str = "auto", activations: str = "auto", per_channel: bool | None = None,
                      method: str = "minmax", threads: int | None = None, batch: int = 64,
                      max_drop: float | None = None, rounds: int = 3, runs: int = 10,
-                     budget_s: float = 0.5) -> dict[str, Int8Choice]:
+                     budget_s: float = 0.5, write_layers=None) -> dict[str, Int8Choice]:
     """Quantize every form the choices left open ("auto" / None) once, time each on every runtime of
     `outputs` (latency at `batch`, `rounds` interleaved rounds, one session alive at a time), and
     write to each runtime's path the form fastest on that runtime whose accuracy on the calibration
@@ -391,7 +394,8 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
     u8 before s8, per-channel before per-tensor), so noise does not flip the choice. Where a path of
     `outputs` is an OpenVINO IR (.xml), every choice is left open and NNCF is installed, NNCF's own
     quantization of the model (`NNCF_FORM`) is one more candidate there (on OpenVINO alone); an ONNX
-    form chosen for an .xml path is written as its IR.
+    form chosen for an .xml path is written as its IR. With every choice open and `write_layers` (a
+    function writing that QDQ file to a path), `LAYERS_FORM` is one more candidate on every runtime.
 
     Little is measured that would not change the choice (at 224 px each pass is a second or more): a
     form over SLOW times the fastest in the first round is not timed again on that runtime (its
@@ -415,8 +419,9 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
         acts = [activations] if activations != "auto" else ["u8", "s8"]
         chans = [per_channel] if per_channel is not None else [True, False]
         forms = [Int8Form(s, a, c) for s in stems for a in acts for c in chans]
-        with_nncf = (nncf_available() and (stem, activations, per_channel) == ("auto", "auto", None)
-                     and any(Path(p).suffix == ".xml" for p in outputs.values()))
+        all_open = (stem, activations, per_channel) == ("auto", "auto", None)
+        forms += [LAYERS_FORM] if all_open and write_layers is not None else []
+        with_nncf = nncf_available() and all_open and any(Path(p).suffix == ".xml" for p in outputs.values())
         if len(forms) == 1:
             only = tmp / "candidate0.onnx"
             excluded = _quantize_preprocessed(pre, only, xs, forms[0], method)
@@ -459,6 +464,10 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                     paths.append(tmp / f"candidate{i}.xml")
                     quantize_nncf(fp32_path, paths[-1], xs)
                     excluded.append([])
+                elif form.quantizer == "layers":
+                    paths.append(tmp / f"candidate{i}.onnx")
+                    write_layers(paths[-1])
+                    excluded.append(float_convs(paths[-1]))
                 else:
                     paths.append(tmp / f"candidate{i}.onnx")
                     excluded.append(_quantize_preprocessed(pre, paths[-1], xs, form, method,
@@ -807,6 +816,15 @@ def op_counts(path: Path) -> dict[str, int]:
     for node in onnx.load(str(path)).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def float_convs(path: Path) -> list[str]:
+    """The Conv nodes of a QDQ file that read a float input (not a DequantizeLinear): those left float32."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    return [n.name for n in graph.node if n.op_type == "Conv" and producers.get(n.input[0]) != "DequantizeLinear"]
 
 
 def convs_wrapped_in_qdq(path: Path, skip: Iterable[str] = ()) -> bool:

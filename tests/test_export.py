@@ -28,8 +28,9 @@ def test_export_int8_verified(workdir, student_dir):
         assert k in m
     assert m["max_abs_diff_fp32"] < 1e-3
     assert convs_wrapped_in_qdq(out / "model.int8.onnx", skip=m["fp32_nodes"]) and m["convs_wrapped_in_qdq"]
-    forms = m["int8_candidates"]  # every open choice measured: 2 stems x 2 activation types x 2 weight scalings
-    assert len(forms) == 8 and sum(bool(f.get("chosen")) for f in forms) == 1
+    forms = m["int8_candidates"]  # every open choice measured: 2 stems x 2 activation types x 2 weight scalings,
+    assert len(forms) == 9 and sum(bool(f.get("chosen")) for f in forms) == 1  # and quantize's scheme, calibrated
+    assert forms[-1]["quantizer"] == "layers" and forms[-1]["calibration_accuracy"] is None or forms[-1]["drop_points"] is not None
     chosen = next(f for f in forms if f.get("chosen"))
     assert chosen["within_drop"] and m["int8_form"] == {k: chosen[k] for k in ("stem", "activations", "per_channel", "quantizer")}
     assert chosen["latency_ms"] <= 1.03 * min(f["latency_ms"] for f in forms if f["within_drop"])
@@ -151,9 +152,9 @@ def test_runtime_all_writes_openvino_ir_and_measures_both(workdir, student_dir, 
         assert ov[f"latency_ms_{kind}"] > 0 and ov[f"max_abs_diff_{kind}"] < (1e-3 if kind == "fp32" and not bf16 else 1.0)
     assert m["fastest_runtime_int8"] in ("onnxruntime", "openvino") and m["runtime"] == "onnxruntime"
     assert m["latency_ms_int8"] == ort["latency_ms_int8"]  # the flat figures are the first runtime's
-    assert m["int8_form"] == ort["int8_form"] and ov["int8_form"] and len(ort["int8_candidates"]) == 8
-    # OpenVINO's candidates: the same eight QDQ files, and NNCF's own quantization where it is installed
-    assert [c["quantizer"] for c in ov["int8_candidates"]] == ["onnxruntime"] * 8 + ["nncf"] * nncf_available()
+    assert m["int8_form"] == ort["int8_form"] and ov["int8_form"] and len(ort["int8_candidates"]) == 9
+    # OpenVINO's candidates: the same nine QDQ files, and NNCF's own quantization where it is installed
+    assert [c["quantizer"] for c in ov["int8_candidates"]] == ["onnxruntime"] * 8 + ["layers"] + ["nncf"] * nncf_available()
     assert "int8 form (openvino)" in res.output
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # OpenVINO's int8 ONNX: gone once its IR is
     assert evaluate(out / "model.int8.xml", data=SYN)["accuracy"] == pytest.approx(ov["accuracy_int8"])

@@ -15,7 +15,7 @@ from compressor.config import POST_TRAINING_INT8, ExportConfig
 from compressor.console import log, warn
 from compressor.export import (LEARNED_FORM, OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S, Int8Choice,
                                OpenVINOSession, allowed_drop, choose_int8_form, convert_fp16, convs_wrapped_in_qdq,
-                               cpu_flags, export_onnx, export_qdq, latency_ms, model_files, op_counts, openvino_available,
+                               cpu_flags, export_onnx, export_qdq, float_convs, latency_ms, model_files, op_counts, openvino_available,
                                predict_batches, reduced_float_forms, save_openvino_ir, session)
 from compressor.models import count_params
 from compressor.stages.runner import StageRun, stage
@@ -205,16 +205,34 @@ def _float(model):
     return float_mode(model) if is_quantized(model) else nullcontext(model)
 
 
-def _write_learned(model, shape, outputs: dict, structure: dict) -> dict[str, Int8Choice]:
+def _write_learned(model, shape, outputs: dict) -> dict[str, Int8Choice]:
     """The QDQ file of a fake-quantized model (its scales and zero points as learned): model.int8.onnx,
     and OpenVINO's IR of it."""
     qdq = outputs.get("onnxruntime") or outputs["openvino"].with_suffix(".onnx")
     export_qdq(model, qdq, shape)
     if "openvino" in outputs:
         save_openvino_ir(qdq, outputs["openvino"])
-        if "onnxruntime" not in outputs:
-            qdq.unlink()
-    return {rt: Int8Choice(LEARNED_FORM, path, list(structure["float"]), []) for rt, path in outputs.items()}
+    kept = float_convs(qdq)
+    if "onnxruntime" not in outputs:
+        qdq.unlink()
+    return {rt: Int8Choice(LEARNED_FORM, path, kept, []) for rt, path in outputs.items()}
+
+
+def layers_writer(model, shape, calibration):
+    """A function writing the post-training form of compress quantize's scheme (LAYERS_FORM) to a path:
+    BatchNorm folded, ranges from the calibration images, no fine-tuning."""
+    import copy
+
+    from compressor import quantize as qat
+
+    def write(path):
+        twin = copy.deepcopy(model).cpu().eval()
+        qat.prepare(twin, shape)
+        qat.calibrate(twin, (torch.from_numpy(x) for x, _ in calibration), "cpu")
+        qat.freeze_ranges(twin)
+        export_qdq(twin.eval(), path, shape)
+
+    return write
 
 
 def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], threads: int, metrics: dict,
@@ -226,7 +244,7 @@ def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], thre
     if cfg.int8 and structure:
         outputs = {rt: writer.path("model.int8.onnx" if rt == "onnxruntime" else "model.int8.xml") for rt in runtimes}
         variants["int8"] = outputs[runtimes[0]]
-        choices = _write_learned(model, shape, outputs, structure)
+        choices = _write_learned(model, shape, outputs)
         metrics["per_channel"] = True
         log(f"export: int8 form {LEARNED_FORM.label()}")
     elif cfg.int8:
@@ -237,7 +255,8 @@ def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], thre
         variants["int8"] = outputs[runtimes[0]]
         choices = choose_int8_form(fp32, outputs, calib, stem=cfg.stem, activations=cfg.activations,
                                    per_channel=cfg.per_channel, method=cfg.calibration_method, threads=threads,
-                                   batch=cfg.latency_batch, max_drop=cfg.max_drop)
+                                   batch=cfg.latency_batch, max_drop=cfg.max_drop,
+                                   write_layers=layers_writer(model, shape, calib))
         for rt, c in choices.items():
             if c.form is None:
                 warn(f"export: no int8 file for {rt}: {_why(c, rt, cfg)}")
