@@ -107,7 +107,7 @@ def export(run: StageRun) -> dict:
             if 100 * (r["accuracy_fp32"] - r["accuracy_int8"]) > limit:
                 preds["int8"] = _fall_back(rt, choice, r, limit, lambda: _verify(
                     rt, "int8", choice.path, "fp32", threads, test, labels, x8, refs["int8"], shape,
-                    cfg.latency_batch, r))
+                    cfg.latency_batch, r), preds["int8"])
             for leftover in model_files(choice.fallback):  # already moved into place where it was shipped
                 leftover.unlink(missing_ok=True)
         r["forms"] = list(preds)
@@ -134,12 +134,29 @@ def export(run: StageRun) -> dict:
     return metrics
 
 
-def _fall_back(runtime: str, choice: Int8Choice, r: dict, limit: float, verify):
+def _fall_back(runtime: str, choice: Int8Choice, r: dict, limit: float, verify, nncf_pred):
     """NNCF's file, chosen on the calibration images, lost more than `limit` points on the test split:
-    ship the best QDQ form instead (chosen on the same images), verified the same way; return its predictions."""
+    verify the best QDQ form (chosen on the same images) the same way and ship it instead, unless it
+    loses as much or more (then NNCF's stays, with its figures); return the shipped file's predictions."""
     lost = round(100 * (r["accuracy_fp32"] - r["accuracy_int8"]), 4)
+    nncf_figures = {k: v for k, v in r.items() if "int8" in k}
+    aside = [p.with_name(f".{p.name}.nncf") for p in model_files(choice.path)]
+    for src, dst in zip(model_files(choice.path), aside):
+        os.replace(src, dst)
     for src, dst in zip(model_files(choice.fallback), model_files(choice.path)):
         os.replace(src, dst)
+    pred = verify()
+    fallback_lost = round(100 * (r["accuracy_fp32"] - r["accuracy_int8"]), 4)
+    if fallback_lost >= lost:
+        for src, dst in zip(aside, model_files(choice.path)):
+            os.replace(src, dst)
+        r.update(nncf_figures)
+        r["int8_fallback"] = {"rejected": asdict(choice.fallback_form), "test_drop_points": fallback_lost}
+        warn(f"int8 on {runtime}: {choice.form.label()} lost {lost:.2f} accuracy points on the test split; the best "
+             f"QDQ form lost {fallback_lost:.2f}, so it stays")
+        return nncf_pred
+    for leftover in aside:
+        leftover.unlink(missing_ok=True)
     chosen = asdict(choice.fallback_form)
     for row in r["int8_candidates"]:
         row["chosen"] = all(row.get(k) == v for k, v in chosen.items())
@@ -147,9 +164,9 @@ def _fall_back(runtime: str, choice: Int8Choice, r: dict, limit: float, verify):
              int8_choice=f"{choice.fallback_form.label()}: {choice.form.label()} lost {lost:.2f} points on the test "
                          f"split, more than {limit:g}")
     warn(f"int8 on {runtime}: {choice.form.label()} lost {lost:.2f} accuracy points on the test split; shipping "
-         f"{choice.fallback_form.label()} instead")
+         f"{choice.fallback_form.label()} instead ({fallback_lost:.2f})")
     choice.form = choice.fallback_form
-    return verify()
+    return pred
 
 
 def _deploy_form(runtime: str, r: dict, files: dict, limit: float, batch: int) -> None:
