@@ -59,17 +59,20 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=3, help="the teachers' epochs (as deploy_zoo.py)")
     ap.add_argument("--lr", type=float, default=0.05, help="the teachers' learning rate (as deploy_zoo.py)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--work", type=Path, default=Path("runs/deploy-zoo"))
     ap.add_argument("--csv", type=Path, default=None)
     a = ap.parse_args()
     from compressor.export import machine_summary
 
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = []
     for model in a.models:
         base = a.work / f"{model}-{a.image_size}px-{a.train_size}-e{a.epochs}-lr{a.lr}"
         teach(model, base / "teach", a)
         runs = {"post-training": [export(base / "teach", base / "export", a, "--int8")]}
-        for variant, flags in VARIANTS.items():
+        for variant in a.variants:
+            flags = VARIANTS[variant]
             for seed in a.seeds:
                 q = base / f"qat-{variant}-e{a.qat_epochs}-s{seed}"
                 if not (q / "metrics.json").is_file():
@@ -87,7 +90,8 @@ def main() -> None:
                              "int8_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                              "drop_points": round(100 * (fp32 - statistics.mean(accs)), 2),
                              "int8_ms_batch64": statistics.median(m["runtimes"][rt]["latency_ms_int8"] for m in ms),
-                             "vs_fp32_batch64": round(statistics.median(ratio), 3)})
+                             "vs_fp32_batch64": round(statistics.median(ratio), 3), "machine": machine_summary(),
+                             "commit": commit})
     print(machine_summary())
     print(f"\nFashion-MNIST, {a.train_size} training images, {a.image_size} px; quantize {a.qat_epochs} epochs; "
           f"test split (10,000 images); seeds {a.seeds}\n")

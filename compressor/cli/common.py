@@ -159,7 +159,9 @@ def stage_command(config: type[Config], run, title: str, after=None):
     return command
 
 
-SUMMARY_KEYS = [("accuracy", "accuracy", "{:.4f}"), ("teacher_accuracy", "teacher acc", "{:.4f}"),
+SUMMARY_KEYS = [("accuracy", "accuracy", "{:.4f}"), ("accuracy_float", "float model acc", "{:.4f}"),
+                ("accuracy_calibrated", "int8 acc before fine-tuning", "{:.4f}"),
+                ("teacher_accuracy", "teacher acc", "{:.4f}"),
                 ("agreement", "agreement", "{:.4f}"), ("control_accuracy", "student alone", "{:.4f}"),
                 ("ensemble_accuracy", "ensemble acc", "{:.4f}"),
                 ("sparsity", "sparsity", "{:.3f}"), ("params", "params", "{:,}"),
