@@ -428,7 +428,8 @@ def test_openvino_fp32_is_float32_and_reduced_floats_are_forms_of_their_own(stud
     reported = reduced_float_forms("openvino")
     assert ov["forms"] == ["fp32", *reported]
     for form in reported:
-        assert 0 <= ov[f"accuracy_{form}"] <= 1 and ov[f"latency_ms_{form}"] > 0
+        # the fp32 file run in bf16/fp16: a few test images may flip, not more
+        assert abs(ov[f"accuracy_{form}"] - ov["accuracy_fp32"]) <= 0.02 and ov[f"latency_ms_{form}"] > 0
         assert ov[f"inference_precision_{form}"] == {"bf16": "bf16", "fp16": "f16"}[form]
     assert ov["deploy_form"] in ov["forms"] and (tmp_path / "e" / ov["deploy_file"].split()[0]).is_file()
     monkeypatch.setattr(stage_module, "reduced_float_forms", lambda runtime: [])  # a CPU without bf16/fp16 units
