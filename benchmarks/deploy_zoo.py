@@ -45,6 +45,15 @@ def export(teacher: Path, out: Path, a) -> tuple[dict, int]:
     return json.loads((out / "metrics.json").read_text()), res.returncode
 
 
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """The rows as CSV, their keys as the header (benchmarks/results/*.csv)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def rows_of(model: str, m: dict, rc: int) -> list[dict]:
     rows = []
     for rt, r in m["runtimes"].items():
@@ -95,11 +104,7 @@ def main() -> None:
               f"{r['ms_batch1']:.3f} | {r['ms_batch64']:.2f} | {r['vs_fp32_batch64']:.2f} | "
               f"{'**deploy**' if r['deploy'] else ''} |")
     if a.csv:
-        a.csv.parent.mkdir(parents=True, exist_ok=True)
-        with a.csv.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(a.csv, rows)
 
 
 if __name__ == "__main__":

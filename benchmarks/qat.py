@@ -19,7 +19,6 @@ against that runtime's float32. Results differ between machines; on one machine 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from deploy_zoo import teach  # noqa: E402  (the zoo's cached teachers)
+from deploy_zoo import teach, write_csv  # noqa: E402  (the zoo's cached teachers, its CSV)
 
 VARIANTS = {"labels": ["--alpha", "1"], "distilled": []}
 
@@ -102,11 +101,7 @@ def main() -> None:
               f"{r['int8_accuracy_mean']:.4f} ± {r['int8_accuracy_std']:.4f} | {r['drop_points']:+.2f} | "
               f"{r['int8_ms_batch64']:.2f} | {r['vs_fp32_batch64']:.2f} |")
     if a.csv:
-        a.csv.parent.mkdir(parents=True, exist_ok=True)
-        with a.csv.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(a.csv, rows)
 
 
 if __name__ == "__main__":

@@ -210,7 +210,8 @@ def freeze_ranges(model: nn.Module) -> None:
 
 @contextlib.contextmanager
 def float_mode(model: nn.Module):
-    """The same weights without the int8 rounding (the float model a quantized artifact came to)."""
+    """The same weights without the int8 rounding (the float model a quantized artifact came to); a
+    model without quantizers, as it is."""
     from torch.ao.quantization import disable_fake_quant, enable_fake_quant
 
     model.apply(disable_fake_quant)
@@ -218,10 +219,6 @@ def float_mode(model: nn.Module):
         yield model
     finally:
         model.apply(enable_fake_quant)
-
-
-def is_quantized(model: nn.Module) -> bool:
-    return bool(quantized_modules(model))
 
 
 def ranges(model: nn.Module) -> dict[str, dict]:

@@ -45,7 +45,8 @@ STAGES: dict[str, type[Config]] = {
         False, description=TEACHER_FLAG[kind]))} if kind in TEACHER_FLAG else None, add=RECIPE_ONLY.get(kind))
     for kind, cls in STAGE_CONFIGS.items()}
 DistillCfg = STAGES["distill"]
-MODEL_STAGES = ("teach", "distill", "prune", "quantize")
+MODEL_STAGES = ("teach", "distill", "prune", "quantize")  # write a model
+READS_MODEL = ("select", "prune", "quantize", "export")  # read the last model written (model_dir)
 
 
 class Recipe(BaseModel):
@@ -141,7 +142,7 @@ def _msg(err) -> str:
 
 def _dependency_problems(kind: str, cfg, seen: list[str]) -> list[str]:
     has_model = any(s in MODEL_STAGES for s in seen)
-    if kind in ("select", "prune", "quantize", "export") and not has_model:
+    if kind in READS_MODEL and not has_model:
         return ["reads a model, but no earlier stage (teach, distill, prune) writes one"]
     if kind in ("select", "distill", "prune", "quantize") and "quantize" in seen:
         return ["comes after quantize, which writes the int8-ready model export reads; put it before quantize"]
@@ -207,7 +208,7 @@ def stage_config(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path | str, 
     if kind == "export" and last_model is not None and paths.get("quantize") == last_model:
         own = {k: v for k, v in own.items() if k not in POST_TRAINING_INT8}  # its int8 ranges are learned
     values = {**data, **own, "seed": recipe.seed, "device": device, "out": str(stage_dir)}
-    if kind in ("select", "prune", "quantize", "export"):
+    if kind in READS_MODEL:
         values["model_dir"] = str(last_model)
     if kind in MODEL_STAGES:  # the stages that train; their TensorBoard logs go beside the stages, in logs/
         values["resume"] = resume

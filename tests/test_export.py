@@ -472,17 +472,22 @@ def test_int8_that_loses_more_than_the_budget_fails_by_default(workdir, student_
     assert m["deploy_form"] == "fp32" and (out / "model.int8.onnx").is_file()
 
 
-def test_int8_slower_than_fp32_prints_one_warning_line(student_dir, tmp_path, monkeypatch):
-    from conftest import cli
-
+def _report_latencies(monkeypatch, ms_of_file) -> None:
+    """Export measures every latency as usual, then reports ms_of_file(the file's name) instead."""
     stage_module = importlib.import_module("compressor.stages.export")
     real = stage_module.latency_ms
 
-    def int8_slow(sess, *a, **k):
+    def reported(sess, *a, **k):
         real(sess, *a, **k)
-        return 9.0 if "int8" in sess.path.name else 3.0
+        return ms_of_file(sess.path.name)
 
-    monkeypatch.setattr(stage_module, "latency_ms", int8_slow)
+    monkeypatch.setattr(stage_module, "latency_ms", reported)
+
+
+def test_int8_slower_than_fp32_prints_one_warning_line(student_dir, tmp_path, monkeypatch):
+    from conftest import cli
+
+    _report_latencies(monkeypatch, lambda name: 9.0 if "int8" in name else 3.0)
     res = cli("export", student_dir, "--data", "synthetic", "--int8", "--runtime", "onnxruntime",
               "--calibration-batches", "2", "--device", "cpu", "--out", tmp_path / "slow")
     assert res.exit_code == 0, res.output
@@ -578,13 +583,6 @@ def test_nncf_form_stays_where_the_qdq_fallback_loses_more(student_dir, tmp_path
 
 def test_a_reduced_float_file_on_onnxruntime_is_shipped_as_it_is(student_dir, tmp_path, monkeypatch):
     """--fp16 on onnxruntime: where model.fp16.onnx is the deploy form, it is named without OpenVINO's hint."""
-    stage_module = importlib.import_module("compressor.stages.export")
-    real = stage_module.latency_ms
-
-    def fp16_fastest(sess, *a, **k):
-        real(sess, *a, **k)
-        return 1.0 if "fp16" in sess.path.name else 2.0
-
-    monkeypatch.setattr(stage_module, "latency_ms", fp16_fastest)
+    _report_latencies(monkeypatch, lambda name: 1.0 if "fp16" in name else 2.0)
     m = export(student_dir, data=SYN, out=tmp_path / "e", fp16=True, runtime="onnxruntime", device="cpu")
     assert m["deploy_form"] == "fp16" and m["deploy_file"] == "model.fp16.onnx"

@@ -18,6 +18,7 @@ from compressor.export import (LEARNED_FORM, OPENVINO_MISSING, OPENVINO_PRECISIO
                                cpu_flags, export_onnx, export_qdq, float_convs, latency_ms, model_files, op_counts, openvino_available,
                                predict_batches, reduced_float_forms, save_openvino_ir, session)
 from compressor.models import count_params
+from compressor.quantize import float_mode
 from compressor.stages.runner import StageRun, stage
 
 SPARSITY_NOTE = ("ONNX stores weights densely; pruned zeros cost 4 bytes each raw but compress to almost "
@@ -62,7 +63,7 @@ def export(run: StageRun) -> dict:
     model = art.model.cpu().eval()
     shape = art.spec.input_shape
     x8, _ = next(iter(bundle.loader("test", 8)))
-    with torch.no_grad(), _float(model):
+    with torch.no_grad(), float_mode(model):
         ref = model(x8).numpy()
     with torch.no_grad():
         refs = {"int8": model(x8).numpy() if learned else ref}  # int8 is verified against the fake-quantized model
@@ -213,15 +214,6 @@ def _learned_int8(cfg):
     return cfg.model_copy(update={"int8": True})
 
 
-def _float(model):
-    """The model without int8 rounding (a quantized artifact's float form; any other model as it is)."""
-    from contextlib import nullcontext
-
-    from compressor.quantize import float_mode, is_quantized
-
-    return float_mode(model) if is_quantized(model) else nullcontext(model)
-
-
 def _write_learned(model, shape, outputs: dict) -> dict[str, Int8Choice]:
     """The QDQ file of a fake-quantized model (its scales and zero points as learned): model.int8.onnx,
     and OpenVINO's IR of it."""
@@ -255,7 +247,7 @@ def layers_writer(model, shape, calibration):
 def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], threads: int, metrics: dict,
                     structure: dict) -> tuple[dict, dict[str, Int8Choice]]:
     fp32 = writer.path("model.onnx")
-    with _float(model):
+    with float_mode(model):  # a quantized artifact's fp32 file: its weights without the rounding
         export_onnx(model, fp32, shape)
     variants, choices = {"fp32": fp32}, {}
     if cfg.int8 and structure:
