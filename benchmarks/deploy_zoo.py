@@ -46,7 +46,12 @@ def export(teacher: Path, out: Path, a) -> tuple[dict, int]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """The rows as CSV, their keys as the header (benchmarks/results/*.csv)."""
+    """The rows as CSV, their keys as the header, plus the machine (CPU, flags, runtime versions) and
+    the commit they were measured at (benchmarks/results/*.csv; the docs render them)."""
+    from compressor.export import machine_summary
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    rows = [{**r, "machine": machine_summary(), "commit": commit} for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -64,7 +64,6 @@ def main() -> None:
     a = ap.parse_args()
     from compressor.export import machine_summary
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = []
     for model in a.models:
         base = a.work / f"{model}-{a.image_size}px-{a.train_size}-e{a.epochs}-lr{a.lr}"
@@ -89,8 +88,7 @@ def main() -> None:
                              "int8_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                              "drop_points": round(100 * (fp32 - statistics.mean(accs)), 2),
                              "int8_ms_batch64": statistics.median(m["runtimes"][rt]["latency_ms_int8"] for m in ms),
-                             "vs_fp32_batch64": round(statistics.median(ratio), 3), "machine": machine_summary(),
-                             "commit": commit})
+                             "vs_fp32_batch64": round(statistics.median(ratio), 3)})
     print(machine_summary())
     print(f"\nFashion-MNIST, {a.train_size} training images, {a.image_size} px; quantize {a.qat_epochs} epochs; "
           f"test split (10,000 images); seeds {a.seeds}\n")

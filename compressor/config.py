@@ -33,7 +33,7 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # imagefolder resampling (t
 
 def option(default: Any = ..., help: str = "", *, flag: str | None = None, short: str | None = None,
            argument: bool = False, recipe: bool = True, setting: bool = True, alias: str | None = None,
-           **bounds) -> Any:
+           main: bool = False, **bounds) -> Any:
     """A config field with what the CLI and the recipe need to know about it.
 
     Args:
@@ -43,8 +43,9 @@ def option(default: Any = ..., help: str = "", *, flag: str | None = None, short
         recipe: whether a recipe stage may set it (inputs such as model_dir come from earlier stages).
         setting: whether it is part of the stage's recorded settings and checkpoint fingerprint
             (where to write, whether to resume and which device are not: they change no result).
+        main: one of the options a user gives first (`--help` lists them first, in their own panel).
     """
-    extra = {"flag": flag, "short": short, "argument": argument, "recipe": recipe, "setting": setting}
+    extra = {"flag": flag, "short": short, "argument": argument, "recipe": recipe, "setting": setting, "main": main}
     return Field(default, description=help, alias=alias, json_schema_extra=extra, **bounds)
 
 
@@ -97,7 +98,7 @@ class Config(BaseModel):
 class DataFields(Config):
     """Which data a stage reads (the --data family of options)."""
 
-    data: DataName = option(help="Dataset name.", recipe=False)
+    data: DataName = option(help="Dataset name.", recipe=False, main=True)
     data_root: Optional[str] = option(
         None, "Directory holding the data (fashion-mnist defaults to /usr/share/datasets/fashion-mnist; imagefolder "
         "wants train/ and val/ class folders).", recipe=False)
@@ -150,7 +151,7 @@ class Runtime(Config):
 
 class Output(Config):
     out: str = option(help="Artifact directory to write (replaced atomically if it is one; never an input "
-                           "artifact or a directory the tool did not write).", recipe=False, setting=False)
+                           "artifact or a directory the tool did not write).", recipe=False, setting=False, main=True)
 
 
 class TrainConfig(Runtime):
@@ -199,8 +200,8 @@ class DistillOptions(Config):
     """
 
     teacher: Optional[str] = option(None, "Teacher artifact directory (from teach). distill: needed except with "
-                                          "--scheme self; prune: fine-tune while distilling from it.")
-    method: MethodName = option("kd", "Distillation method (see the README's method table).")
+                                          "--scheme self; prune: fine-tune while distilling from it.", main=True)
+    method: MethodName = option("kd", "Distillation method (see the docs' method table).", main=True)
     temperature: Optional[float] = option(None, "Softmax temperature T of the kd term (loss scaled by T^2); "
                                                 f"default: the method's ({defaults_of('temperature')}).",
                                           short="-T", gt=0)
@@ -252,7 +253,7 @@ class DistillOptions(Config):
 
 
 class TeachConfig(DataFields, Augmentation, TrainConfig, Output):
-    model: str = option(help="Any timm model name (e.g. resnet18) or a built-in: convtiny, convverytiny.")
+    model: str = option(help="Any timm model name (e.g. resnet18) or a built-in: convtiny, convverytiny.", main=True)
     pretrained: bool = option(False, "Start from timm's pretrained weights (needs the network).")
     init: Optional[str] = option(None, "Start from these weights (.safetensors, or .pt/.pth read with "
                                        "weights_only=True, never unsafely); NaN/Inf weights are refused.")
@@ -271,7 +272,7 @@ class TeachConfig(DataFields, Augmentation, TrainConfig, Output):
 
 class SelectConfig(DataFields, Runtime, Output):
     model_dir: str = option(help="Artifact directory of the model to read.", argument=True, recipe=False)
-    top_k: int = option(help="Channels to keep per layer (all of a layer's, if it has fewer).", ge=1)
+    top_k: int = option(help="Channels to keep per layer (all of a layer's, if it has fewer).", ge=1, main=True)
     layers: str = option("auto", "'auto' (each stage's output before a downsampling, from timm feature_info) or "
                                  "comma-separated module names.")
     samples: int = option(5000, "Training images used to score channels (no augmentation).", ge=2)
@@ -284,7 +285,7 @@ class SelectConfig(DataFields, Runtime, Output):
 
 class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output):
     student: Optional[str] = option(None, "Student model: convtiny, convverytiny or any timm name (needed except "
-                                          "with --scheme born-again, where it defaults to the teacher's architecture).")
+                                          "with --scheme born-again, where it defaults to the teacher's architecture).", main=True)
     scheme: SchemeName = option("offline", "offline (frozen teacher), online (teacher and student train together "
                                            "over a stream of chunks), self (the student teaches its own "
                                            "auxiliary heads), born-again (--generations students in a row, each "
@@ -350,7 +351,7 @@ class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Outpu
 class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output):
     model_dir: str = option(help="Artifact directory of the model to read.", argument=True, recipe=False)
     sparsity: float = option(help="Unstructured: fraction of conv/linear weights to zero; --structured: fraction "
-                                  "of each prunable convolution's output channels removed. In [0, 1).", ge=0, lt=1)
+                                  "of each prunable convolution's output channels removed. In [0, 1).", ge=0, lt=1, main=True)
     structured: bool = option(False, "Remove whole output channels of convolutions (and their inputs downstream): "
                                      "a physically smaller, faster model.")
     schedule: Literal["oneshot", "gradual"] = option(
@@ -403,11 +404,11 @@ class ExportConfig(DataFields, Runtime, Output):
     int8: bool = option(False, "Also write model.int8.onnx (static QDQ), in the fastest form that keeps accuracy: "
                                "each choice left at auto (--stem, --activations, --per-channel/--per-tensor) is "
                                "timed on every runtime and scored on the calibration images, each runtime's int8 file "
-                               "(with OpenVINO: model.int8.xml) in the form fastest on it; recorded in metrics.json.")
+                               "(with OpenVINO: model.int8.xml) in the form fastest on it; recorded in metrics.json.", main=True)
     fp16: bool = option(False, "Also write model.fp16.onnx (fp16 weights and compute, float32 input/output).")
     runtime: Literal["auto", "onnxruntime", "openvino", "all"] = option(
         "auto", "Runtimes that measure accuracy and latency: auto (onnxruntime, plus OpenVINO where installed), one, "
-                "or all. With OpenVINO the IR (model.xml/.bin, model.int8.xml/.bin) is written beside the ONNX files.")
+                "or all. With OpenVINO the IR (model.xml/.bin, model.int8.xml/.bin) is written beside the ONNX files.", main=True)
     calibration_batches: int = option(8, "Training batches (64 images) used to calibrate int8 (for imagefolder a "
                                               "sample of every class).", ge=1)
     calibration_method: Literal[CALIBRATION_METHODS] = option(  # type: ignore[valid-type]
@@ -443,7 +444,7 @@ class ExportConfig(DataFields, Runtime, Output):
 
 class EvalConfig(DataFields, Runtime):
     target: str = option(help="Artifact directory, or an .onnx file or OpenVINO IR .xml file (read by OpenVINO) with its "
-                              "model.json beside it.", argument=True)
+                              "model.json beside it.", argument=True, main=True)
     teacher: Optional[str] = option(None, "Teacher artifact: also report agreement with it.")
 
 

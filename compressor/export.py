@@ -99,11 +99,8 @@ def spatial_means_as_average_pools(model) -> list[str]:
     width are fixed as an AveragePool with that kernel: the same function; return the rewritten
     nodes' names. The export fixes every size but the batch, so the kernel is known.
 
-    OpenVINO's CPU plugin runs ReduceMean (what it makes of both) 8-20x slower than a pooling
-    kernel: 875 against 110 us for the quickstart student's int8 head at batch 64 (128 x 7 x 7) on
-    the 2-core development machine (benchmarks/profile_ops.py; 276 against 13 us in a quieter hour),
-    about a quarter of the whole int8 model; onnxruntime runs both in about the same time (its int8
-    QLinearAveragePool and QLinearGlobalAveragePool, 27 and 22 us)."""
+    OpenVINO's CPU plugin runs ReduceMean (what it makes of both) far slower than a pooling kernel;
+    onnxruntime runs both alike (benchmarks/profile_ops.py shows the per-operator times)."""
     import onnx
     from onnx import helper
 
@@ -308,8 +305,7 @@ def _quantize_preprocessed(pre: Path, int8_path: Path, calibration: list[np.ndar
     `ranges`: a file for the activation ranges calibration measures (onnxruntime's calibration
     cache): computed and written when it does not exist, read when it does. They depend on the graph
     and the calibration method only, not on the activation type or the weight scales, so the forms
-    of one stem share one calibration pass (at 224 px that pass is most of a candidate's cost: 25 s
-    of resnet18's on 2 cores)."""
+    of one stem share one calibration pass (at 224 px that pass is most of a candidate's cost)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -638,8 +634,7 @@ class OpenVINOSession(Session):
     """OpenVINO's CPU plugin, reading ONNX or its own IR (model.xml + model.bin), latency hint.
 
     The file keeps its dynamic batch; each batch size seen is compiled once with that static shape
-    (as a deployment would: OpenVINO's CPU kernels for a static shape are faster, e.g. 3.9 against
-    5.8 ms for the quickstart's fp32 model at batch 64 on the 2-core development machine).
+    (as a deployment would: OpenVINO's CPU kernels for a static shape are faster).
 
     `precision`: the float precision of the layers that are not int8 (INFERENCE_PRECISION_HINT),
     "fp32" unless asked otherwise. Left to itself, OpenVINO runs a float32 model in bfloat16 on a

@@ -98,36 +98,51 @@ def cli_doc(config: type[Config], doc: str | None) -> str:
 
 
 def config_parameters(config: type[Config]) -> list[inspect.Parameter]:
-    """One CLI parameter per config field: its flag, type, default and help come from the field."""
+    """One CLI parameter per config field: its flag, type, default, help and --help panel come from
+    the field and the option group that declares it."""
     params = []
     for name, info in config.model_fields.items():
         extra, public = field_extra(info), info.alias or name
         typ = _cli_type(info.annotation)
         default = inspect.Parameter.empty if info.is_required() else info.default
+        rank, panel = _group(config, name)
+        panel = MAIN_PANEL if extra.get("main") else panel
         if extra.get("argument"):
-            decl = typer.Argument(help=info.description)
+            decl = typer.Argument(help=_plain(info.description))
         else:
             flag = _flag(info, public)
             if typ is bool and default is True and "/" not in flag:
                 flag = f"{flag}/--no-{flag[2:]}"
-            decl = typer.Option(flag, *([extra["short"]] if extra.get("short") else []), help=info.description)
+            decl = typer.Option(flag, *([extra["short"]] if extra.get("short") else []),
+                                help=_plain(info.description), rich_help_panel=panel)
         if isinstance(default, str) and isinstance(typ, type) and issubclass(typ, Enum):
             default = typ(default)
-        params.append((extra.get("argument", False), inspect.Parameter(
-            public, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[typ, decl])))
-    return [p for _, p in sorted(params, key=lambda t: (not t[0], _group(config, t[1].name)))]
+        key = (not extra.get("argument", False), not extra.get("main"), rank, not info.is_required())
+        params.append((key, inspect.Parameter(public, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                              annotation=Annotated[typ, decl])))
+    return [p for _, p in sorted(params, key=lambda t: t[0])]
 
 
-def _group(config: type[Config], public: str) -> int:
-    """--help order: arguments, the stage's own options, then the shared groups (what to read, how to
-    train, where to run, where to write)."""
-    from compressor.config import DataFields, DistillOptions, Output, Runtime, TrainConfig
+def _plain(text: str | None) -> str | None:
+    """Help text shown as written: rich would read `[mlflow]` in `pip install 'compressor[mlflow]'` as markup."""
+    return text.replace("[", "\\[") if text else text
 
-    name = next((n for n, f in config.model_fields.items() if (f.alias or n) == public), public)
-    for rank, cls in enumerate((config, DistillOptions, DataFields, TrainConfig, Runtime, Output)):
+
+MAIN_PANEL = None  # typer's first panel, "Options" (with --help): the options a user gives first (option(main=True))
+PANELS = {"": "Stage options", "DistillOptions": "Method", "DataFields": "Data",
+          "Augmentation": "Photographs' augmentation (imagefolder)", "TrainConfig": "Training",
+          "Runtime": opt.RUNTIME_PANEL, "Output": opt.RUNTIME_PANEL}
+
+
+def _group(config: type[Config], name: str) -> tuple[int, str]:
+    """--help order and panel: the stage's own options, then the shared groups (the method, what to
+    read, how to train, how photographs are augmented, where to run and write)."""
+    from compressor.config import Augmentation, DataFields, DistillOptions, Output, Runtime, TrainConfig
+
+    for rank, cls in enumerate((config, DistillOptions, DataFields, TrainConfig, Augmentation, Runtime, Output)):
         if name in cls.__dict__.get("__annotations__", {}):
-            return rank
-    return 0
+            return rank, PANELS.get(cls.__name__, PANELS[""])
+    return 0, PANELS[""]
 
 
 PRESENTATION = [inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt.ThreadsOpt),

@@ -27,8 +27,36 @@ app = typer.Typer(
 COMMANDS = {"teach": teach, "select": select, "distill": distill, "prune": prune, "quantize": quantize,
             "export": export,
             "eval": evaluate, "run": run, "report": report, "sweep": sweep}
+EXAMPLES = {
+    "teach": ["compress teach --data fashion-mnist --model resnet18 --epochs 5 --out runs/demo/teach",
+              "compress teach --data imagefolder --data-root /data/dogs --model efficientnet_b0 --pretrained "
+              "--trainable 'blocks.6|conv_head' --out runs/dogs/teach"],
+    "select": ["compress select runs/demo/teach --data fashion-mnist --top-k 64 --out runs/demo/select"],
+    "distill": ["compress distill --teacher runs/demo/teach --student convtiny --data fashion-mnist --control "
+                "--out runs/demo/distill",
+                "compress distill --teacher runs/demo/teach --student convtiny --data fashion-mnist --method vid "
+                "--pairs all --out runs/demo/vid"],
+    "prune": ["compress prune runs/demo/distill --data fashion-mnist --sparsity 0.6 --finetune-epochs 2 "
+              "--teacher runs/demo/teach --out runs/demo/prune",
+              "compress prune runs/demo/distill --data fashion-mnist --structured --sparsity 0.5 --out runs/demo/slim"],
+    "quantize": ["compress quantize runs/demo/prune --data fashion-mnist --out runs/demo/quantize"],
+    "export": ["compress export runs/demo/prune --data fashion-mnist --int8 --out runs/demo/export",
+               "compress export runs/demo/quantize --data fashion-mnist --runtime all --out runs/demo/export-qat"],
+    "eval": ["compress eval runs/demo/export/model.int8.onnx --data fashion-mnist --teacher runs/demo/teach"],
+    "run": ["compress run recipes/quickstart.yaml", "compress run recipes/quickstart.yaml --resume"],
+    "report": ["compress report runs/fashion-mnist-quickstart"],
+    "sweep": ["compress sweep recipes/quickstart.yaml --grid distill.temperature=1,3,8 --grid distill.alpha=0,0.5,1",
+              "compress sweep recipes/quickstart.yaml --random 8 --seed 3 --grid distill.beta=0.1:0.9"],
+}
+
+
+def epilog(examples: list[str]) -> str:
+    """A command's "Examples" block: one command per paragraph (typer joins the lines of one)."""
+    return "\n\n".join(["Examples:", *(f"  $ {e}" for e in examples)])
+
+
 for _name, _fn in COMMANDS.items():
-    app.command(_name, help=paragraphs(_fn.__doc__))(_fn)
+    app.command(_name, help=paragraphs(_fn.__doc__), epilog=epilog(EXAMPLES[_name]))(_fn)
 
 
 def main() -> None:

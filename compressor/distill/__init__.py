@@ -2,7 +2,7 @@
 
 A method file holds its losses' use, its learnable parameters, its phases and any custom step;
 `@register_method` puts it in `compressor.distill.registry.METHODS`, from which the CLI choices,
-the recipe validation and the README's method table come. The pure losses live in
+the recipe validation and the docs' method table come. The pure losses live in
 `compressor.distill.functional`.
 """
 

@@ -1,6 +1,6 @@
 """The method registry: one entry per distillation method, filled by `@register_method` on its class.
 
-The CLI choices (`--method`), the recipe validation, the README's method table and the check of
+The CLI choices (`--method`), the recipe validation, the method table in docs/concepts/methods.md and the check of
 which options a method reads all come from this one dict (as timm's `@register_model` and
 torchdistill's loss registry do).
 """
@@ -23,7 +23,7 @@ WEIGHTS = ("temperature", "alpha", "beta", "gamma")
 class MethodInfo:
     name: str
     cls: type
-    summary: str  # what the student learns (the README table's second column)
+    summary: str  # what the student learns (the method table's second column, docs/concepts/methods.md)
     uses: tuple[str, ...]  # which of METHOD_OPTIONS it reads
     defaults: dict = field(default_factory=dict)  # its own defaults for temperature, alpha, beta
 
@@ -101,7 +101,7 @@ def method_table_markdown() -> str:
     return Table(["`--method`", "what the student learns", "options (default)"], method_table(), left=3).markdown()
 
 
-if __name__ == "__main__":  # the README's method table: python -m compressor.distill.registry
+if __name__ == "__main__":  # the docs' method table: python -m compressor.distill.registry
     from compressor.distill import registry  # the package registers every method there
 
     print(registry.method_table_markdown(), end="")

@@ -5,7 +5,7 @@ For each (teacher layer i, student layer j) pair, a Gaussian q(t_i | s_j) whose 
 lower bound of I(t_i; s_j). Loss = alpha * CE + beta * sum_ij lambda_ij * (-log q), the sum
 balanced by default (scaled to the cross-entropy on the first batch, see Distiller.balance): alpha 1,
 beta 0.5. The study's L = b * task + (1 - b) * sum(lambda * I) is alpha = b, beta = 1 - b with
---no-balance (its b = 0.5 on the quickstart lost 1.3 points to the student alone even balanced).
+--no-balance (its b = 0.5 lost to the student alone on the quickstart even balanced).
 """
 
 from __future__ import annotations
