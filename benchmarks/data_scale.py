@@ -111,7 +111,7 @@ def loader_rates(root: Path, image_size: int, workers: int, batch_size: int, rou
     from torchvision.datasets import ImageFolder
 
     from compressor.data import load_data
-    from compressor.folder import transform
+    from compressor.data.folder import transform
 
     bundle = load_data("imagefolder", root, image_size=image_size, workers=workers)
     ours = bundle.loader("train", batch_size, train=True, seed=0)
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="keep the generated folders here (default: a temporary dir)")
     ap.add_argument("--out", default="runs/bench-data-scale")
     args = ap.parse_args()
-    from compressor.folder import default_workers
+    from compressor.data.folder import default_workers
 
     workers = default_workers() if args.workers is None else args.workers
     sizes = [int(s) for s in args.sizes.split(",")]

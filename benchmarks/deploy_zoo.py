@@ -48,7 +48,7 @@ def export(teacher: Path, out: Path, a) -> tuple[dict, int]:
 def write_csv(path: Path, rows: list[dict]) -> None:
     """The rows as CSV, their keys as the header, plus the machine (CPU, flags, runtime versions) and
     the commit they were measured at (benchmarks/results/*.csv; the docs render them)."""
-    from compressor.export import machine_summary
+    from compressor.deploy.runtimes import machine_summary
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = [{**r, "machine": machine_summary(), "commit": commit} for r in rows]
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/deploy-zoo"), help="cache of the taught models and exports")
     ap.add_argument("--csv", type=Path, default=None, help="also write the rows here")
     a = ap.parse_args()
-    from compressor.export import machine_summary
+    from compressor.deploy.runtimes import machine_summary
 
     rows = []
     for model in a.models:

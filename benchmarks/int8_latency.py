@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from compressor.export import latency_ms, session
+from compressor.deploy.runtimes import latency_ms, session
 
 
 def main() -> None:

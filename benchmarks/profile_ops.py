@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from compressor.export import OPENVINO_PRECISION, session
+from compressor.deploy.runtimes import OPENVINO_PRECISION, session
 
 
 def onnxruntime_ops(path: str, x: np.ndarray, threads: int, runs: int, warmup: int) -> list[tuple[float, str, str]]:

@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/deploy-zoo"))
     ap.add_argument("--csv", type=Path, default=None)
     a = ap.parse_args()
-    from compressor.export import machine_summary
+    from compressor.deploy.runtimes import machine_summary
 
     rows = []
     for model in a.models:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-import compressor.export as ex
+from compressor.deploy import graph
+from compressor.deploy import runtimes as rt_mod
 
 
 def main() -> None:
@@ -29,30 +30,30 @@ def main() -> None:
     a = ap.parse_args()
     import timm
 
-    runtimes = ["onnxruntime"] + (["openvino"] if ex.openvino_available() else [])
+    runtimes = ["onnxruntime"] + (["openvino"] if rt_mod.openvino_available() else [])
     shape = [3, a.size, a.size]
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for name in a.models.split(","):
             model = timm.create_model(name, num_classes=10).eval()
-            rewrite = ex.spatial_means_as_average_pools
-            ex.spatial_means_as_average_pools = lambda m: []  # torch's graph as it comes
+            rewrite = graph.spatial_means_as_average_pools
+            graph.spatial_means_as_average_pools = lambda m: []  # torch's graph as it comes
             try:
-                ex.export_onnx(model, Path(tmp) / f"{name}.torch.onnx", shape)
+                graph.export_onnx(model, Path(tmp) / f"{name}.torch.onnx", shape)
             finally:
-                ex.spatial_means_as_average_pools = rewrite
-            ex.export_onnx(model, Path(tmp) / f"{name}.averagepool.onnx", shape)
+                graph.spatial_means_as_average_pools = rewrite
+            graph.export_onnx(model, Path(tmp) / f"{name}.averagepool.onnx", shape)
             x = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
-            diff = np.abs(ex.session(Path(tmp) / f"{name}.torch.onnx")(x)
-                          - ex.session(Path(tmp) / f"{name}.averagepool.onnx")(x)).max()
+            diff = np.abs(rt_mod.session(Path(tmp) / f"{name}.torch.onnx")(x)
+                          - rt_mod.session(Path(tmp) / f"{name}.averagepool.onnx")(x)).max()
             print(f"{name}: max abs difference {diff:.1e}")
             files += [Path(tmp) / f"{name}.torch.onnx", Path(tmp) / f"{name}.averagepool.onnx"]
         times = {(f, rt): [] for f in files for rt in runtimes}
         for _ in range(a.rounds):
             for f in files:
                 for rt in runtimes:
-                    sess = ex.session(f, a.threads, rt)
-                    times[f, rt].append(ex.latency_ms(sess, shape, a.batch, runs=10, warmup=2))
+                    sess = rt_mod.session(f, a.threads, rt)
+                    times[f, rt].append(rt_mod.latency_ms(sess, shape, a.batch, runs=10, warmup=2))
                     del sess
     print(f"| model | {' | '.join(f'{rt} ms (batch {a.batch}, {a.size} px)' for rt in runtimes)} |")
     print("|---|" + "---|" * len(runtimes))

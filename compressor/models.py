@@ -5,6 +5,7 @@ A model is described by a spec (the `model.json` of its artifact) and rebuilt fr
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import torch
@@ -151,7 +152,7 @@ class ModelSpec(BaseModel):
     data: dict[str, Any] = {}
     settings: dict[str, Any] = {}
     structured_pruning: list[list[dict[str, Any]]] = []
-    quantization: dict[str, Any] = {}  # compress quantize: folded BatchNorms and quantized layers (compressor.quantize)
+    quantization: dict[str, Any] = {}  # compress quantize: folded BatchNorms and quantized layers (compressor.deploy.qat)
 
     @classmethod
     def read(cls, obj: dict, source) -> ModelSpec:
@@ -199,12 +200,10 @@ def build_from_spec(spec: ModelSpec | dict) -> nn.Module:
     model = create_model(spec.architecture, num_classes=spec.num_classes, in_chans=spec.input_shape[0],
                          **spec.kwargs)
     if spec.structured_pruning:
-        from compressor.prune import remove_channels
-
         for plan in spec.structured_pruning:
             remove_channels(model, spec.input_shape, plan)
     if spec.quantization:
-        from compressor.quantize import apply_structure
+        from compressor.deploy.qat import apply_structure
 
         apply_structure(model, spec.quantization)
     return model
@@ -236,3 +235,44 @@ def classifier_name(model: nn.Module) -> str | None:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def remove_channels(model: nn.Module, input_shape: list[int], plan: list[dict]) -> None:
+    """Apply a structured-pruning plan [{"layer": conv name, "removed": [channel idx, ...]}] in order.
+
+    The plan is what model.json records, so a pruned architecture is rebuilt by replaying it on
+    the original one.
+    """
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
+    for step in plan:
+        if step["layer"] not in modules:
+            raise CompressorError(f"pruning plan names layer {step['layer']}, which the model does not have")
+        if not step["removed"]:
+            continue
+        group = dg.get_pruning_group(modules[step["layer"]], tp.prune_conv_out_channels, idxs=list(step["removed"]))
+        if not dg.check_pruning_group(group):
+            raise CompressorError(f"cannot remove {len(step['removed'])} channels of {step['layer']}")
+        group.prune()
+
+
+def set_trainable(model: torch.nn.Module, pattern: str | None) -> int:
+    """Only parameters whose names match `pattern` (re.search) train; the classifier always trains."""
+    if pattern is None:
+        return sum(p.numel() for p in model.parameters())
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise CompressorError(f"--trainable '{pattern}' is not a valid regular expression ({e})") from None
+    head = classifier_name(model) or ""
+    matched = 0
+    for name, p in model.named_parameters():
+        on = bool(rx.search(name)) or (head and name.startswith(head + "."))
+        p.requires_grad_(on)
+        matched += bool(rx.search(name))
+    if not matched:
+        some = ", ".join(n for n, _ in list(model.named_parameters())[:3])
+        raise CompressorError(f"--trainable '{pattern}' matches no parameter (names look like {some})")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -232,7 +232,7 @@ def run_stage(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path, paths: di
     """Run one recipe stage into `stage_dir`; `resume`: continue from its checkpoint when it has one;
     `mlflow`: a tracking URI its training loops also log to."""
     from compressor import stages
-    from compressor.checkpoint import has_checkpoint
+    from compressor.training.checkpoint import has_checkpoint
 
     resume = resume and has_checkpoint(stage_dir)
     if resume:

@@ -1,7 +1,6 @@
-"""compressor.export and the export stage: ONNX checked against PyTorch, int8 QDQ, the --max-drop
+"""compressor.deploy and the export stage: ONNX checked against PyTorch, int8 QDQ, the --max-drop
 gate, fp16, and the fp32-stem rewrite."""
 
-import importlib
 import json
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 
 from compressor import CompressorError
 from compressor.artifacts import load_artifact
-from compressor.export import convs_wrapped_in_qdq
+from compressor.deploy.graph import convs_wrapped_in_qdq
 from compressor.models import create_model
 from compressor.stages import evaluate, export
 
@@ -44,10 +43,10 @@ def test_export_int8_verified(workdir, student_dir):
 
 def test_export_max_drop_gate_marks_failed(workdir, student_dir, monkeypatch):
     """A badly calibrated int8 model (inputs x1000 during calibration) must trip the CI gate."""
-    from compressor import export as ex
+    from compressor.deploy import choice
 
-    stage_module = importlib.import_module("compressor.stages.export")  # the module, not the function
-    real = ex.choose_int8_form
+    from compressor.stages import export_stage as stage_module
+    real = choice.choose_int8_form
     monkeypatch.setattr(stage_module, "choose_int8_form",
                         lambda f, q, calib, **kw: real(f, q, [(x * 1000, y) for x, y in calib], **kw))
     out = workdir / "export-gated"
@@ -71,7 +70,7 @@ def test_export_options_fp16_per_tensor_entropy(workdir, student_dir):
     assert evaluate(out / "model.int8.onnx", data=SYN)["accuracy"] == pytest.approx(m["accuracy_int8"])
     # the agreement recorded is the one the two files give on the test split
     from compressor.config import ExportConfig
-    from compressor.export import predict_batches, session
+    from compressor.deploy.runtimes import predict_batches, session
 
     art = load_artifact(student_dir)
     test = list(ExportConfig.make(model_dir=str(student_dir), data=SYN, out=str(out)).load_data(art.spec).loader("test", 256))
@@ -84,7 +83,8 @@ def test_fp32_stem_rewrite_keeps_outputs_and_leaves_the_rest_int8(workdir, stude
     import numpy as np
     import onnx
 
-    from compressor.export import export_onnx, fp32_stem, session
+    from compressor.deploy.graph import export_onnx, fp32_stem
+    from compressor.deploy.runtimes import session
 
     model = load_artifact(student_dir).model
     export_onnx(model, tmp_path / "m.onnx", [3, 16, 16])
@@ -129,7 +129,7 @@ def test_runtime_all_writes_openvino_ir_and_measures_both(workdir, student_dir, 
     """--runtime all: the IR beside the ONNX files, each runtime's accuracy and latency, the same
     accuracy on both; eval and report read the IR."""
     pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
-    from compressor.export import nncf_available
+    from compressor.deploy.int8 import nncf_available
     from compressor.report import summary_rows
 
     from conftest import cli
@@ -164,11 +164,9 @@ def test_runtime_all_writes_openvino_ir_and_measures_both(workdir, student_dir, 
 
 
 def test_openvino_missing_is_one_line(student_dir, tmp_path, monkeypatch):
-    from compressor.stages import export as stage_module_fn  # noqa: F401 - the function; patch its module below
-
     from conftest import cli, one_line_error
 
-    stage_module = importlib.import_module("compressor.stages.export")
+    from compressor.stages import export_stage as stage_module
     monkeypatch.setattr(stage_module, "openvino_available", lambda: False)
     one_line_error(cli("export", student_dir, "--data", "synthetic", "--runtime", "openvino", "--out",
                        tmp_path / "ov"), "pip install 'compressor[openvino]'")
@@ -182,7 +180,8 @@ def test_eval_of_an_unreadable_or_foreign_model_file_is_one_line(student_dir, tm
     one error line each, not a runtime's traceback."""
     import shutil
 
-    from compressor.export import export_onnx, openvino_available, save_openvino_ir
+    from compressor.deploy.graph import export_onnx
+    from compressor.deploy.runtimes import openvino_available, save_openvino_ir
 
     from conftest import cli, one_line_error
 
@@ -211,7 +210,8 @@ def test_spatial_means_become_average_pools_with_the_same_outputs(tmp_path):
     import torch
     import torch.nn as nn
 
-    from compressor.export import export_onnx, session
+    from compressor.deploy.graph import export_onnx
+    from compressor.deploy.runtimes import session
 
     class Net(nn.Module):
         def __init__(self):
@@ -243,28 +243,28 @@ def test_each_runtime_gets_the_int8_form_fastest_on_it(tmp_path, student_dir, mo
     import numpy as np
     import onnx
 
-    from compressor import export as ex
+    from compressor.deploy import choice, graph
 
     def fp32_stem_kept(path) -> bool:
         g = onnx.load(str(path)).graph
         conv = next(n for n in g.node if n.op_type == "Conv")
         return conv.input[0] in {i.name for i in g.input}
 
-    real_session = ex.session
+    real_session = choice.session
 
     def tagged_session(path, threads=None, runtime=None):
         sess = real_session(path, threads, runtime)
         sess.path = path
         return sess
 
-    monkeypatch.setattr(ex, "session", tagged_session)
-    monkeypatch.setattr(ex, "latency_ms", lambda sess, *a, **k: 1.0 if fp32_stem_kept(sess.path) == (
+    monkeypatch.setattr(choice, "session", tagged_session)
+    monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: 1.0 if fp32_stem_kept(sess.path) == (
         sess.runtime == "onnxruntime") else 2.0)
-    ex.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
+    graph.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
     rng = np.random.default_rng(0)
     calib = [(rng.standard_normal((16, 3, 16, 16)).astype(np.float32), rng.integers(0, 10, 16)) for _ in range(2)]
     outputs = {"onnxruntime": tmp_path / "ort.onnx", "openvino": tmp_path / "ov.onnx"}
-    choices = ex.choose_int8_form(tmp_path / "m.onnx", outputs, calib, max_drop=100.0)
+    choices = choice.choose_int8_form(tmp_path / "m.onnx", outputs, calib, max_drop=100.0)
     assert choices["onnxruntime"].form.stem == "fp32" and choices["openvino"].form.stem == "int8"
     assert fp32_stem_kept(outputs["onnxruntime"]) and not fp32_stem_kept(outputs["openvino"])
     for rt, c in choices.items():
@@ -278,21 +278,21 @@ def test_forms_of_one_stem_share_one_calibration(tmp_path, student_dir):
     file as calibrating again, and the second form's calibration images are not read."""
     import numpy as np
 
-    from compressor import export as ex
+    from compressor.deploy import graph, int8
 
-    if not ex._has_calibration_cache():
+    if not int8.has_calibration_cache():
         pytest.skip("this onnxruntime's quantize_static has no calibration_cache_path")
-    ex.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
-    pre = ex.preprocess(tmp_path / "m.onnx", tmp_path)
+    graph.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
+    pre = int8.preprocess(tmp_path / "m.onnx", tmp_path)
     xs = [np.random.default_rng(i).standard_normal((16, 3, 16, 16)).astype(np.float32) for i in range(2)]
     wild = [x * 1000 for x in xs]  # would give other ranges, were they measured
-    form, other = ex.Int8Form("int8", "u8", True), ex.Int8Form("int8", "s8", False)
+    form, other = int8.Int8Form("int8", "u8", True), int8.Int8Form("int8", "s8", False)
     ranges = tmp_path / "ranges.json"
-    ex._quantize_preprocessed(pre, tmp_path / "cached-u8.onnx", xs, form, "minmax", ranges=ranges)
+    int8.quantize_preprocessed(pre, tmp_path / "cached-u8.onnx", xs, form, "minmax", ranges=ranges)
     assert ranges.is_file()
-    ex._quantize_preprocessed(pre, tmp_path / "cached-s8.onnx", wild, other, "minmax", ranges=ranges)
-    ex._quantize_preprocessed(pre, tmp_path / "fresh-s8.onnx", xs, other, "minmax")
-    ex._quantize_preprocessed(pre, tmp_path / "wild-s8.onnx", wild, other, "minmax")
+    int8.quantize_preprocessed(pre, tmp_path / "cached-s8.onnx", wild, other, "minmax", ranges=ranges)
+    int8.quantize_preprocessed(pre, tmp_path / "fresh-s8.onnx", xs, other, "minmax")
+    int8.quantize_preprocessed(pre, tmp_path / "wild-s8.onnx", wild, other, "minmax")
     data = {p: (tmp_path / p).read_bytes() for p in ("cached-s8.onnx", "fresh-s8.onnx", "wild-s8.onnx")}
     assert data["cached-s8.onnx"] == data["fresh-s8.onnx"] != data["wild-s8.onnx"]
 
@@ -305,13 +305,13 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
 
     import numpy as np
 
-    from compressor import export as ex
+    from compressor.deploy import choice, graph, runtimes
 
     latency = {0: 5.0, 1: 1.0, 2: 1.02, 3: 3.0, 4: 1.2, 5: 1.01, 6: 1.5, 7: 2.0}  # by candidate number
     wrong: set[int] = {1}  # candidate 1, the fastest, misclassifies everything
     scored = []
 
-    class Fake(ex.Session):  # the label of each calibration image is written in its first pixel
+    class Fake(runtimes.Session):  # the label of each calibration image is written in its first pixel
         def __init__(self, path, threads=None, runtime=None):
             self.path, self.runtime = Path(path), runtime or "onnxruntime"
             self.i = int(self.path.stem[len("candidate"):]) if self.path.stem.startswith("candidate") else None
@@ -325,9 +325,9 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
         def input_shape(self):
             return [3, 16, 16]
 
-    monkeypatch.setattr(ex, "session", Fake)
-    monkeypatch.setattr(ex, "latency_ms", lambda sess, *a, **k: latency[sess.i])
-    ex.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
+    monkeypatch.setattr(choice, "session", Fake)
+    monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: latency[sess.i])
+    graph.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
     rng = np.random.default_rng(0)
     calib = []
     for _ in range(2):
@@ -335,7 +335,7 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
         x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
         x[:, 0, 0, 0] = y
         calib.append((x, y))
-    rows = ex.choose_int8_form(tmp_path / "m.onnx", {"onnxruntime": tmp_path / "q.onnx"}, calib,
+    rows = choice.choose_int8_form(tmp_path / "m.onnx", {"onnxruntime": tmp_path / "q.onnx"}, calib,
                                max_drop=1.0)["onnxruntime"].candidates
     assert [r["latency_rounds"] for r in rows] == [1, 3, 3, 1, 3, 3, 3, 1]  # 5.0, 3.0, 2.0 > 1.5 x 1.0
     assert sorted(set(scored)) == [1, 2, 5]  # 1 (out of the drop), 5 (the fastest within), 2 (within TIE of 5)
@@ -343,7 +343,7 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
     assert [i for i, r in enumerate(rows) if r.get("chosen")] == [2]  # within TIE of 5 and listed first
     wrong.update(range(8))
     scored.clear()
-    rows = ex.choose_int8_form(tmp_path / "m.onnx", {"onnxruntime": tmp_path / "q.onnx"}, calib,
+    rows = choice.choose_int8_form(tmp_path / "m.onnx", {"onnxruntime": tmp_path / "q.onnx"}, calib,
                                max_drop=1.0)["onnxruntime"].candidates
     assert sorted(set(scored)) == list(range(8)) and not any(r["within_drop"] for r in rows)  # none within: all scored
     assert rows[0].get("chosen")  # all equally wrong: the most accurate listed first
@@ -362,9 +362,9 @@ def _activations_of(path) -> str:
 def _refuse_on_openvino(monkeypatch, refused) -> None:
     """OpenVINO refuses to compile the int8 files `refused(path)` names, as it does s8 activations on
     an AMX-INT8 Xeon ("No suitable implementations"): simulated on any CPU."""
-    from compressor import export as ex
+    from compressor.deploy import choice
 
-    real = ex.session
+    real = choice.session
 
     def picky(path, threads=None, runtime=None, precision="fp32"):
         if runtime == "openvino" and refused(path):
@@ -372,7 +372,7 @@ def _refuse_on_openvino(monkeypatch, refused) -> None:
                                   "that the provided memory descriptors are not compatible with any implementation.")
         return real(path, threads, runtime, precision)
 
-    monkeypatch.setattr(ex, "session", picky)
+    monkeypatch.setattr(choice, "session", picky)
 
 
 def test_a_form_a_runtime_refuses_is_recorded_and_skipped(student_dir, tmp_path, monkeypatch):
@@ -418,9 +418,9 @@ def test_openvino_fp32_is_float32_and_reduced_floats_are_forms_of_their_own(stud
     and fp16 forms the runtime reports are measured beside it, each with its accuracy and latency;
     on a CPU whose runtime reports none (simulated), only fp32 is."""
     pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
-    from compressor.export import reduced_float_forms
+    from compressor.deploy.runtimes import reduced_float_forms
 
-    stage_module = importlib.import_module("compressor.stages.export")
+    from compressor.stages import export_stage as stage_module
     m = export(student_dir, data=SYN, out=tmp_path / "e", runtime="openvino", device="cpu")
     ov = m["runtimes"]["openvino"]
     assert ov["max_abs_diff_fp32"] <= 1e-4 and ov["max_abs_diff_fp32_batch1"] <= 1e-4
@@ -442,7 +442,7 @@ def test_reduced_float_forms_are_what_the_runtime_reports(monkeypatch):
     pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
     import openvino
 
-    from compressor.export import reduced_float_forms
+    from compressor.deploy.runtimes import reduced_float_forms
 
     for caps, forms in ((["FP32", "INT8"], []), (["BF16", "FP32", "INT8"], ["bf16"]),
                         (["BF16", "FP32", "FP16", "INT8"], ["bf16", "fp16"])):
@@ -454,12 +454,12 @@ def test_reduced_float_forms_are_what_the_runtime_reports(monkeypatch):
 def test_int8_that_loses_more_than_the_budget_fails_by_default(workdir, student_dir, tmp_path, monkeypatch):
     """With --max-drop unset, an int8 model more than 1 point below fp32 is a failed export: exit 1, one
     line naming the drop and what to try, the artifact kept and marked failed."""
-    from compressor import export as ex
+    from compressor.deploy import choice
 
     from conftest import cli, one_line_error
 
-    stage_module = importlib.import_module("compressor.stages.export")
-    real = ex.choose_int8_form
+    from compressor.stages import export_stage as stage_module
+    real = choice.choose_int8_form
     monkeypatch.setattr(stage_module, "choose_int8_form",
                         lambda f, q, calib, **kw: real(f, q, [(x * 1000, y) for x, y in calib], **kw))
     out = tmp_path / "broken"
@@ -474,7 +474,7 @@ def test_int8_that_loses_more_than_the_budget_fails_by_default(workdir, student_
 
 def _report_latencies(monkeypatch, ms_of_file) -> None:
     """Export measures every latency as usual, then reports ms_of_file(the file's name) instead."""
-    stage_module = importlib.import_module("compressor.stages.export")
+    from compressor.stages import export_stage as stage_module
     real = stage_module.latency_ms
 
     def reported(sess, *a, **k):
@@ -523,13 +523,13 @@ def test_nncf_form_that_loses_on_the_test_split_falls_back_to_the_best_qdq_form(
     than the budget on the test split (simulated), the best QDQ form is shipped instead, verified,
     and the switch recorded; no hidden file stays behind."""
     pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
-    from compressor import export as ex
+    from compressor.deploy import choice, int8
 
-    if not ex.nncf_available():
+    if not int8.nncf_available():
         pytest.skip("pip install nncf (the openvino extra installs it)")
-    stage_module = importlib.import_module("compressor.stages.export")
-    real_latency, real_verify = ex.latency_ms, stage_module._verify
-    monkeypatch.setattr(ex, "latency_ms", lambda sess, *a, **k: 1.0 if sess.path.suffix == ".xml" else 2.0)
+    from compressor.stages import export_stage as stage_module
+    real_verify = stage_module._verify
+    monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: 1.0 if sess.path.suffix == ".xml" else 2.0)
     calls = []
 
     def verify(runtime, kind, *a, **k):
@@ -554,13 +554,13 @@ def test_nncf_form_stays_where_the_qdq_fallback_loses_more(student_dir, tmp_path
     """NNCF's file loses 5 points on the test split (simulated), the QDQ form 8 (simulated): NNCF's
     file, and its figures, are what is shipped; the rejected fallback is recorded."""
     pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
-    from compressor import export as ex
+    from compressor.deploy import choice, int8
 
-    if not ex.nncf_available():
+    if not int8.nncf_available():
         pytest.skip("pip install nncf (the openvino extra installs it)")
-    stage_module = importlib.import_module("compressor.stages.export")
+    from compressor.stages import export_stage as stage_module
     real_verify = stage_module._verify
-    monkeypatch.setattr(ex, "latency_ms", lambda sess, *a, **k: 1.0 if sess.path.suffix == ".xml" else 2.0)
+    monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: 1.0 if sess.path.suffix == ".xml" else 2.0)
     calls = []
 
     def verify(runtime, kind, *a, **k):

@@ -100,7 +100,7 @@ def test_teacher_cache_with_workers_trains_identically(photo_folder, tmp_path):
 
 
 def test_resume_mid_epoch_with_workers_is_bit_exact(photo_folder, tmp_path, monkeypatch):
-    import compressor.training as training
+    from compressor.training import loop as training
     from test_training import _stop_at_check
 
     cfg = dict(model="convverytiny", epochs=2, batch_size=16, data_root=photo_folder, workers=2, **FOLDER)

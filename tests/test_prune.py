@@ -5,7 +5,7 @@ import torch
 
 from compressor.artifacts import load_artifact, load_state_dict
 from compressor.models import count_params, create_model
-from compressor.prune import (GradualMasker, cubic_sparsity, default_exclusions, magnitude_masks, plan_structured,
+from compressor.sparsity import (GradualMasker, cubic_sparsity, default_exclusions, magnitude_masks, plan_structured,
                               prunable_layers)
 from compressor.stages import evaluate, export, prune, select
 from compressor.config import TrainConfig

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressor import quantize as qat
+from compressor.deploy import qat
 from compressor.artifacts import load_artifact, load_state_dict
 from compressor.models import build_from_spec, create_model
 from compressor.stages import export, prune, quantize
@@ -106,7 +106,7 @@ def test_artifact_loads_strictly_and_exports_int8_that_agrees(quantized, tmp_pat
 
 
 def _has_openvino() -> bool:
-    from compressor.export import openvino_available
+    from compressor.deploy.runtimes import openvino_available
 
     return openvino_available()
 
@@ -197,9 +197,8 @@ def test_recipe_quantize_stage_feeds_export(tmp_path):
 def test_recipe_auto_quantize_runs_only_when_post_training_int8_misses_the_budget(tmp_path, monkeypatch):
     """quantize: {auto: true} is skipped while the export's post-training int8 keeps its budget; when
     it does not, quantize runs and the export is written again from the quantized model."""
-    import importlib
 
-    from compressor import export as ex
+    from compressor.deploy import choice
     from compressor.recipe import parse_recipe, run_recipe
 
     raw = {"name": "q", "device": "cpu", "data": {"name": "synthetic"},
@@ -209,8 +208,8 @@ def test_recipe_auto_quantize_runs_only_when_post_training_int8_misses_the_budge
     assert [r["stage"] for r in rows] == ["teach", "export"] and not (tmp_path / "fine" / "quantize").exists()
     assert _metrics(tmp_path / "fine" / "export")["int8_form"]["quantizer"] != "quantize"
 
-    stage_module = importlib.import_module("compressor.stages.export")
-    real = ex.choose_int8_form  # calibration on images x1000: post-training int8 collapses
+    from compressor.stages import export_stage as stage_module
+    real = choice.choose_int8_form  # calibration on images x1000: post-training int8 collapses
     monkeypatch.setattr(stage_module, "choose_int8_form",
                         lambda f, q, calib, **kw: real(f, q, [(x * 1000, y) for x, y in calib], **kw))
     rows = run_recipe(parse_recipe(raw), tmp_path / "escalated")

@@ -70,7 +70,7 @@ def test_l2tww_trains_a_hard_swish_student_with_the_first_order_meta_gradient(tm
 def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, teacher_dir, monkeypatch):
     """Acceptance: `--out` on a full file system (simulated: every atomic write fails with ENOSPC)."""
     import compressor.artifacts as artifacts
-    import compressor.checkpoint as checkpoint
+    import compressor.training.checkpoint as checkpoint
 
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

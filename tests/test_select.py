@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from compressor.select import DiscriminabilityAccumulator, channel_discriminability
+from compressor.discriminability import DiscriminabilityAccumulator, channel_discriminability
 
 
 def test_channel_score_matches_hand_computed_example():

@@ -36,7 +36,7 @@ def test_teach_timm_model_writes_complete_artifact(workdir):
 
 
 def test_teach_trainable_freezes_unmatched_but_trains_head(workdir):
-    from compressor.stages.teach import set_trainable
+    from compressor.models import set_trainable
 
     net = create_model("resnet18", num_classes=10, in_chans=3)
     set_trainable(net, r"layer4\.1\.conv2")
@@ -116,7 +116,8 @@ def test_pretrained_offline_is_one_clear_error(monkeypatch):
 def test_every_builtin_model_builds_taps_and_exports(name, tmp_path):
     """Registry-driven smoke test: every built-in model runs, has feature_info, and exports to ONNX."""
     from compressor.distill.features import probe_shapes
-    from compressor.export import export_onnx, session
+    from compressor.deploy.graph import export_onnx
+    from compressor.deploy.runtimes import session
 
     m = create_model(name, num_classes=7, in_chans=1).eval()
     for size in (28, 32):

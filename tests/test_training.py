@@ -68,7 +68,7 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path):
 
 def _stop_at_check(n: int):
     """A StopSignals that reports SIGTERM at its n-th check (one check per step and per epoch end)."""
-    import compressor.training as training
+    from compressor.training import loop as training
 
     class StopAtCheck(training.StopSignals):
         checks = 0
@@ -87,7 +87,7 @@ def _stop_at_check(n: int):
 
 def test_resume_in_process_mid_epoch_matches(tmp_path, monkeypatch):
     """The same promise without subprocesses: stop at a chosen step, resume, compare bit for bit."""
-    import compressor.training as training
+    from compressor.training import loop as training
 
     cfg = dict(epochs=2, lr=0.05)
     teach(data=SYN, model="convverytiny", out=tmp_path / "straight", **cfg, device="cpu")
@@ -105,7 +105,7 @@ def test_resume_in_process_mid_epoch_matches(tmp_path, monkeypatch):
 def test_distill_with_control_resumes_in_its_second_loop(tmp_path, teacher_dir, monkeypatch):
     """Stopped while the control student trains: the distilled student's loop is restored from its own
     checkpoint, the control resumes mid-epoch; everything equals the uninterrupted run."""
-    import compressor.training as training
+    from compressor.training import loop as training
     from compressor.stages import distill
 
     kw = dict(teacher=teacher_dir, student="convverytiny", data=SYN, epochs=1, lr=0.05,

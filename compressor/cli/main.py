@@ -11,11 +11,9 @@ try:  # typer >= 0.2x vendors its own click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import ClickException
 
-from compressor.cli.common import paragraphs
-from compressor.cli.report import report
-from compressor.cli.run import run
-from compressor.cli.stages import distill, evaluate, export, prune, quantize, select, teach
-from compressor.cli.sweep import sweep
+from compressor.cli.commands import paragraphs
+from compressor.cli.pipeline_commands import report, run, sweep
+from compressor.cli.stage_commands import distill, evaluate, export, prune, quantize, select, teach
 
 app = typer.Typer(
     name="compress",

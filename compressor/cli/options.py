@@ -1,7 +1,7 @@
 """The options that are not a stage's settings (how to print, how many threads), in one place.
 
 Every stage option is declared once, in its stage's config (`compressor.config`); the commands'
-options are derived from those classes (`compressor.cli.common.config_parameters`).
+options are derived from those classes (`compressor.cli.commands.config_parameters`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from compressor.distill.l2tww import L2TWW
 from compressor.distill.dkd import DKD
 from compressor.distill.dist import DIST
 from compressor.distill.lit import LIT
-from compressor.distill.registry import METHODS, SCHEME_NAMES, get_method, resolve_options
+from compressor.distill.registry import METHODS, OPTION_DEFAULTS, SCHEME_NAMES, get_method, resolve_options
 
 METHOD_NAMES = tuple(METHODS)
 __all__ = ["AT", "DIST", "DKD", "Distiller", "FeatureDistiller", "FitNet", "KD", "L2TWW", "LIT", "MSE", "RKD", "VID", "METHODS",
@@ -36,10 +36,8 @@ def build_distiller(method: str, student, teacher, *, input_shape: list[int], op
     Feature methods get their layer pairs: explicit 'teacher_layer:student_layer,...' (`layers`),
     or each model's stage outputs (timm feature_info) paired by `pairs` (matched or all).
     """
-    from compressor.config import DistillOptions
-
     info = get_method(method)
-    kw = resolve_options(method, {**DistillOptions().model_dump(), **(options or {})}, set(explicit))
+    kw = resolve_options(method, {**OPTION_DEFAULTS, **(options or {})}, set(explicit))
     layers, mode = kw.pop("layers", None), kw.pop("pairs", "matched")
     if info.feature:
         kw["pairs"] = layer_pairs(method, teacher, student, layers, mode)

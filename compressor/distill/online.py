@@ -16,17 +16,17 @@ import torch.nn.functional as F
 from compressor import CompressorError
 from compressor.console import log, progress
 from compressor.data import DataBundle
+from compressor.data.seeding import seed_everything
 from compressor.distill.functional import kd_terms
-from compressor.tracking import open_log
-from compressor.training import accuracy, make_optimizer, predict, seed_everything
+from compressor.models import set_trainable
+from compressor.training.tracking import open_log
+from compressor.training import accuracy, make_optimizer, predict
 
 
 def train_online(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg, options: dict,
                  device: torch.device) -> dict:
     """Train both models over the stream (`cfg`: a DistillConfig; `options`: kd's temperature and
     alpha); returns one record per chunk under "chunks" and the student's last validation accuracy."""
-    from compressor.stages.teach import set_trainable
-
     n = len(data.train)
     if cfg.chunk_size > n:
         raise CompressorError(f"--chunk-size must be between 1 and the {n} training images, got {cfg.chunk_size}")

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from compressor import CompressorError
 
 SCHEME_NAMES = ("offline", "online", "self", "born-again")
-# Options a method may read besides the training ones; those with per-method defaults default to None.
-METHOD_OPTIONS = ("temperature", "alpha", "beta", "gamma", "balance", "layers", "pairs", "lambdas", "hint_epochs",
-                  "lit_epochs")
+# What each option is when not given (compressor.config.DistillOptions takes its defaults from here);
+# a weight left None is the chosen method's own default (MethodInfo.defaults).
+OPTION_DEFAULTS = {"temperature": None, "alpha": None, "beta": None, "gamma": None, "balance": True, "layers": None,
+                   "pairs": "matched", "lambdas": None, "hint_epochs": 1, "lit_epochs": 1}
+METHOD_OPTIONS = tuple(OPTION_DEFAULTS)  # options a method may read besides the training ones
 PHASE_OPTIONS = ("hint_epochs", "lit_epochs")  # epochs a method trains before its main phase
 WEIGHTS = ("temperature", "alpha", "beta", "gamma")
 

@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from compressor import CompressorError
 from compressor.data import DataBundle, load_data
-from compressor.models import ModelSpec
+from compressor.data.folder import INTERPOLATIONS, PIPELINE_FIELDS
+from compressor.models import ModelSpec, pretrained_config
 from compressor.training import accuracy, predict
 
 
@@ -28,11 +29,9 @@ def load_bundle(fields, spec: ModelSpec | None = None) -> DataBundle:
 
 
 def pipeline_options(fields, spec: ModelSpec | None = None) -> dict:
-    """The imagefolder transform options a stage's config gives (`compressor.folder.pipeline_settings`
+    """The imagefolder transform options a stage's config gives (`compressor.data.folder.pipeline_settings`
     fills in the rest); given for other data, they are an error. Downstream of a model, its
     interpolation and crop are the default."""
-    from compressor.config import PIPELINE_FIELDS
-
     given = sorted(set(PIPELINE_FIELDS) & fields.model_fields_set)
     if given and fields.data != "imagefolder":
         raise CompressorError(f"{', '.join(fields.flag_of(g) for g in given)} "
@@ -47,9 +46,6 @@ def pipeline_options(fields, spec: ModelSpec | None = None) -> dict:
 def adopt_pretrained(data: DataBundle, name: str, given: set[str]) -> None:
     """With --pretrained: normalize, size and (folders) resample and crop as the weights were trained
     (timm's pretrained config), except where the user's options say otherwise."""
-    from compressor.config import INTERPOLATIONS
-    from compressor.models import pretrained_config
-
     pc = pretrained_config(name)
     if pc is None:
         return

@@ -23,7 +23,7 @@ import torch
 
 from compressor import CompressorError
 from compressor.artifacts import ArtifactWriter, base_metrics
-from compressor.checkpoint import Checkpoints
+from compressor.training.checkpoint import Checkpoints
 from compressor.config import Config, field_extra, input_dirs
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -11,10 +10,11 @@ from compressor import CompressorError
 from compressor.artifacts import check_finite, load_state_dict
 from compressor.config import TeachConfig
 from compressor.console import log
-from compressor.models import classifier_name, count_params, create_model, size_kwargs
-from compressor.stages.common import adopt_pretrained, check_input_fits, make_spec, test_accuracy
+from compressor.models import classifier_name, count_params, create_model, set_trainable, size_kwargs
+from compressor.data.seeding import seed_everything
+from compressor.stages.common import adopt_pretrained, check_input_fits, load_bundle, make_spec, test_accuracy
 from compressor.stages.runner import StageRun, stage
-from compressor.training import Supervised, seed_everything, train_task
+from compressor.training import Supervised, train_task
 
 
 def load_init(path: str | Path) -> dict[str, torch.Tensor]:
@@ -64,37 +64,17 @@ def apply_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source, r
     return in_head
 
 
-def set_trainable(model: torch.nn.Module, pattern: str | None) -> int:
-    """Only parameters whose names match `pattern` (re.search) train; the classifier always trains."""
-    if pattern is None:
-        return sum(p.numel() for p in model.parameters())
-    try:
-        rx = re.compile(pattern)
-    except re.error as e:
-        raise CompressorError(f"--trainable '{pattern}' is not a valid regular expression ({e})") from None
-    head = classifier_name(model) or ""
-    matched = 0
-    for name, p in model.named_parameters():
-        on = bool(rx.search(name)) or (head and name.startswith(head + "."))
-        p.requires_grad_(on)
-        matched += bool(rx.search(name))
-    if not matched:
-        some = ", ".join(n for n, _ in list(model.named_parameters())[:3])
-        raise CompressorError(f"--trainable '{pattern}' matches no parameter (names look like {some})")
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 @stage("teach", TeachConfig, trains=True)
 def teach(run: StageRun) -> dict:
     """Fine-tune a teacher (any timm model) on the dataset; write its artifact directory.
 
     `resume` continues an interrupted run of the same command from its checkpoint (see
-    compressor.checkpoint); without it, any old checkpoint for `out` is discarded.
+    compressor.training.checkpoint); without it, any old checkpoint for `out` is discarded.
     """
     cfg = run.cfg
     seed_everything(cfg.seed)
     init_state = load_init(cfg.init) if cfg.init else None
-    bundle = cfg.load_data()
+    bundle = load_bundle(cfg)
     if cfg.pretrained:
         adopt_pretrained(bundle, cfg.model, cfg.model_fields_set)
     sized = size_kwargs(cfg.model, bundle.image_size)

@@ -8,10 +8,10 @@ import numpy as np
 
 from compressor import CompressorError
 from compressor.artifacts import SPEC_FILE, load_artifact, read_json
-from compressor.export import predict_batches, session
+from compressor.deploy.runtimes import predict_batches, session
 from compressor.config import EvalConfig
 from compressor.models import ModelSpec
-from compressor.stages.common import check_data_matches, test_logits
+from compressor.stages.common import check_data_matches, load_bundle, test_logits
 from compressor.stages.runner import as_config
 from compressor.training import resolve_device
 
@@ -33,12 +33,12 @@ def evaluate(target=None, /, **options) -> dict:
             raise CompressorError(f"{p} takes {'x'.join(map(str, sess.input_shape()))} inputs but the "
                                   f"{SPEC_FILE} beside it says {'x'.join(map(str, spec.input_shape))}: "
                                   "they are not of one model")
-        bundle = data.load_data(spec)
+        bundle = load_bundle(data, spec)
         logits, labels = predict_batches(sess, bundle.loader("test", 256), f"eval {p.name}")
         pred = logits.argmax(1)
     else:
         art = load_artifact(p)
-        bundle = data.load_data(art.spec)
+        bundle = load_bundle(data, art.spec)
         lg, lb = test_logits(art.model.to(dev), bundle, dev)
         pred, labels = lg.argmax(1).numpy(), lb.numpy()
     out = {"model": str(p), "accuracy": float((pred == labels).mean()), "samples": int(len(labels))}

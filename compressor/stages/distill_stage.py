@@ -14,10 +14,11 @@ from compressor.distill.registry import METHOD_OPTIONS
 from compressor.distill.online import train_online
 from compressor.distill.self_distill import SelfDistiller
 from compressor.models import count_params, create_model, size_kwargs, stage_layers
-from compressor.stages.common import check_input_fits, last_epoch_accuracy, make_spec, test_logits
+from compressor.stages.common import check_input_fits, last_epoch_accuracy, load_bundle, make_spec, test_logits
 from compressor.stages.runner import StageRun, stage
-from compressor.stages.select import read_channels
-from compressor.training import Supervised, accuracy, predict, seed_everything, train_task
+from compressor.stages.select_stage import read_channels
+from compressor.data.seeding import seed_everything
+from compressor.training import Supervised, accuracy, predict, train_task
 
 
 @stage("distill", DistillConfig, trains=True)
@@ -36,7 +37,7 @@ def distill(run: StageRun) -> dict:
     options = method_options(cfg)
     kept = read_channels(cfg.channels) if cfg.channels is not None else None
     t_art = load_artifact(cfg.teacher) if cfg.teacher is not None else None
-    bundle = cfg.load_data(t_art.spec if t_art else None)
+    bundle = load_bundle(cfg, t_art.spec if t_art else None)
     cache = _teacher_cache(cfg, t_art, bundle, [])
     t_pred = val_ref = None
     if t_art is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compressor import stages
-from compressor.cli.common import stage_command, stdout
+from compressor.cli.commands import stage_command, stdout
 from compressor.config import (DistillConfig, EvalConfig, ExportConfig, PruneConfig, QuantizeConfig,
                                SelectConfig,
                                TeachConfig)

@@ -12,7 +12,8 @@ from compressor.config import SelectConfig
 from compressor.console import log, progress
 from compressor.distill.features import FeatureTap
 from compressor.models import count_params, stage_layers
-from compressor.select import DiscriminabilityAccumulator
+from compressor.discriminability import DiscriminabilityAccumulator
+from compressor.stages.common import load_bundle
 from compressor.stages.runner import StageRun, stage
 
 
@@ -44,7 +45,7 @@ def select(run: StageRun) -> dict:
     """Rank the channels of the chosen layers by how well they separate the classes; write channels.json."""
     cfg = run.cfg
     art = load_artifact(cfg.model_dir)
-    bundle = cfg.load_data(art.spec)
+    bundle = load_bundle(cfg, art.spec)
     names = resolve_layers(art.model, cfg.layers)
     loader = bundle.loader("train", 256, limit=cfg.samples)
     scores = score_channels(art.model, loader, names, bundle.num_classes, run.device)

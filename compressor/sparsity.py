@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from compressor import CompressorError
+from compressor.models import classifier_name
 
 
 def prunable_layers(model: nn.Module, exclude: tuple[str, ...] = ()) -> dict[str, nn.Module]:
@@ -19,8 +20,6 @@ def prunable_layers(model: nn.Module, exclude: tuple[str, ...] = ()) -> dict[str
 
 def default_exclusions(model: nn.Module) -> tuple[str, ...]:
     """The first convolution and the classifier: small, and the most sensitive to pruning."""
-    from compressor.models import classifier_name
-
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     first_conv = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
     head = classifier_name(model)
@@ -105,7 +104,7 @@ class GradualMasker:
         apply_masks(self.layers, self.masks)
 
     def state_dict(self) -> dict:
-        """What a resumed fine-tuning needs to continue the schedule exactly (see compressor.checkpoint)."""
+        """What a resumed fine-tuning needs to continue the schedule exactly (see compressor.training.checkpoint)."""
         return {"step": self.step, "masks": dict(self.masks)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -126,8 +125,6 @@ def channel_groups(model: nn.Module, input_shape: list[int], exclude: tuple[str,
     import torch_pruning as tp
 
     names = {m: n for n, m in model.named_modules()}
-    from compressor.models import classifier_name
-
     head = classifier_name(model)
     ignored = [m for n, m in model.named_modules() if n == head]
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
@@ -137,27 +134,6 @@ def channel_groups(model: nn.Module, input_shape: list[int], exclude: tuple[str,
         if isinstance(root, nn.Conv2d) and names.get(root) not in exclude:
             roots.append(names[root])
     return dg, roots
-
-
-def remove_channels(model: nn.Module, input_shape: list[int], plan: list[dict]) -> None:
-    """Apply a structured-pruning plan [{"layer": conv name, "removed": [channel idx, ...]}] in order.
-
-    The plan is what model.json records, so a pruned architecture is rebuilt by replaying it on
-    the original one.
-    """
-    import torch_pruning as tp
-
-    modules = dict(model.named_modules())
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
-    for step in plan:
-        if step["layer"] not in modules:
-            raise CompressorError(f"pruning plan names layer {step['layer']}, which the model does not have")
-        if not step["removed"]:
-            continue
-        group = dg.get_pruning_group(modules[step["layer"]], tp.prune_conv_out_channels, idxs=list(step["removed"]))
-        if not dg.check_pruning_group(group):
-            raise CompressorError(f"cannot remove {len(step['removed'])} channels of {step['layer']}")
-        group.prune()
 
 
 def filter_norms(conv: nn.Conv2d) -> torch.Tensor:

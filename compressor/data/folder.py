@@ -12,23 +12,26 @@ batch size, the teacher cache stays valid and resuming is bit-exact.
 from __future__ import annotations
 
 import os
-import random
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from compressor import CompressorError
-from compressor.data import IMAGE_EXTENSIONS, Batches, _mix
+from compressor.data.batches import Batches
+from compressor.data.seeding import SAMPLE_SEED, VIEW_SALT, mix, sample_generators
 
-SAMPLE_SEED = 20261201  # which images of a folder's split stand for it when only some are used (FileSplit.first)
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-# Where neither the options nor a pretrained model say: timm's defaults for photographs.
-FALLBACKS = {"interpolation": "bilinear", "crop_pct": 0.875}
+# The transform settings of photographs (the imagefolder options of compressor.config.Augmentation
+# and DataFields take their defaults from here); interpolation and crop_pct apply where neither the
+# options nor a pretrained model say (timm's defaults).
+PIPELINE_DEFAULTS = {"scale": 0.08, "ratio": 4 / 3, "hflip": 0.5, "color_jitter": 0.4, "auto_augment": None,
+                     "reprob": 0.0, "interpolation": "bilinear", "crop_pct": 0.875}
+PIPELINE_FIELDS = tuple(PIPELINE_DEFAULTS)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # resampling of resized photographs (timm's names)
 
 
 @dataclass
@@ -106,17 +109,13 @@ def default_workers() -> int:
 
 
 def pipeline_settings(values: dict) -> dict:
-    """The transform settings recorded in a folder bundle's data identity, from option values (the
-    `compressor.config.PIPELINE_FIELDS`; unset ones take the options' defaults, then FALLBACKS):
-    RandomResizedCrop's scale and ratio as timm's (min, max) ranges."""
-    from compressor.config import PIPELINE_FIELDS, Augmentation, DataFields
-
+    """The transform settings recorded in a folder bundle's data identity, from option values
+    (PIPELINE_FIELDS; unset ones take PIPELINE_DEFAULTS): RandomResizedCrop's scale and ratio as
+    timm's (min, max) ranges."""
     unknown = set(values) - set(PIPELINE_FIELDS)
     if unknown:
         raise CompressorError(f"unknown pipeline setting(s) {sorted(unknown)}")
-    fields = {**DataFields.model_fields, **Augmentation.model_fields}
-    settings = ({k: fields[k].default for k in PIPELINE_FIELDS} | FALLBACKS
-                | {k: v for k, v in values.items() if v is not None})
+    settings = PIPELINE_DEFAULTS | {k: v for k, v in values.items() if v is not None}
     settings["scale"] = [settings["scale"], 1.0]
     settings["ratio"] = [1 / settings["ratio"], settings["ratio"]]
     return settings
@@ -149,27 +148,6 @@ def transform(bundle, train: bool, normalize: bool = True):
                               f"(e.g. rand-m9-mstd0.5, augmix-m5-w3, original): {e}") from None
 
 
-@contextmanager
-def sample_generators(seed: int):
-    """Run a block under Python, NumPy and torch (CPU) generators seeded from `seed` (timm's
-    transforms draw from all three). In the main process (--workers 0) the caller's generators are
-    restored afterwards; a DataLoader worker's are its own, so it skips that (saving NumPy's state
-    alone costs more than 70 us an image)."""
-    in_worker = get_worker_info() is not None
-    if not in_worker:
-        py, npy, th = random.getstate(), np.random.get_state(), torch.random.default_generator.get_state()
-    random.seed(seed)
-    np.random.seed(seed & 0xFFFFFFFF)
-    torch.random.default_generator.manual_seed(seed)  # torch.manual_seed would also queue CUDA seeding
-    try:
-        yield
-    finally:
-        if not in_worker:
-            random.setstate(py)
-            np.random.set_state(npy)
-            torch.random.default_generator.set_state(th)
-
-
 def read_rgb(path: str):
     from PIL import Image
 
@@ -196,7 +174,7 @@ class FolderDataset(Dataset):
         index, epoch = key
         image = read_rgb(self.files[index])
         if self.augment:
-            with sample_generators(_mix(self.seed, epoch, index, 11)):
+            with sample_generators(mix(self.seed, epoch, index, VIEW_SALT)):
                 x = self.transform(image)
         else:
             x = self.transform(image)

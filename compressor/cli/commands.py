@@ -210,7 +210,7 @@ def show(metrics: dict, as_json: bool, title: str) -> None:
                     table.add(f"{label} ({rt})", fmt(values[key], spec))
         elif metrics.get(key) is not None:
             table.add(label, fmt(metrics[key], spec))
-    from compressor.export import Int8Form
+    from compressor.deploy.int8 import Int8Form
 
     for rt, values in (runtimes or {"": metrics}).items():  # each runtime's int8 file has its own form
         if values.get("int8_form"):

@@ -13,12 +13,13 @@ from compressor import CompressorError
 from compressor.artifacts import MODEL_FILE, SPEC_FILE, load_artifact, zipped_size
 from compressor.config import POST_TRAINING_INT8, ExportConfig
 from compressor.console import log, warn
-from compressor.export import (LEARNED_FORM, OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S, Int8Choice,
-                               OpenVINOSession, allowed_drop, choose_int8_form, convert_fp16, convs_wrapped_in_qdq,
-                               cpu_flags, export_onnx, export_qdq, float_convs, latency_ms, model_files, op_counts, openvino_available,
-                               predict_batches, reduced_float_forms, save_openvino_ir, session)
+from compressor.deploy.choice import allowed_drop, choose_int8_form, Int8Choice
+from compressor.deploy.graph import convert_fp16, convs_wrapped_in_qdq, export_onnx, export_qdq, float_convs, model_files, op_counts
+from compressor.deploy.int8 import LEARNED_FORM
+from compressor.deploy.runtimes import OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S, cpu_flags, latency_ms, openvino_available, OpenVINOSession, predict_batches, reduced_float_forms, save_openvino_ir, session
 from compressor.models import count_params
-from compressor.quantize import float_mode
+from compressor.deploy.qat import float_mode
+from compressor.stages.common import load_bundle
 from compressor.stages.runner import StageRun, stage
 
 SPARSITY_NOTE = ("ONNX stores weights densely; pruned zeros cost 4 bytes each raw but compress to almost "
@@ -59,7 +60,7 @@ def export(run: StageRun) -> dict:
     learned = bool(art.spec.quantization)  # a `compress quantize` artifact: its int8 form and ranges are learned
     if learned:
         cfg = _learned_int8(cfg)
-    bundle = cfg.load_data(art.spec)
+    bundle = load_bundle(cfg, art.spec)
     model = art.model.cpu().eval()
     shape = art.spec.input_shape
     x8, _ = next(iter(bundle.loader("test", 8)))
@@ -232,7 +233,7 @@ def layers_writer(model, shape, calibration):
     BatchNorm folded, ranges from the calibration images, no fine-tuning."""
     import copy
 
-    from compressor import quantize as qat
+    from compressor.deploy import qat
 
     def write(path):
         twin = copy.deepcopy(model).cpu().eval()

@@ -11,12 +11,11 @@ from compressor.config import PruneConfig
 from compressor.console import log
 from compressor.distill import build_distiller
 from compressor.distill.registry import extra_epochs
-from compressor.export import onnx_latency
-from compressor.models import count_params
-from compressor.prune import (GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers,
-                              remove_channels)
-from compressor.stages.common import test_accuracy
-from compressor.stages.distill import method_options
+from compressor.deploy.runtimes import onnx_latency
+from compressor.models import count_params, remove_channels
+from compressor.sparsity import GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers
+from compressor.stages.common import load_bundle, test_accuracy
+from compressor.stages.distill_stage import method_options
 from compressor.stages.runner import StageRun, stage
 from compressor.training import Supervised, train_task
 
@@ -35,7 +34,7 @@ def prune(run: StageRun) -> dict:
     cfg = run.cfg
     art = load_artifact(cfg.model_dir)
     t_art = load_artifact(cfg.teacher) if cfg.teacher else None
-    bundle = cfg.load_data(art.spec)
+    bundle = load_bundle(cfg, art.spec)
     model, shape = art.model, art.spec.input_shape
     include_all = cfg.structured if cfg.include_all is None else cfg.include_all
     exclude = () if include_all else default_exclusions(model)

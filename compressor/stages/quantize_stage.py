@@ -7,21 +7,21 @@ import copy
 from pathlib import Path
 
 from compressor import CompressorError
-from compressor import quantize as qat
+from compressor.deploy import qat
 from compressor.artifacts import load_artifact
 from compressor.config import QuantizeConfig
 from compressor.console import log
 from compressor.distill import build_distiller
 from compressor.models import count_params
-from compressor.stages.common import test_accuracy
-from compressor.stages.distill import method_options
+from compressor.stages.common import load_bundle, test_accuracy
+from compressor.stages.distill_stage import method_options
 from compressor.stages.runner import StageRun, stage
 from compressor.training import train_task
 
 
 @stage("quantize", QuantizeConfig, trains=True)
 def quantize(run: StageRun) -> dict:
-    """Fold BatchNorms, simulate int8 where the export quantizes (see `compressor.quantize`),
+    """Fold BatchNorms, simulate int8 where the export quantizes (see `compressor.deploy.qat`),
     initialise the ranges on `calibration_batches` training batches, then fine-tune `epochs` epochs,
     distilling with `method` from the teacher: by default the float model itself. Structured-pruned
     models keep their widths; a sparse model's zero weights stay zero.
@@ -35,7 +35,7 @@ def quantize(run: StageRun) -> dict:
     if art.spec.quantization:
         raise CompressorError(f"{cfg.model_dir} is already quantized (by compress quantize); quantize its float "
                               "model instead")
-    bundle = cfg.load_data(art.spec)
+    bundle = load_bundle(cfg, art.spec)
     model, shape = art.model, art.spec.input_shape
     teacher = load_artifact(cfg.teacher).model if cfg.teacher else copy.deepcopy(model)
     acc_float = test_accuracy(model, bundle, run.device)
