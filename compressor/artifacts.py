@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from compressor import CompressorError, __version__
+from compressor.models import ModelSpec, build_from_spec
 
 MODEL_FILE, SPEC_FILE, METRICS_FILE = "model.safetensors", "model.json", "metrics.json"
 CONTROL_FILE = "control.safetensors"  # distill --control: the same student trained alone
@@ -249,7 +250,6 @@ def check_finite(state: dict[str, torch.Tensor], source) -> None:
 
 def load_artifact(path: str | os.PathLike, *, with_model: bool = True) -> Artifact:
     """Read a complete artifact directory and rebuild its model from model.json alone."""
-    from compressor.models import ModelSpec, build_from_spec
 
     p = Path(path).expanduser()
     if not p.is_dir():

@@ -7,6 +7,7 @@ import time
 from contextlib import contextmanager
 
 from rich.console import Console
+from compressor import distributed
 
 _state = {"quiet": False}
 stderr = Console(stderr=True, highlight=False)
@@ -24,7 +25,6 @@ def log(message: str) -> None:
 
 def warn(message: str) -> None:
     """A line the user must see, --quiet or not (under torchrun: rank 0 only)."""
-    from compressor import distributed
 
     if distributed.is_main():
         stderr.print(f"warning: {message}", markup=False, soft_wrap=True)

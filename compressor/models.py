@@ -13,6 +13,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compressor import CompressorError
+from compressor.deploy.qat import apply_structure
 
 _BUILTIN: dict[str, Callable[..., nn.Module]] = {}
 
@@ -203,7 +204,6 @@ def build_from_spec(spec: ModelSpec | dict) -> nn.Module:
         for plan in spec.structured_pruning:
             remove_channels(model, spec.input_shape, plan)
     if spec.quantization:
-        from compressor.deploy.qat import apply_structure
 
         apply_structure(model, spec.quantization)
     return model

@@ -15,6 +15,8 @@ from compressor.artifacts import METRICS_FILE, atomic_write_json, hash_file, jso
 from compressor import distributed
 from compressor.config import POST_TRAINING_INT8, STAGE_CONFIGS, Config, DataFields, field_extra
 from compressor.console import log
+from compressor import stages
+from compressor.training.checkpoint import has_checkpoint
 
 
 def derived(name: str, source: type[Config], *, rename: dict[str, str] | None = None,
@@ -231,8 +233,6 @@ def run_stage(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path, paths: di
               mlflow: str | None = None) -> None:
     """Run one recipe stage into `stage_dir`; `resume`: continue from its checkpoint when it has one;
     `mlflow`: a tracking URI its training loops also log to."""
-    from compressor import stages
-    from compressor.training.checkpoint import has_checkpoint
 
     resume = resume and has_checkpoint(stage_dir)
     if resume:

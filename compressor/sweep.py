@@ -24,6 +24,10 @@ from compressor.distill.vid import pair_grid
 from compressor.recipe import (MODEL_STAGES, DistillCfg, Ledger, Recipe, first_key, named_stages, run_recipe,
                                run_stage, stage_key)
 from compressor.tables import Table, fmt
+from compressor.artifacts import load_artifact
+from compressor.distill import layer_pairs
+from compressor.models import create_model, size_kwargs
+from compressor.report import pyplot, save_png
 
 SWEEP_DIR = "sweep"
 LAMBDA_PNG = "lambdas.png"  # random vid sweeps: the best runs' λ matrices (study D's figure 7)
@@ -123,9 +127,6 @@ def draw_lambdas(points: list[tuple[str, dict]], pairs: list[list[tuple[str, str
 
 def vid_pairs(cfg, teacher_dir) -> list[tuple[str, str]]:
     """The layer pairs vid will build for this distill config (read from the models, nothing trained)."""
-    from compressor.artifacts import load_artifact
-    from compressor.distill import layer_pairs
-    from compressor.models import create_model, size_kwargs
 
     teacher = load_artifact(teacher_dir)
     spec = teacher.spec
@@ -321,7 +322,6 @@ def results_markdown(result: dict) -> str:
 def heatmap(result: dict, path: Path) -> None:
     import numpy as np
 
-    from compressor.report import pyplot, save_png
 
     plt = pyplot()
     row_keys, row_vals, col_key, col_vals = table_layout(result)
@@ -351,7 +351,6 @@ def heatmap(result: dict, path: Path) -> None:
 def lambda_picture(result: dict, path: Path, best: int = 4) -> None:
     """Study D's figure 7: for each of the best runs with a λ matrix, teacher layers on the left,
     student layers on the right, a line per layer pair as wide as its λ."""
-    from compressor.report import pyplot, save_png
 
     plt = pyplot()
     runs = [p for p in ranked(result) if "lambda_layers" in p][:best]

@@ -20,6 +20,9 @@ from compressor.cli import options as opt
 from compressor.config import Config, field_extra
 from compressor.console import set_quiet
 from compressor.tables import Table, fmt
+from compressor import distributed
+from compressor.config import Augmentation, DataFields, DistillOptions, Output, Runtime, TrainConfig
+from compressor.deploy.int8 import Int8Form
 
 stdout = Console(highlight=False)
 if not stdout.is_terminal:  # logs and CI: wide enough for the summary tables
@@ -28,7 +31,6 @@ if not stdout.is_terminal:  # logs and CI: wide enough for the summary tables
 
 def apply_runtime(quiet: bool, threads: int | None, device: str = "auto") -> None:
     """Join torchrun's process group when launched by it (only rank 0 prints); set CPU threads."""
-    from compressor import distributed
 
     distributed.init(device)
     set_quiet(quiet or not distributed.is_main())
@@ -137,7 +139,6 @@ PANELS = {"": "Stage options", "DistillOptions": "Method", "DataFields": "Data",
 def _group(config: type[Config], name: str) -> tuple[int, str]:
     """--help order and panel: the stage's own options, then the shared groups (the method, what to
     read, how to train, how photographs are augmented, where to run and write)."""
-    from compressor.config import Augmentation, DataFields, DistillOptions, Output, Runtime, TrainConfig
 
     for rank, cls in enumerate((config, DistillOptions, DataFields, TrainConfig, Augmentation, Runtime, Output)):
         if name in cls.__dict__.get("__annotations__", {}):
@@ -194,7 +195,6 @@ RUNTIME_KEYS = tuple(f"{k}_{form}" for k in ("accuracy", "latency_ms")
 
 def show(metrics: dict, as_json: bool, title: str) -> None:
     """Print a stage's result: a small table, or JSON with --json (under torchrun, rank 0 only)."""
-    from compressor import distributed
 
     if not distributed.is_main():
         return
@@ -210,7 +210,6 @@ def show(metrics: dict, as_json: bool, title: str) -> None:
                     table.add(f"{label} ({rt})", fmt(values[key], spec))
         elif metrics.get(key) is not None:
             table.add(label, fmt(metrics[key], spec))
-    from compressor.deploy.int8 import Int8Form
 
     for rt, values in (runtimes or {"": metrics}).items():  # each runtime's int8 file has its own form
         if values.get("int8_form"):

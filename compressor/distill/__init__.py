@@ -20,6 +20,8 @@ from compressor.distill.dkd import DKD
 from compressor.distill.dist import DIST
 from compressor.distill.lit import LIT
 from compressor.distill.registry import METHODS, OPTION_DEFAULTS, SCHEME_NAMES, get_method, resolve_options
+from compressor.distill.features import parse_layer_pairs
+from compressor.models import stage_layers
 
 METHOD_NAMES = tuple(METHODS)
 __all__ = ["AT", "DIST", "DKD", "Distiller", "FeatureDistiller", "FitNet", "KD", "L2TWW", "LIT", "MSE", "RKD", "VID", "METHODS",
@@ -48,8 +50,6 @@ def build_distiller(method: str, student, teacher, *, input_shape: list[int], op
 def layer_pairs(method: str, teacher, student, layers: str | None, mode: str) -> list[tuple[str, str]]:
     """The (teacher layer, student layer) pairs a feature method distills: as named by `layers`
     ('t1:s1,t2:s2'), else the models' stage layers paired by the method (`mode`: matched or all)."""
-    from compressor.distill.features import parse_layer_pairs
-    from compressor.models import stage_layers
 
     if layers:
         return parse_layer_pairs(layers)

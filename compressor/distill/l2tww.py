@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from compressor.distill.base import FeatureDistiller
 from compressor.distill.functional import cross_entropy, match_spatial
 from compressor.distill.registry import register_method
+from compressor.training import peak_memory_mb
 
 SECOND_ORDER, FINITE_DIFFERENCE = "second-order", "first-order (finite differences)"
 
@@ -172,7 +173,6 @@ class L2TWW(FeatureDistiller):
     def cost(self, device) -> dict:
         import statistics
 
-        from compressor.training import peak_memory_mb
 
         if not self.step_times:
             return {}

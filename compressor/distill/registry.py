@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from compressor import CompressorError
+from compressor.tables import Table
 
 SCHEME_NAMES = ("offline", "online", "self", "born-again")
 # What each option is when not given (compressor.config.DistillOptions takes its defaults from here);
@@ -98,7 +99,6 @@ def method_table() -> list[tuple[str, str, str]]:
 
 
 def method_table_markdown() -> str:
-    from compressor.tables import Table
 
     return Table(["`--method`", "what the student learns", "options (default)"], method_table(), left=3).markdown()
 

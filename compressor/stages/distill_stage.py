@@ -19,6 +19,8 @@ from compressor.stages.runner import StageRun, stage
 from compressor.stages.select_stage import read_channels
 from compressor.data.seeding import seed_everything
 from compressor.training import Supervised, accuracy, predict, train_task
+from compressor.artifacts import ArtifactWriter
+from compressor.distill.cache import TeacherCache, cache_key
 
 
 @stage("distill", DistillConfig, trains=True)
@@ -104,7 +106,6 @@ def _born_again(run: StageRun, net, t_art, t_pred, val_ref, bundle, kept, option
     student starts fresh (seed + k - 1). Returns the last generation and the per-generation figures
     (with --ensemble, also the accuracy of the generations' averaged probabilities). `t_pred`,
     `val_ref`: --teacher's test and validation predictions; each later teacher is measured as read back."""
-    from compressor.artifacts import ArtifactWriter
 
     cfg, arch = run.cfg, student_architecture(run.cfg, t_art)
     teacher, t_test, rows, probs, extra = t_art, t_pred, [], [], {}
@@ -145,7 +146,6 @@ def _name(teacher, t_art) -> str:
 def _teacher_cache(cfg, t_art, bundle, layers: list[str]):
     if not cfg.cache_teacher:
         return None
-    from compressor.distill.cache import TeacherCache, cache_key
 
     root = Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(cfg.out).expanduser().absolute().parent / "cache"
     return TeacherCache(root / "teacher", cache_key(t_art.path, bundle.identity, cfg.seed, layers), len(bundle.train))

@@ -21,6 +21,7 @@ from compressor.models import count_params
 from compressor.deploy.qat import float_mode
 from compressor.stages.common import load_bundle
 from compressor.stages.runner import StageRun, stage
+from compressor.deploy import qat
 
 SPARSITY_NOTE = ("ONNX stores weights densely; pruned zeros cost 4 bytes each raw but compress to almost "
                  "nothing, so compare zipped sizes")
@@ -233,7 +234,6 @@ def layers_writer(model, shape, calibration):
     BatchNorm folded, ranges from the calibration images, no fine-tuning."""
     import copy
 
-    from compressor.deploy import qat
 
     def write(path):
         twin = copy.deepcopy(model).cpu().eval()

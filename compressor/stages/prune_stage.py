@@ -18,6 +18,7 @@ from compressor.stages.common import load_bundle, test_accuracy
 from compressor.stages.distill_stage import method_options
 from compressor.stages.runner import StageRun, stage
 from compressor.training import Supervised, train_task
+from compressor.artifacts import read_json
 
 
 @stage("prune", PruneConfig, trains=True)
@@ -106,7 +107,6 @@ def _finetune(run: StageRun, model, t_art, bundle, shape, masker, options: dict)
 
 
 def _scores(select_dir: str) -> dict[str, list[float]]:
-    from compressor.artifacts import read_json
 
     art = load_artifact(select_dir, with_model=False)
     return {e["name"]: e["scores"] for e in read_json(art.path / "channels.json")["layers"]}

@@ -25,6 +25,8 @@ from compressor import CompressorError
 from compressor.artifacts import ArtifactWriter, base_metrics
 from compressor.training.checkpoint import Checkpoints
 from compressor.config import Config, field_extra, input_dirs
+from compressor import distributed
+from compressor.training import resolve_device
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -42,7 +44,6 @@ class StageRun:
     def fingerprint(self, data_identity: dict) -> dict:
         """What a resumable checkpoint must have been written with: the settings, the data and,
         under torchrun, the number of processes."""
-        from compressor import distributed
 
         world = {"world_size": distributed.world_size()} if distributed.world_size() > 1 else {}
         return {**self.cfg.settings(), "data": data_identity, **world}
@@ -79,8 +80,6 @@ def execute(name: str, cfg: Config, body, trains: bool) -> dict:
     """Run a stage body. Under torchrun every process runs it; only rank 0 locks --out, writes the
     artifact and checkpoints (the others assemble theirs in a private temporary directory that is
     thrown away), and all wait for rank 0 before returning."""
-    from compressor import distributed
-    from compressor.training import resolve_device
 
     started = time.time()
     out = Path(cfg.out).expanduser().absolute()
