@@ -16,7 +16,7 @@ from compressor import CompressorError
 from compressor.artifacts import ArtifactWriter, load_artifact, load_state_dict
 from compressor.models import create_model
 
-from conftest import cli as _cli, one_line_error as _one_line_error
+from helpers import cli as _cli, one_line_error as _one_line_error
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
 
@@ -115,3 +115,19 @@ def test_sigkill_at_random_moments_leaves_a_complete_artifact_or_none(tmp_path):
     with ArtifactWriter(out) as w:  # the next writer clears what killed writers left
         w.commit({})
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_metrics_json_is_typed_per_stage(student_dir):
+    """Every key a stage writes is declared with its type (compressor.stages.metrics): a written
+    artifact's metrics validate, an undeclared key or a wrong type is refused before anything is written."""
+    import json
+
+    from compressor import CompressorError
+    from compressor.stages.metrics import check_metrics
+
+    written = json.loads((student_dir / "metrics.json").read_text())
+    check_metrics("distill", written)
+    with pytest.raises(CompressorError, match="bogus"):
+        check_metrics("distill", {**written, "bogus": 1})
+    with pytest.raises(CompressorError, match="accuracy"):
+        check_metrics("distill", {**written, "accuracy": "high"})

@@ -13,7 +13,7 @@ from compressor.distill.cache import TeacherCache, cache_key
 from compressor.models import create_model
 from compressor.stages import distill, teach
 
-from conftest import SYN
+from helpers import SYN
 
 
 def _batches(cache, distiller, loader, epoch):

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from compressor.cli.main import app
 from compressor.models import create_model
 
-from conftest import cli as _cli_in_process, cli_subprocess as _cli, one_line_error as _one_line_error, \
+from helpers import cli as _cli_in_process, cli_subprocess as _cli, one_line_error as _one_line_error, \
     one_stderr_line as _assert_one_line_error
 
 runner = CliRunner()
@@ -115,22 +115,40 @@ def _one_channel():
     return d
 
 
-@pytest.mark.parametrize("method,scheme", [(m, "offline") for m in
-                                           __import__("compressor.distill", fromlist=["METHOD_NAMES"]).METHOD_NAMES]
-                         + [("kd", "online"), ("kd", "self")])
-def test_distill_every_method_and_scheme_through_the_cli(method, scheme, teacher_dir, tmp_path):
-    extra = ["--chunk-size", "900", "--buffer-chunks", "2", "--epochs-per-buffer", "1", "--distill-after", "1"] \
-        if scheme == "online" else []
-    r = invoke("distill", "--teacher", teacher_dir, "--student", "convverytiny", "--data", "synthetic", "--method", method,
-               "--scheme", scheme, "--epochs", "1", "--out", tmp_path / "s", "--quiet", "--json", *extra)
-    m = json.loads(r.stdout)
-    assert "agreement" in m
-    if scheme == "offline":  # the CLI builds the same config as the library: the same student, bit for bit
-        from compressor.stages import distill
+def test_the_cli_builds_the_library_config_of_every_method_and_scheme(tmp_path):
+    """Every method and scheme trains in tests/test_methods.py through the library; here the CLI is
+    checked to build the very config the library does (settings and which options count as given)."""
+    import typer
 
-        lib = distill(teacher=teacher_dir, student="convverytiny", data="synthetic", method=method, epochs=1,
-                      out=tmp_path / "lib")
-        assert m["accuracy"] == lib["accuracy"] and m["agreement"] == lib["agreement"]
+    from compressor.cli.commands import config_from_options
+    from compressor.cli.main import app
+    from compressor.config import DistillConfig
+    from compressor.distill import METHOD_NAMES
+
+    command = typer.main.get_command(app).commands["distill"]
+    online = {"chunk_size": 900, "buffer_chunks": 2, "epochs_per_buffer": 1, "distill_after": 1}
+    cases = [(m, "offline", {}) for m in METHOD_NAMES] + [("kd", "online", online), ("kd", "self", {}),
+                                                         ("vid", "offline", {"pairs": "all", "beta": 0.3})]
+    for method, scheme, extra in cases:
+        library = {"teacher": "T", "student": "convverytiny", "data": "synthetic", "method": method,
+                   "scheme": scheme, "epochs": 1, "out": str(tmp_path / "s"), **extra}
+        argv = [x for k, v in library.items() for x in ("--" + k.replace("_", "-"), str(v))]
+        cli_cfg = config_from_options(DistillConfig, command.make_context("distill", argv).params)
+        lib_cfg = DistillConfig.make(**library)
+        assert cli_cfg.settings() == lib_cfg.settings(), (method, scheme)
+        defaults = DistillConfig.model_fields
+        given = {k for k in lib_cfg.model_fields_set if library[k] != defaults[k].default}  # the CLI: what differs
+        assert cli_cfg.model_fields_set == given, (method, scheme)
+
+
+def test_distill_through_the_cli_is_the_library_run(teacher_dir, tmp_path):
+    r = invoke("distill", "--teacher", teacher_dir, "--student", "convverytiny", "--data", "synthetic",
+               "--epochs", "1", "--out", tmp_path / "s", "--quiet", "--json")
+    m = json.loads(r.stdout)
+    from compressor.stages import distill
+
+    lib = distill(teacher=teacher_dir, student="convverytiny", data="synthetic", epochs=1, out=tmp_path / "lib")
+    assert m["accuracy"] == lib["accuracy"] and m["agreement"] == lib["agreement"]  # bit for bit
 
 
 def test_bad_input_is_named_before_training(tmp_path, teacher_dir):

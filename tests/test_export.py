@@ -12,7 +12,7 @@ from compressor.deploy.graph import convs_wrapped_in_qdq
 from compressor.models import create_model
 from compressor.stages import evaluate, export
 
-from conftest import SYN
+from helpers import SYN
 
 
 def _metrics(d):
@@ -113,7 +113,7 @@ def test_fp32_stem_rewrite_keeps_outputs_and_leaves_the_rest_int8(workdir, stude
 
 
 def test_min_speedup_gate_fails_in_one_line_and_keeps_the_artifact(workdir, student_dir, tmp_path):
-    from conftest import cli, one_line_error
+    from helpers import cli, one_line_error
 
     out = tmp_path / "slow"
     line = one_line_error(cli("export", student_dir, "--data", "synthetic", "--int8", "--calibration-batches", "2",
@@ -132,7 +132,7 @@ def test_runtime_all_writes_openvino_ir_and_measures_both(workdir, student_dir, 
     from compressor.deploy.int8 import nncf_available
     from compressor.report import summary_rows
 
-    from conftest import cli
+    from helpers import cli
 
     run_dir = tmp_path / "run"
     out = run_dir / "export"
@@ -164,7 +164,7 @@ def test_runtime_all_writes_openvino_ir_and_measures_both(workdir, student_dir, 
 
 
 def test_openvino_missing_is_one_line(student_dir, tmp_path, monkeypatch):
-    from conftest import cli, one_line_error
+    from helpers import cli, one_line_error
 
     from compressor.stages import export_stage as stage_module
     monkeypatch.setattr(stage_module, "openvino_available", lambda: False)
@@ -183,7 +183,7 @@ def test_eval_of_an_unreadable_or_foreign_model_file_is_one_line(student_dir, tm
     from compressor.deploy.graph import export_onnx
     from compressor.deploy.runtimes import openvino_available, save_openvino_ir
 
-    from conftest import cli, one_line_error
+    from helpers import cli, one_line_error
 
     spec = json.loads((student_dir / "model.json").read_text())
     shutil.copy(student_dir / "model.json", tmp_path / "model.json")
@@ -395,7 +395,7 @@ def test_a_form_a_runtime_refuses_is_recorded_and_skipped(student_dir, tmp_path,
 
 def test_a_runtime_that_runs_no_int8_form_is_recorded_and_the_export_goes_on(student_dir, tmp_path, monkeypatch):
     pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
-    from conftest import cli, one_line_error
+    from helpers import cli, one_line_error
 
     _refuse_on_openvino(monkeypatch, lambda path: Path(path).name.startswith("candidate"))  # NNCF's too
     m = export(student_dir, data=SYN, out=tmp_path / "e", int8=True, runtime="all", calibration_batches=2,
@@ -456,7 +456,7 @@ def test_int8_that_loses_more_than_the_budget_fails_by_default(workdir, student_
     line naming the drop and what to try, the artifact kept and marked failed."""
     from compressor.deploy import choice
 
-    from conftest import cli, one_line_error
+    from helpers import cli, one_line_error
 
     from compressor.stages import export_stage as stage_module
     real = choice.choose_int8_form
@@ -485,7 +485,7 @@ def _report_latencies(monkeypatch, ms_of_file) -> None:
 
 
 def test_int8_slower_than_fp32_prints_one_warning_line(student_dir, tmp_path, monkeypatch):
-    from conftest import cli
+    from helpers import cli
 
     _report_latencies(monkeypatch, lambda name: 9.0 if "int8" in name else 3.0)
     res = cli("export", student_dir, "--data", "synthetic", "--int8", "--runtime", "onnxruntime",
@@ -503,7 +503,7 @@ def test_a_recipe_runs_to_its_end_where_openvino_refuses_some_int8_forms(tmp_pat
     pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
     import yaml
 
-    from conftest import cli
+    from helpers import cli
 
     _refuse_on_openvino(monkeypatch, lambda path: Path(path).name.startswith("candidate") and Path(path).suffix == ".onnx"
                         and _activations_of(path) == "s8")

@@ -59,7 +59,7 @@ def test_the_images_standing_for_a_folder_split_hold_every_class(tmp_path):
     """A folder is listed class by class; where only some images of a split are used (--train-size,
     select's --samples, export's calibration batches) they are a fixed sample of every class, not the
     first classes' files. The listing is part of the data identity: a renamed file changes it."""
-    from conftest import write_photo_folder
+    from helpers import write_photo_folder
 
     root = write_photo_folder(tmp_path / "photos", per_class=24, classes=4)
     d = load_data("imagefolder", root, image_size=32, workers=0, train_size=16)
@@ -77,7 +77,7 @@ def test_the_images_standing_for_a_folder_split_hold_every_class(tmp_path):
 def test_augmentation_options_are_for_photographs_only(tmp_path):
     with pytest.raises(CompressorError, match="--auto-augment applies only to --data imagefolder"):
         teach(data="synthetic", model="convverytiny", auto_augment="rand-m9-mstd0.5", out=tmp_path / "t")
-    from conftest import write_photo_folder
+    from helpers import write_photo_folder
 
     root = write_photo_folder(tmp_path / "p", per_class=2, val_per_class=1)
     with pytest.raises(CompressorError, match="not a timm augmentation policy"):

@@ -12,7 +12,7 @@ from compressor.distill.functional import (attention_map, attention_transfer_los
 from compressor.models import ConvNet, create_model
 from compressor.stages import distill
 
-from conftest import SYN
+from helpers import SYN
 
 
 def test_logit_mse_matches_formula():
@@ -107,20 +107,21 @@ def test_channels_really_shrink_teacher_features():
     assert vid.regressors[0].mean[-1].out_channels == 3
 
 
-# at and vid were here until their knowledge terms were balanced against the cross-entropy (#13)
-KNOWN_TO_HURT = {"dkd": "#13: dkd's NCKD weight 8 at T = 4 (the paper's CIFAR-100 setting, 240 epochs) is 15x the "
-                        "cross-entropy in a 1-epoch run"}
+# dkd at the paper's CIFAR-100 weights (NCKD 8 at T = 4, for 240 epochs) makes its knowledge term 15x
+# the cross-entropy in a one-epoch run: it learns, but more slowly than the student alone.
+SLOW_IN_ONE_EPOCH = {"dkd"}
+CHANCE = 0.1  # synthetic data: 10 balanced classes
 
 
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=KNOWN_TO_HURT[m]))
-                                    if m in KNOWN_TO_HURT else m for m in sorted(METHODS)])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_offline_on_synthetic(method, workdir, teacher_dir):
     out = workdir / f"method-{method}"
     m = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=out, method=method,
                 channels=None, epochs=1, lr=0.05, control=True, device="cpu")
     assert {"accuracy", "agreement", "teacher_accuracy"} <= set(m)
-    # at its defaults no method may wreck the student: within 10 points of the same student alone
-    assert m["accuracy"] >= m["control_accuracy"] - 0.10, m
+    assert m["accuracy"] > 2 * CHANCE, m  # every method learns in one epoch
+    if method not in SLOW_IN_ONE_EPOCH:  # and at its defaults none wrecks the student: within 10 points of it alone
+        assert m["accuracy"] >= m["control_accuracy"] - 0.10, m
     spec = json.loads((out / "model.json").read_text())
     assert spec["settings"]["method"] == method
     info = METHODS[method]
@@ -153,7 +154,8 @@ def test_online_scheme_trains_both_and_reports_per_chunk(workdir, teacher_dir):
     chunks = m["chunks"]
     assert len(chunks) == 3600 // 400
     assert [c["distilling"] for c in chunks] == [False, False] + [True] * 7
-    assert all(0 <= c["teacher_val_accuracy"] <= 1 and 0 <= c["student_val_accuracy"] <= 1 for c in chunks)
+    assert all(c["teacher_val_accuracy"] > 2 * CHANCE for c in chunks)  # the teacher came trained and stays so
+    assert chunks[-1]["student_val_accuracy"] > chunks[0]["student_val_accuracy"]  # the student learns over the stream
     assert {"accuracy", "agreement", "teacher_accuracy"} <= set(m)
     # the saved teacher artifact is untouched; only the in-memory copy trained
     assert all(torch.equal(before[k], v) for k, v in load_artifact(teacher_dir).model.state_dict().items())
@@ -296,7 +298,7 @@ def test_min_gain_fails_a_student_below_its_control_and_a_warning_says_so_withou
     """dkd at its defaults for one epoch on synthetic data lands far below the student alone (see
     KNOWN_TO_HURT): --min-gain 0 fails the stage in one line, keeping the artifact marked failed;
     without the flag the stage succeeds and one warning names both accuracies, --quiet or not."""
-    from conftest import cli, cli_subprocess, one_line_error, one_stderr_line
+    from helpers import cli, cli_subprocess, one_line_error, one_stderr_line
 
     args = ["distill", "--teacher", teacher_dir, "--student", "convverytiny", "--data", "synthetic", "--method", "dkd",
             "--epochs", "1", "--control", "--device", "cpu", "--quiet"]
@@ -377,7 +379,7 @@ def digits(tmp_path_factory):
     resnet18 teacher, and the convverytiny student trained alone with the students' budget and seed."""
     from compressor.stages import teach
 
-    from conftest import write_digits_folder
+    from helpers import write_digits_folder
 
     base = tmp_path_factory.mktemp("digits")
     root = write_digits_folder(base / "data")
@@ -447,7 +449,7 @@ def test_lit_refuses_a_student_with_another_number_of_stages(tmp_path):
 
 def test_vid_lambdas_weigh_each_pair_and_a_matrix_of_the_wrong_shape_is_one_line(teacher_dir, tmp_path):
     from compressor import CompressorError
-    from conftest import cli_subprocess, one_stderr_line
+    from helpers import cli_subprocess, one_stderr_line
 
     teacher = ConvNet((8, 16, 32, 64), 32, num_classes=10, in_chans=3)
     student = create_model("convverytiny", num_classes=10, in_chans=3)
@@ -492,5 +494,6 @@ def test_born_again_generation_k_is_distilled_from_generation_k_minus_1(teacher_
         net.load_state_dict(load_file(gen / "model.safetensors"), strict=True)
         assert json.loads((gen / "metrics.json").read_text())["accuracy"] == gens[k - 1]["accuracy"]
     assert (out / "model.safetensors").read_bytes() == (out / "generations" / "3" / "model.safetensors").read_bytes()
-    assert m["accuracy"] == gens[-1]["accuracy"] and 0 < m["ensemble_accuracy"] <= 1
+    assert m["accuracy"] == gens[-1]["accuracy"]
+    assert m["ensemble_accuracy"] >= min(g["accuracy"] for g in gens) - 0.05  # averaging does not lose much
     assert m["ensemble_accuracy"] == gens[-1]["ensemble_accuracy"]

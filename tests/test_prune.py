@@ -11,7 +11,7 @@ from compressor.stages import evaluate, export, prune, select
 from compressor.config import TrainConfig
 from compressor.training import Supervised, fit
 
-from conftest import SYN
+from helpers import SYN
 
 
 def test_cubic_schedule_values():

@@ -18,7 +18,7 @@ from compressor.artifacts import load_artifact, load_state_dict
 from compressor.models import build_from_spec, create_model
 from compressor.stages import export, prune, quantize
 
-from conftest import SYN, cli, one_line_error
+from helpers import SYN, cli, one_line_error
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from compressor.cli.main import app
 
-from conftest import SYN, cli_subprocess as _cli, one_stderr_line as _one_line
+from helpers import SYN, cli_subprocess as _cli, one_stderr_line as _one_line
 
 
 def _snapshot(d):

@@ -9,7 +9,7 @@ from compressor.distill.kd import KD
 from compressor.models import create_model
 from compressor.stages import evaluate, prune, select, teach
 
-from conftest import SYN
+from helpers import SYN
 
 BASE_KEYS = {"accuracy", "params", "seed", "versions", "wall_time_s"}
 

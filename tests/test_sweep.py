@@ -51,7 +51,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_points(teacher_dir
     assert all(p["skipped"] for p in again["points"]) and len(calls) == 4
     for p in result["points"]:
         for e in ("1", "2"):
-            assert 0 < p["at"][e]["hard"] <= 1 and 0 < p["at"][e]["soft"] <= 1
+            assert p["at"][e]["hard"] > 0.2 and p["at"][e]["soft"] > 0.2  # 10 classes: twice chance
         assert p["at"]["2"]["hard"] >= p["at"]["1"]["hard"]  # best up to epoch 2 includes epoch 1
     caches = [p["teacher_cache"] for p in result["points"] if p["point"]["alpha"] < 1]
     assert caches[0]["misses"] > 0 and caches[0]["hits"] == 0  # the first point filled the cache,

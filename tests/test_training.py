@@ -16,7 +16,7 @@ from compressor import CompressorError
 from compressor.artifacts import load_state_dict
 from compressor.stages import distill, teach
 
-from conftest import SYN, cli as _cli, one_line_error as _one_line_error
+from helpers import SYN, cli as _cli, one_line_error as _one_line_error
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
 

@@ -151,22 +151,28 @@ PRESENTATION = [inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, def
                 inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=opt.QuietOpt)]
 
 
+def config_from_options(config: type[Config], options: dict) -> Config:
+    """The stage config a command's parsed options give (the presentation options left out). Only the
+    options that differ from their default count as given, so a method can tell an explicit --beta
+    from its own default."""
+    defaults = {p.name: p.default for p in config_parameters(config)}
+    values = {k: v.value if isinstance(v, Enum) else v for k, v in options.items() if k in defaults}
+    given = {k: v for k, v in values.items() if defaults[k] is inspect.Parameter.empty
+             or v != (defaults[k].value if isinstance(defaults[k], Enum) else defaults[k])}
+    return config.make(**given)
+
+
 def stage_command(config: type[Config], run, title: str, after=None):
     """A CLI command for a stage: its options come from `config`; it validates them, runs the stage
-    and prints the summary. Only the options given (different from their default) count as given,
-    so a method can tell an explicit --beta from its own default."""
+    and prints the summary."""
     params = config_parameters(config)
-    defaults = {p.name: p.default for p in params}
 
     @guarded
     def command(**kw):
         json_, quiet, threads = kw.pop("json_"), kw.pop("quiet"), kw.pop("threads")
         apply_runtime(quiet, threads, kw.get("device") or "auto")
-        values = {k: v.value if isinstance(v, Enum) else v for k, v in kw.items()}
-        given = {k: v for k, v in values.items() if defaults[k] is inspect.Parameter.empty
-                 or v != (defaults[k].value if isinstance(defaults[k], Enum) else defaults[k])}
-        metrics = run(config.make(**given))
-        show(metrics, json_, title.format(**values))
+        metrics = run(config_from_options(config, kw))
+        show(metrics, json_, title.format(**{k: v.value if isinstance(v, Enum) else v for k, v in kw.items()}))
         if after is not None and not json_:
             after(metrics)
 

@@ -15,7 +15,7 @@ from compressor import CompressorError
 from compressor.data.batches import Split
 from compressor.data.bundle import DataBundle
 from compressor.data.folder import configure_stream, list_imagefolder, listing_digest
-from compressor.data.seeding import SPLIT_SEED
+from compressor.data.seeding import SPLIT_SEED, SYNTHETIC_SEED
 
 DATA_NAMES = ("synthetic", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -107,7 +107,7 @@ def synthetic_splits(num_classes: int = 10, channels: int = 3, size: int = 16, t
 
     Learnable to high accuracy in one epoch by a small CNN; small enough for fast tests.
     """
-    g = torch.Generator().manual_seed(12345)
+    g = torch.Generator().manual_seed(SYNTHETIC_SEED)
     protos = torch.rand(num_classes, channels, 4, 4, generator=g)
     protos = F.interpolate(protos, size=(size, size), mode="bilinear", align_corners=False)
     cast = (torch.rand(num_classes, channels, 1, 1, generator=g) - 0.5) * 0.6

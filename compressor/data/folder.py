@@ -92,7 +92,7 @@ def listing_digest(root: Path, *splits: FileSplit) -> str:
     data identity, so a teacher cache or a skipped recipe stage is not reused once files change."""
     import hashlib
 
-    cut = len(os.path.join(str(root), ""))  # every listed path starts with the root (os.path.relpath: 5 us a file)
+    cut = len(os.path.join(str(root), ""))  # every listed path starts with the root (slicing is much cheaper than os.path.relpath)
     h = hashlib.sha256()
     for split in splits:
         h.update("".join(f"{f[cut:]}\t{y}\n" for f, y in zip(split.files, split.labels.tolist())).encode())

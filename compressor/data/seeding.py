@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+SYNTHETIC_SEED = 12345  # the built-in synthetic dataset: the same images everywhere
 SPLIT_SEED = 20240601  # the validation split is fixed, independent of --seed, so stages agree on it
 SAMPLE_SEED = 20261201  # which images of a folder's split stand for it when only some are used (FileSplit.first)
 # Salts: one per purpose, so the draws of one (seed, epoch) never coincide.
@@ -42,7 +43,7 @@ def sample_generators(seed: int):
     """Run a block under Python, NumPy and torch (CPU) generators seeded from `seed` (timm's
     transforms draw from all three). In the main process (--workers 0) the caller's generators are
     restored afterwards; a DataLoader worker's are its own, so it skips that (saving NumPy's state
-    alone costs more than 70 us an image)."""
+    alone is costly per image)."""
     in_worker = get_worker_info() is not None
     if not in_worker:
         py, npy, th = random.getstate(), np.random.get_state(), torch.random.default_generator.get_state()

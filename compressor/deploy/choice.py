@@ -59,8 +59,8 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
     write to each runtime's path the form fastest on that runtime whose accuracy on the calibration
     images (against their labels) is within `max_drop` points of fp32's (AUTO_DROP_POINTS when
     None); with none within, the most accurate. The runtimes may choose different forms: their
-    kernels differ (on the 2-core development machine onnxruntime's int8 convolution of a 1-channel
-    image takes 3-4x OpenVINO's time, so the stem is float32 for one and int8 for the other). Forms
+    kernels differ (onnxruntime's int8 convolution of a 1-channel image is slow, OpenVINO's is not,
+    so the stem can be float32 for one and int8 for the other). Forms
     within TIE of the fastest count as equally fast, and the first listed wins (stem int8 before fp32,
     u8 before s8, per-channel before per-tensor), so noise does not flip the choice. Where a path of
     `outputs` is an OpenVINO IR (.xml), every choice is left open and NNCF is installed, NNCF's own

@@ -25,6 +25,7 @@ from compressor import CompressorError
 from compressor.artifacts import ArtifactWriter, base_metrics
 from compressor.training.checkpoint import Checkpoints
 from compressor.config import Config, field_extra, input_dirs
+from compressor.stages.metrics import check_metrics
 from compressor import distributed
 from compressor.training import resolve_device
 
@@ -94,6 +95,7 @@ def execute(name: str, cfg: Config, body, trains: bool) -> dict:
             with ArtifactWriter(target) as writer:
                 metrics = body(StageRun(name, cfg, device, writer, checkpoints))
                 metrics.update(base_metrics(cfg.seed, started))
+                check_metrics(name, {**writer.model_sizes, **metrics})
                 writer.commit(metrics)
     except OSError as e:
         if e.errno not in DISK_ERRORS:

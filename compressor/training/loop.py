@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -50,46 +51,57 @@ def train_task(task: Task, data: DataBundle, cfg, *, device, stage: str, desc: s
     return result
 
 
-def fit(task: nn.Module, data: DataBundle, cfg, *, device: torch.device | str = "cpu", desc: str = "train",
-        params: list[nn.Parameter] | None = None, after_step: Callable[[], None] | None = None,
-        stage: str = "train", train_step: Callable | None = None, val_reference: torch.Tensor | None = None,
-        checkpoint: FitCheckpoint | None = None, keep_best: bool = True) -> FitResult:
+@dataclass
+class FitOptions:
+    """How one training loop runs, besides the task, the data and the config (`fit`'s keywords).
+
+    desc, stage: the progress line's name and the stage it belongs to (checkpoints, errors).
+    params: what the optimizer updates (default: every parameter of the task that requires grad).
+    after_step: called after each optimizer step (e.g. to re-apply pruning masks); if it has
+        state_dict/load_state_dict, its state is checkpointed too.
+    train_step: replaces the default step (for methods with several updates per batch); called as
+        train_step(x, y, optimizer) -> (logits, {name: loss tensor}).
+    val_reference: the teacher's predicted class per validation sample; each epoch then also
+        records `val_agreement` (accuracy on the teacher's labels: the "soft" accuracy).
+    checkpoint: where to save resumable state at every epoch end and when SIGINT/SIGTERM stops
+        training after the current step (and to resume from, see compressor.training.checkpoint).
+    keep_best: leave the best epoch's weights (by validation accuracy); False leaves the last
+        epoch's (a preparatory phase such as fitnet's hints, whose loss is not the task's).
+    """
+
+    desc: str = "train"
+    stage: str = "train"
+    params: list[nn.Parameter] | None = None
+    after_step: Callable[[], None] | None = None
+    train_step: Callable | None = None
+    val_reference: torch.Tensor | None = None
+    checkpoint: FitCheckpoint | None = None
+    keep_best: bool = True
+
+
+def fit(task: nn.Module, data: DataBundle, cfg, *, device: torch.device | str = "cpu", **options) -> FitResult:
     """Train `task` for cfg.epochs, validating each epoch; leave the best weights in `task.model`.
 
-    Args:
-        task: module with forward_train(x, y) -> (logits, {name: loss}) and a `model` attribute.
-        cfg: anything with the `compressor.config.TrainConfig` fields (epochs, lr, batch_size, ...).
-        params: what the optimizer updates (default: every parameter of `task` that requires grad).
-        after_step: called after each optimizer step (e.g. to re-apply pruning masks); if it has
-            state_dict/load_state_dict, its state is checkpointed too.
-        train_step: replaces the default step (for methods with several updates per batch);
-            called as train_step(x, y, optimizer) -> (logits, {name: loss tensor}).
-        val_reference: the teacher's predicted class per validation sample; each epoch then also
-            records `val_agreement` (accuracy on the teacher's labels: the "soft" accuracy).
-        checkpoint: where to save resumable state at every epoch end and when SIGINT/SIGTERM
-            stops training after the current step (and to resume from, see compressor.training.checkpoint).
-        keep_best: leave the best epoch's weights (by validation accuracy); False leaves the last
-            epoch's (a preparatory phase such as fitnet's hints, whose loss is not the task's).
-
-    A task with an `on_batch(epoch, index)` method is told which samples each batch holds.
+    `task`: a module with forward_train(x, y) -> (logits, {name: loss}) and a `model` attribute;
+    `cfg`: anything with the `compressor.config.TrainConfig` fields (epochs, lr, batch_size, ...);
+    `options`: the `FitOptions` fields. A task with an `on_batch(epoch, index)` method is told which
+    samples each batch holds.
     """
-    return Trainer(task, data, cfg, device=device, desc=desc, params=params, after_step=after_step, stage=stage,
-                   train_step=train_step, val_reference=val_reference, checkpoint=checkpoint,
-                   keep_best=keep_best).run()
+    return Trainer(task, data, cfg, device=device, options=FitOptions(**options)).run()
 
 
 class Trainer:
     """One training loop: optimizer, cosine schedule, epochs of steps, validation, best weights,
     checkpoints and resume. Built and run by `fit`."""
 
-    def __init__(self, task, data, cfg, *, device, desc, params, after_step, stage, train_step, val_reference,
-                 checkpoint, keep_best: bool = True) -> None:
+    def __init__(self, task, data, cfg, *, device, options: FitOptions) -> None:
         seed_everything(cfg.seed)
         self.device = torch.device(device)
         task.to(self.device)
-        self.task, self.model, self.cfg, self.desc, self.stage = task, task.model, cfg, desc, stage
-        explicit_params = params is not None
-        params = params if params is not None else [p for p in task.parameters() if p.requires_grad]
+        self.task, self.model, self.cfg, self.desc, self.stage = task, task.model, cfg, options.desc, options.stage
+        stage, after_step, train_step = options.stage, options.after_step, options.train_step
+        explicit_params = options.params is not None
+        params = options.params if explicit_params else [p for p in task.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, cfg)
         self.on_batch = getattr(task, "on_batch", None)
         self.mix = batch_mixer(cfg, data.num_classes)
@@ -98,10 +110,11 @@ class Trainer:
         steps = max(1, cfg.epochs * len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-        self.after_step, self.train_step, self.val_reference, self.checkpoint = after_step, train_step, val_reference, checkpoint
+        self.after_step, self.train_step = after_step, train_step
+        self.val_reference, self.checkpoint = options.val_reference, options.checkpoint
         self.result, self.best_state = FitResult(), None
-        self.keep_best = keep_best  # False: a preparatory phase, whose last epoch is what the next one starts from
-        self.log = open_log(cfg, desc)
+        self.keep_best = options.keep_best  # False: a preparatory phase, whose last epoch is what the next one starts from
+        self.log = open_log(cfg, options.desc)
         self.first_step_s: float | None = None  # seconds from the process's start to the end of the first step
         self.start_epoch, self.start_step, self.carry = 1, 0, ({}, 0, 0)
         self.extra_optims = {k: v for k, v in vars(task).items() if isinstance(v, torch.optim.Optimizer)}
