@@ -84,6 +84,7 @@ def _write_forever(out: Path) -> None:
         i += 1
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_a_complete_artifact_or_none(tmp_path):
     import multiprocessing as mp
 

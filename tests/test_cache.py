@@ -27,6 +27,7 @@ def _batches(cache, distiller, loader, epoch):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["kd", "at"])
 def test_cache_returns_what_the_teacher_computes(tmp_path, teacher_dir, method):
     teacher = load_artifact(teacher_dir).model
@@ -53,6 +54,7 @@ def test_cache_returns_what_the_teacher_computes(tmp_path, teacher_dir, method):
     d.close()
 
 
+@pytest.mark.slow
 def test_cached_distillation_trains_identically_and_skips_the_teacher(workdir, teacher_dir, tmp_path):
     cfg = dict(epochs=2, lr=0.05)
     plain = distill(teacher=teacher_dir, student="convverytiny", data=SYN, out=tmp_path / "plain", **cfg,
@@ -71,6 +73,7 @@ def test_cached_distillation_trains_identically_and_skips_the_teacher(workdir, t
     assert "val_agreement" in runs[1]["history"][0]
 
 
+@pytest.mark.slow
 def test_a_changed_teacher_gets_a_fresh_cache(workdir, teacher_dir, tmp_path):
     other = tmp_path / "teacher2"
     teach(data=SYN, model="convtiny", out=other, epochs=1, lr=0.05, seed=1, device="cpu")

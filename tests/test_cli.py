@@ -36,6 +36,7 @@ def test_every_command_has_help():
     assert "the form fastest on it within `--max-drop` points" in text and "`max_drop`" not in text
 
 
+@pytest.mark.slow
 def test_stages_through_the_cli(tmp_path):
     t, s, d, p, e = (tmp_path / n for n in ("t", "s", "d", "p", "e"))
     invoke("teach", "--data", "synthetic", "--model", "convtiny", "--epochs", "1", "--out", t, "--quiet", "--device", "cpu")
@@ -56,6 +57,7 @@ def test_stages_through_the_cli(tmp_path):
     assert a + b - 1 - 1e-6 <= m["agreement"] <= 1 - abs(a - b) + 1e-6
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_clear_line_and_leave_nothing(tmp_path, teacher_dir, student_dir):
     out = tmp_path / "out"
     cases = [
@@ -82,6 +84,7 @@ def test_bad_inputs_give_one_clear_line_and_leave_nothing(tmp_path, teacher_dir,
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "staging directory left behind"
 
 
+@pytest.mark.slow
 def test_impossible_combinations_are_refused(teacher_dir, student_dir, tmp_path):
     res = _cli("distill", "--teacher", teacher_dir, "--student", "convtiny", "--data", "synthetic", "--method", "at",
                "--scheme", "online", "--out", tmp_path / "x")
@@ -141,6 +144,7 @@ def test_the_cli_builds_the_library_config_of_every_method_and_scheme(tmp_path):
         assert cli_cfg.model_fields_set == given, (method, scheme)
 
 
+@pytest.mark.slow
 def test_distill_through_the_cli_is_the_library_run(teacher_dir, tmp_path):
     r = invoke("distill", "--teacher", teacher_dir, "--student", "convverytiny", "--data", "synthetic",
                "--epochs", "1", "--out", tmp_path / "s", "--quiet", "--json")
@@ -151,6 +155,7 @@ def test_distill_through_the_cli_is_the_library_run(teacher_dir, tmp_path):
     assert m["accuracy"] == lib["accuracy"] and m["agreement"] == lib["agreement"]  # bit for bit
 
 
+@pytest.mark.slow
 def test_bad_input_is_named_before_training(tmp_path, teacher_dir):
     five = create_model("convtiny", num_classes=5, in_chans=3).state_dict()
     init = tmp_path / "five.safetensors"

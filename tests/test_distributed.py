@@ -14,6 +14,8 @@ import pytest
 from compressor.recipe import load_recipe, run_recipe
 from compressor.stages import distill, evaluate, prune, teach
 
+pytestmark = pytest.mark.slow  # torchrun launches: seconds of start-up each
+
 
 def torchrun(*args, cwd, wait=True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -56,6 +56,7 @@ def test_export_max_drop_gate_marks_failed(workdir, student_dir, monkeypatch):
     assert m["status"] == "failed" and m["accuracy_drop_points"] > 1.0 and "max-drop" in m["failure"]
 
 
+@pytest.mark.slow
 def test_export_options_fp16_per_tensor_entropy(workdir, student_dir):
     out = workdir / "export-options"
     m = export(student_dir, data=SYN, out=out, int8=True, fp16=True, per_channel=False, calibration_method="entropy",
@@ -71,14 +72,17 @@ def test_export_options_fp16_per_tensor_entropy(workdir, student_dir):
     # the agreement recorded is the one the two files give on the test split
     from compressor.config import ExportConfig
     from compressor.deploy.runtimes import predict_batches, session
+    from compressor.stages.common import load_bundle
 
     art = load_artifact(student_dir)
-    test = list(ExportConfig.make(model_dir=str(student_dir), data=SYN, out=str(out)).load_data(art.spec).loader("test", 256))
+    cfg = ExportConfig.make(model_dir=str(student_dir), data=SYN, out=str(out))
+    test = list(load_bundle(cfg, art.spec).loader("test", 256))
     fp32, _ = predict_batches(session(out / "model.onnx"), test)
     int8, _ = predict_batches(session(out / "model.int8.onnx"), test)
     assert m["agreement_fp32_int8"] == pytest.approx(float((fp32.argmax(1) == int8.argmax(1)).mean()))
 
 
+@pytest.mark.slow
 def test_fp32_stem_rewrite_keeps_outputs_and_leaves_the_rest_int8(workdir, student_dir, tmp_path):
     import numpy as np
     import onnx
@@ -112,6 +116,7 @@ def test_fp32_stem_rewrite_keeps_outputs_and_leaves_the_rest_int8(workdir, stude
     assert all(producers[c.input[0]].op_type == "DequantizeLinear" for c in convs if c.name != names[0])
 
 
+@pytest.mark.slow
 def test_min_speedup_gate_fails_in_one_line_and_keeps_the_artifact(workdir, student_dir, tmp_path):
     from helpers import cli, one_line_error
 
@@ -125,6 +130,7 @@ def test_min_speedup_gate_fails_in_one_line_and_keeps_the_artifact(workdir, stud
                    "--min-speedup applies to the int8 model")
 
 
+@pytest.mark.slow
 def test_runtime_all_writes_openvino_ir_and_measures_both(workdir, student_dir, tmp_path):
     """--runtime all: the IR beside the ONNX files, each runtime's accuracy and latency, the same
     accuracy on both; eval and report read the IR."""
@@ -393,6 +399,7 @@ def test_a_form_a_runtime_refuses_is_recorded_and_skipped(student_dir, tmp_path,
     assert (tmp_path / "e" / "model.int8.xml").is_file() and m["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_runtime_that_runs_no_int8_form_is_recorded_and_the_export_goes_on(student_dir, tmp_path, monkeypatch):
     pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
     from helpers import cli, one_line_error
@@ -497,6 +504,7 @@ def test_int8_slower_than_fp32_prints_one_warning_line(student_dir, tmp_path, mo
     assert _metrics(tmp_path / "slow")["deploy_form"] == "fp32"
 
 
+@pytest.mark.slow
 def test_a_recipe_runs_to_its_end_where_openvino_refuses_some_int8_forms(tmp_path, monkeypatch):
     """The quickstart's shape (teach ... export --int8, OpenVINO installed) on a CPU whose OpenVINO refuses
     the s8 forms, as an AMX-INT8 Xeon's does: the run completes, the refusals are in metrics.json."""
@@ -518,6 +526,7 @@ def test_a_recipe_runs_to_its_end_where_openvino_refuses_some_int8_forms(tmp_pat
     assert f"deploy {ov['deploy_form']}" in res.output  # the run's summary names each runtime's deploy form
 
 
+@pytest.mark.slow
 def test_nncf_form_that_loses_on_the_test_split_falls_back_to_the_best_qdq_form(student_dir, tmp_path, monkeypatch):
     """NNCF's file is chosen on the calibration images (simulated: fastest there); where it then loses more
     than the budget on the test split (simulated), the best QDQ form is shipped instead, verified,
@@ -550,6 +559,7 @@ def test_nncf_form_that_loses_on_the_test_split_falls_back_to_the_best_qdq_form(
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_nncf_form_stays_where_the_qdq_fallback_loses_more(student_dir, tmp_path, monkeypatch):
     """NNCF's file loses 5 points on the test split (simulated), the QDQ form 8 (simulated): NNCF's
     file, and its figures, are what is shipped; the rejected fallback is recorded."""

@@ -84,6 +84,7 @@ def test_augmentation_options_are_for_photographs_only(tmp_path):
         teach(model="convverytiny", data_root=root, auto_augment="bogus", out=tmp_path / "t", **FOLDER)
 
 
+@pytest.mark.slow
 def test_teacher_cache_with_workers_trains_identically(photo_folder, tmp_path):
     common = dict(data_root=photo_folder, workers=2, **FOLDER)
     teach(model="convverytiny", epochs=1, out=tmp_path / "t", **common)
@@ -99,6 +100,7 @@ def test_teacher_cache_with_workers_trains_identically(photo_folder, tmp_path):
     assert runs[1]["accuracy"] == plain["accuracy"]
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_with_workers_is_bit_exact(photo_folder, tmp_path, monkeypatch):
     from compressor.training import loop as training
     from test_training import _stop_at_check
@@ -116,6 +118,7 @@ def test_resume_mid_epoch_with_workers_is_bit_exact(photo_folder, tmp_path, monk
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_fixed_size_vit_is_built_for_the_data_size(tmp_path):
     """timm models built for one input size (ViT) are built for the data's size, and rebuild from model.json."""
     from compressor.artifacts import load_artifact

@@ -113,6 +113,7 @@ SLOW_IN_ONE_EPOCH = {"dkd"}
 CHANCE = 0.1  # synthetic data: 10 balanced classes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_offline_on_synthetic(method, workdir, teacher_dir):
     out = workdir / f"method-{method}"
@@ -144,6 +145,7 @@ def test_feature_methods_leave_teacher_frozen_and_in_eval():
         student.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow
 def test_online_scheme_trains_both_and_reports_per_chunk(workdir, teacher_dir):
     from compressor.artifacts import load_artifact
     before = {k: v.clone() for k, v in load_artifact(teacher_dir).model.state_dict().items()}
@@ -180,6 +182,7 @@ def test_online_trains_only_matching_teacher_params(teacher_dir):
     assert "blocks.0.0.weight" not in changed
 
 
+@pytest.mark.slow
 def test_self_scheme_needs_no_teacher_and_drops_heads(workdir):
     out = workdir / "self"
     m = distill(teacher=None, student="convverytiny", data=SYN, out=out, scheme="self",
@@ -193,6 +196,7 @@ def test_self_scheme_needs_no_teacher_and_drops_heads(workdir):
     assert any("loss_aux_kd" in row for row in m["history"])
 
 
+@pytest.mark.slow
 def test_l2tww_updates_meta_networks_and_reports_cost(workdir, teacher_dir):
     from compressor.artifacts import load_artifact
     from compressor.distill import L2TWW
@@ -215,6 +219,7 @@ def test_l2tww_updates_meta_networks_and_reports_cost(workdir, teacher_dir):
     assert m["cost"]["seconds_per_step"] > 0 and m["cost"]["peak_memory_mb"] > 0 and m["cost"]["steps"] > 0
 
 
+@pytest.mark.slow
 def test_the_registry_is_the_one_list_of_methods(tmp_path):
     """CLI choices, recipe validation and the docs' method table all come from the registry."""
     from pathlib import Path
@@ -259,6 +264,7 @@ def test_an_option_the_method_does_not_use_is_refused(teacher_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_dkd_and_dist_in_a_recipe(tmp_path):
     """dkd distills, dist fine-tunes the pruned student: both methods through `compress run`'s recipe keys,
     with dkd's warm-up recorded as a loss that grows over the first epoch(s)."""
@@ -294,6 +300,7 @@ def test_dkd_warms_up_its_kd_terms_linearly():
     assert weights == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
 
 
+@pytest.mark.slow
 def test_min_gain_fails_a_student_below_its_control_and_a_warning_says_so_without_it(teacher_dir, tmp_path):
     """dkd at its defaults for one epoch on synthetic data lands far below the student alone (see
     KNOWN_TO_HURT): --min-gain 0 fails the stage in one line, keeping the artifact marked failed;
@@ -391,6 +398,7 @@ def digits(tmp_path_factory):
             "alone": alone["control_accuracy"], "base": base}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", FEATURE_METHODS)
 def test_feature_methods_at_their_defaults_keep_up_with_the_student_alone_on_real_images(method, digits):
     """Issue #13's case: on a small folder of real images (scanned digits), every feature method at its
@@ -447,6 +455,7 @@ def test_lit_refuses_a_student_with_another_number_of_stages(tmp_path):
         build_distiller("lit", student, teacher, input_shape=[3, 16, 16])
 
 
+@pytest.mark.slow
 def test_vid_lambdas_weigh_each_pair_and_a_matrix_of_the_wrong_shape_is_one_line(teacher_dir, tmp_path):
     from compressor import CompressorError
     from helpers import cli_subprocess, one_stderr_line
@@ -473,6 +482,7 @@ def test_vid_lambdas_weigh_each_pair_and_a_matrix_of_the_wrong_shape_is_one_line
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_born_again_generation_k_is_distilled_from_generation_k_minus_1(teacher_dir, tmp_path):
     from safetensors.torch import load_file
 

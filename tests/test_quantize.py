@@ -139,6 +139,7 @@ def _quantize_cmd(teacher, out, *extra):
             "--epochs", "3", "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_sigint_then_resume_is_bit_identical(teacher_dir, tmp_path):
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(_quantize_cmd(teacher_dir, out), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -164,6 +165,7 @@ def test_sigint_then_resume_is_bit_identical(teacher_dir, tmp_path):
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
 
 
+@pytest.mark.slow
 def test_quantize_under_torchrun_writes_one_artifact(teacher_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "compressor.cli.main", "quantize", str(teacher_dir), "--data", "synthetic", "--device", "cpu",
@@ -194,6 +196,7 @@ def test_recipe_quantize_stage_feeds_export(tmp_path):
         parse_recipe(bad)
 
 
+@pytest.mark.slow
 def test_recipe_auto_quantize_runs_only_when_post_training_int8_misses_the_budget(tmp_path, monkeypatch):
     """quantize: {auto: true} is skipped while the export's post-training int8 keeps its budget; when
     it does not, quantize runs and the export is written again from the quantized model."""

@@ -1,3 +1,4 @@
+import pytest
 """The stage runner's promises (compressor.stages.runner) and the hostile inputs of issue #10: each
 ends in one line, a non-zero exit, no traceback, and the user's files untouched."""
 
@@ -38,6 +39,7 @@ def test_a_model_json_with_kwargs_the_architecture_rejects(tmp_path, student_dir
     _one_line(_cli("eval", bad, "--data", "synthetic"), "colour: unknown field")
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_is_named_in_one_line(tmp_path):
     from PIL import Image
 
@@ -84,6 +86,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, teacher_dir
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no artifact, staging dir, checkpoint or lock
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_the_same_out_is_refused_naming_the_first(tmp_path, student_dir):
     """Two processes, one --out: the second is refused in one line with the first's pid; the artifact
     the first writes is whole."""

@@ -29,6 +29,7 @@ def test_invalid_points_are_reported_before_anything_runs(teacher_dir, tmp_path)
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_points(teacher_dir, tmp_path, monkeypatch):
     calls = []
     real = sweep_mod.run_stage
@@ -91,6 +92,7 @@ def test_sweep_through_the_cli(teacher_dir, tmp_path):
     assert res.exit_code == 1 and "--at-epochs" in res.output
 
 
+@pytest.mark.slow
 def test_random_vid_sweep_draws_lambdas_resumes_and_draws_them(teacher_dir, tmp_path, monkeypatch):
     """Study D: 8 random points of vid over all layer pairs, λ from a Dirichlet and β from a range."""
     import json
@@ -147,6 +149,7 @@ def test_random_axes_are_checked():
     assert a[:3] == b and {p["temperature"] for _, p in a} <= {1, 4}
 
 
+@pytest.mark.slow
 def test_random_points_with_other_pairings_draw_lambdas_over_their_own_pairs(teacher_dir, tmp_path):
     """An axis that changes the layer pairs (matched or all): each point's λ weighs only its own pairs."""
     recipe = parse_recipe({"name": "rp", "seed": 0, "data": {"name": "synthetic"},

@@ -26,6 +26,7 @@ def _teach_cmd(out: Path, *extra) -> list[str]:
             "--epochs", "3", "--lr", "0.05", "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_teach_then_resume_gives_bit_identical_weights(tmp_path, sig):
     out = tmp_path / "interrupted"
