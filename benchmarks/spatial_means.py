@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from compressor.deploy import graph
-from compressor.deploy import runtimes as rt_mod
+from compressor.deploy.runtimes import latency_ms, openvino_available, session
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     a = ap.parse_args()
     import timm
 
-    runtimes = ["onnxruntime"] + (["openvino"] if rt_mod.openvino_available() else [])
+    runtimes = ["onnxruntime"] + (["openvino"] if openvino_available() else [])
     shape = [3, a.size, a.size]
     with tempfile.TemporaryDirectory() as tmp:
         files = []
@@ -44,16 +44,16 @@ def main() -> None:
                 graph.spatial_means_as_average_pools = rewrite
             graph.export_onnx(model, Path(tmp) / f"{name}.averagepool.onnx", shape)
             x = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
-            diff = np.abs(rt_mod.session(Path(tmp) / f"{name}.torch.onnx")(x)
-                          - rt_mod.session(Path(tmp) / f"{name}.averagepool.onnx")(x)).max()
+            diff = np.abs(session(Path(tmp) / f"{name}.torch.onnx")(x)
+                          - session(Path(tmp) / f"{name}.averagepool.onnx")(x)).max()
             print(f"{name}: max abs difference {diff:.1e}")
             files += [Path(tmp) / f"{name}.torch.onnx", Path(tmp) / f"{name}.averagepool.onnx"]
         times = {(f, rt): [] for f in files for rt in runtimes}
         for _ in range(a.rounds):
             for f in files:
                 for rt in runtimes:
-                    sess = rt_mod.session(f, a.threads, rt)
-                    times[f, rt].append(rt_mod.latency_ms(sess, shape, a.batch, runs=10, warmup=2))
+                    sess = session(f, a.threads, rt)
+                    times[f, rt].append(latency_ms(sess, shape, a.batch, runs=10, warmup=2))
                     del sess
     print(f"| model | {' | '.join(f'{rt} ms (batch {a.batch}, {a.size} px)' for rt in runtimes)} |")
     print("|---|" + "---|" * len(runtimes))

@@ -250,7 +250,6 @@ def check_finite(state: dict[str, torch.Tensor], source) -> None:
 
 def load_artifact(path: str | os.PathLike, *, with_model: bool = True) -> Artifact:
     """Read a complete artifact directory and rebuild its model from model.json alone."""
-
     p = Path(path).expanduser()
     if not p.is_dir():
         raise CompressorError(f"artifact directory {p} does not exist")

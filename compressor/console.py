@@ -7,6 +7,7 @@ import time
 from contextlib import contextmanager
 
 from rich.console import Console
+
 from compressor import distributed
 
 _state = {"quiet": False}
@@ -25,7 +26,6 @@ def log(message: str) -> None:
 
 def warn(message: str) -> None:
     """A line the user must see, --quiet or not (under torchrun: rank 0 only)."""
-
     if distributed.is_main():
         stderr.print(f"warning: {message}", markup=False, soft_wrap=True)
 
@@ -82,8 +82,8 @@ def progress(desc: str, total: int):
     if not stderr.is_terminal:
         yield _PlainTask(desc, total)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),

@@ -10,12 +10,10 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from compressor import CompressorError
+from compressor import CompressorError, distributed, stages
 from compressor.artifacts import METRICS_FILE, atomic_write_json, hash_file, json_digest, read_json
-from compressor import distributed
 from compressor.config import POST_TRAINING_INT8, STAGE_CONFIGS, Config, DataFields, field_extra
 from compressor.console import log
-from compressor import stages
 from compressor.training.checkpoint import has_checkpoint
 
 
@@ -233,7 +231,6 @@ def run_stage(kind: str, cfg: Config, recipe: Recipe, stage_dir: Path, paths: di
               mlflow: str | None = None) -> None:
     """Run one recipe stage into `stage_dir`; `resume`: continue from its checkpoint when it has one;
     `mlflow`: a tracking URI its training loops also log to."""
-
     resume = resume and has_checkpoint(stage_dir)
     if resume:
         log(f"run: {stage_dir.name}: resuming from its checkpoint")

@@ -11,13 +11,12 @@ from pathlib import Path
 import torch
 
 from compressor import CompressorError
-from compressor.artifacts import METRICS_FILE, MODEL_FILE, read_json, recorded_model_sizes
-from compressor.tables import Table, fmt
-from compressor.artifacts import CONTROL_FILE, load_artifact, load_state_dict
+from compressor.artifacts import (CONTROL_FILE, METRICS_FILE, MODEL_FILE, atomic_write_bytes, load_artifact,
+                                  load_state_dict, read_json, recorded_model_sizes)
 from compressor.data import load_data
 from compressor.models import build_from_spec
+from compressor.tables import Table, fmt
 from compressor.training import predict
-from compressor.artifacts import atomic_write_bytes
 
 ORDER = ("teach", "select", "distill", "prune", "quantize", "export")
 
@@ -164,7 +163,6 @@ def _find(run: Path, kind: str) -> Path | None:
 def test_outputs(run_dir: str | Path, device: str = "cpu") -> tuple[list[ModelOutputs], torch.Tensor, object, list]:
     """Test-split probabilities of the teacher, the student alone (if distill ran with --control)
     and the distilled student; plus labels, the data (for test images) and class names."""
-
     run = Path(run_dir).expanduser()
     distill_dir = _find(run, "distill")
     if distill_dir is None:
@@ -280,7 +278,6 @@ def learning_curves(run: Path, path: Path) -> list[str]:
 
 def write_report(run_dir: str | Path, device: str = "cpu") -> dict:
     """Write report.md, images.png and curves.png into the run directory; return the tables."""
-
     run = Path(run_dir).expanduser()
     summary = summary_rows(run)
     curves = learning_curves(run, run / "curves.png")

@@ -18,16 +18,15 @@ import yaml
 from pydantic import ValidationError
 
 from compressor import CompressorError
-from compressor.artifacts import METRICS_FILE, atomic_write_bytes, atomic_write_json, read_json
+from compressor.artifacts import METRICS_FILE, atomic_write_bytes, atomic_write_json, load_artifact, read_json
 from compressor.console import log
-from compressor.distill.vid import pair_grid
-from compressor.recipe import (MODEL_STAGES, DistillCfg, Ledger, Recipe, first_key, named_stages, run_recipe,
-                               run_stage, stage_key)
-from compressor.tables import Table, fmt
-from compressor.artifacts import load_artifact
 from compressor.distill import layer_pairs
+from compressor.distill.vid import pair_grid
 from compressor.models import create_model, size_kwargs
+from compressor.recipe import (MODEL_STAGES, DistillCfg, Ledger, Recipe, first_key, named_stages, run_recipe, run_stage,
+                               stage_key)
 from compressor.report import pyplot, save_png
+from compressor.tables import Table, fmt
 
 SWEEP_DIR = "sweep"
 LAMBDA_PNG = "lambdas.png"  # random vid sweeps: the best runs' λ matrices (study D's figure 7)
@@ -127,7 +126,6 @@ def draw_lambdas(points: list[tuple[str, dict]], pairs: list[list[tuple[str, str
 
 def vid_pairs(cfg, teacher_dir) -> list[tuple[str, str]]:
     """The layer pairs vid will build for this distill config (read from the models, nothing trained)."""
-
     teacher = load_artifact(teacher_dir)
     spec = teacher.spec
     student = create_model(cfg.student, num_classes=spec.num_classes, in_chans=spec.input_shape[0],
@@ -351,7 +349,6 @@ def heatmap(result: dict, path: Path) -> None:
 def lambda_picture(result: dict, path: Path, best: int = 4) -> None:
     """Study D's figure 7: for each of the best runs with a λ matrix, teacher layers on the left,
     student layers on the right, a line per layer pair as wide as its λ."""
-
     plt = pyplot()
     runs = [p for p in ranked(result) if "lambda_layers" in p][:best]
     last = str(result["at_epochs"][-1])

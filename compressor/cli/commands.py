@@ -15,14 +15,13 @@ import torch
 import typer
 from rich.console import Console
 
-from compressor import CompressorError
+from compressor import CompressorError, distributed
 from compressor.cli import options as opt
-from compressor.config import Config, field_extra
+from compressor.config import (Augmentation, Config, DataFields, DistillOptions, Output, Runtime, TrainConfig,
+                               field_extra)
 from compressor.console import set_quiet
-from compressor.tables import Table, fmt
-from compressor import distributed
-from compressor.config import Augmentation, DataFields, DistillOptions, Output, Runtime, TrainConfig
 from compressor.deploy.int8 import Int8Form
+from compressor.tables import Table, fmt
 
 stdout = Console(highlight=False)
 if not stdout.is_terminal:  # logs and CI: wide enough for the summary tables
@@ -31,7 +30,6 @@ if not stdout.is_terminal:  # logs and CI: wide enough for the summary tables
 
 def apply_runtime(quiet: bool, threads: int | None, device: str = "auto") -> None:
     """Join torchrun's process group when launched by it (only rank 0 prints); set CPU threads."""
-
     distributed.init(device)
     set_quiet(quiet or not distributed.is_main())
     if threads is not None:
@@ -131,19 +129,19 @@ def _plain(text: str | None) -> str | None:
 
 
 MAIN_PANEL = None  # typer's first panel, "Options" (with --help): the options a user gives first (option(main=True))
-PANELS = {"": "Stage options", "DistillOptions": "Method", "DataFields": "Data",
-          "Augmentation": "Photographs' augmentation (imagefolder)", "TrainConfig": "Training",
-          "Runtime": opt.RUNTIME_PANEL, "Output": opt.RUNTIME_PANEL}
+STAGE_PANEL = "Stage options"
+GROUP_PANELS = ((DistillOptions, "Method"), (DataFields, "Data"), (TrainConfig, "Training"),
+                (Augmentation, "Photographs' augmentation (imagefolder)"), (Runtime, opt.RUNTIME_PANEL),
+                (Output, opt.RUNTIME_PANEL))  # in --help order, after the stage's own options
 
 
 def _group(config: type[Config], name: str) -> tuple[int, str]:
     """--help order and panel: the stage's own options, then the shared groups (the method, what to
     read, how to train, how photographs are augmented, where to run and write)."""
-
-    for rank, cls in enumerate((config, DistillOptions, DataFields, TrainConfig, Augmentation, Runtime, Output)):
+    for rank, (cls, panel) in enumerate(((config, STAGE_PANEL), *GROUP_PANELS)):
         if name in cls.__dict__.get("__annotations__", {}):
-            return rank, PANELS.get(cls.__name__, PANELS[""])
-    return 0, PANELS[""]
+            return rank, panel
+    return 0, STAGE_PANEL
 
 
 PRESENTATION = [inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt.ThreadsOpt),
@@ -151,15 +149,17 @@ PRESENTATION = [inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, def
                 inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=opt.QuietOpt)]
 
 
+def _value(v):
+    """An option's value as the config takes it (typer gives a choice as an Enum member)."""
+    return v.value if isinstance(v, Enum) else v
+
+
 def config_from_options(config: type[Config], options: dict) -> Config:
     """The stage config a command's parsed options give (the presentation options left out). Only the
-    options that differ from their default count as given, so a method can tell an explicit --beta
-    from its own default."""
-    defaults = {p.name: p.default for p in config_parameters(config)}
-    values = {k: v.value if isinstance(v, Enum) else v for k, v in options.items() if k in defaults}
-    given = {k: v for k, v in values.items() if defaults[k] is inspect.Parameter.empty
-             or v != (defaults[k].value if isinstance(defaults[k], Enum) else defaults[k])}
-    return config.make(**given)
+    options that differ from their default count as given (a required one always does), so a method
+    can tell an explicit --beta from its own default."""
+    defaults = {info.alias or name: info.default for name, info in config.model_fields.items()}
+    return config.make(**{k: _value(v) for k, v in options.items() if k in defaults and _value(v) != defaults[k]})
 
 
 def stage_command(config: type[Config], run, title: str, after=None):
@@ -172,7 +172,7 @@ def stage_command(config: type[Config], run, title: str, after=None):
         json_, quiet, threads = kw.pop("json_"), kw.pop("quiet"), kw.pop("threads")
         apply_runtime(quiet, threads, kw.get("device") or "auto")
         metrics = run(config_from_options(config, kw))
-        show(metrics, json_, title.format(**{k: v.value if isinstance(v, Enum) else v for k, v in kw.items()}))
+        show(metrics, json_, title.format(**{k: _value(v) for k, v in kw.items()}))
         if after is not None and not json_:
             after(metrics)
 
@@ -201,7 +201,6 @@ RUNTIME_KEYS = tuple(f"{k}_{form}" for k in ("accuracy", "latency_ms")
 
 def show(metrics: dict, as_json: bool, title: str) -> None:
     """Print a stage's result: a small table, or JSON with --json (under torchrun, rank 0 only)."""
-
     if not distributed.is_main():
         return
     if as_json:

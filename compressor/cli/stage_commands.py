@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from compressor import stages
 from compressor.cli.commands import stage_command, stdout
-from compressor.config import (DistillConfig, EvalConfig, ExportConfig, PruneConfig, QuantizeConfig,
-                               SelectConfig,
+from compressor.config import (DistillConfig, EvalConfig, ExportConfig, PruneConfig, QuantizeConfig, SelectConfig,
                                TeachConfig)
 
 

@@ -11,8 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from compressor import CompressorError
 
 
-
-
 def option(default: Any = ..., help: str = "", *, flag: str | None = None, short: str | None = None,
            argument: bool = False, recipe: bool = True, setting: bool = True, alias: str | None = None,
            main: bool = False, **bounds) -> Any:

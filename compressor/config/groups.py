@@ -135,22 +135,24 @@ class DistillOptions(Config):
                                          "(1 - b)*sum(lambda*I) is --alpha b --beta 1-b --no-balance.", ge=0)
     gamma: Optional[float] = option(None, "Weight of a method's second knowledge term (dkd: NCKD; dist: "
                                           f"intra-class); default: the method's ({defaults_of('gamma')}).", ge=0)
-    balance: bool = option(OPTION_DEFAULTS["balance"], "at, rkd, vid: scale the knowledge term so that on the first training batch it "
-                                 "equals the cross-entropy; --beta then weighs it against the cross-entropy whatever "
-                                 "the map sizes and layer pairs. --no-balance: --beta is a raw weight as in the papers "
-                                 "(the papers' at is --beta 1000).", flag="--balance/--no-balance")
-    layers: Optional[str] = option(OPTION_DEFAULTS["layers"], "Feature methods: explicit TEACHER:STUDENT layer pairs, comma-separated "
-                                         "(default: stage outputs before each downsampling).")
-    pairs: Literal["matched", "all"] = option(OPTION_DEFAULTS["pairs"], "How stage layers pair: matched (stage by stage) or all "
-                                                         "(every teacher layer with every student layer; vid).")
+    balance: bool = option(OPTION_DEFAULTS["balance"], "at, rkd, vid: scale the knowledge term so that on the first "
+                           "training batch it equals the cross-entropy; --beta then weighs it against the "
+                           "cross-entropy whatever the map sizes and layer pairs. --no-balance: --beta is a raw weight "
+                           "as in the papers (the papers' at is --beta 1000).", flag="--balance/--no-balance")
+    layers: Optional[str] = option(OPTION_DEFAULTS["layers"], "Feature methods: explicit TEACHER:STUDENT layer pairs, "
+                                   "comma-separated (default: stage outputs before each downsampling).")
+    pairs: Literal["matched", "all"] = option(OPTION_DEFAULTS["pairs"], "How stage layers pair: matched (stage by "
+                                              "stage) or all (every teacher layer with every student layer; vid).")
     lambdas: Optional[list[list[float]]] = option(
-        OPTION_DEFAULTS["lambdas"], "vid: the weight of each (teacher layer, student layer) pair, a matrix with a row per teacher layer and a "
-              "column per student layer of the pairs, e.g. '0.5,0.1;0.1,0.3' (rows split by ';'; in a recipe, a list of "
-              "lists); entries of layers that are not paired must be 0. Default: uniform, 1 / number of pairs.")
-    hint_epochs: int = option(OPTION_DEFAULTS["hint_epochs"], "fitnet: epochs of stage one (hint loss only) before the kd epochs.", ge=0)
-    lit_epochs: int = option(OPTION_DEFAULTS["lit_epochs"], "lit: epochs of the block-wise phase (each student stage fed the teacher's previous "
-                                "stage output, trained to reproduce the teacher's output of the same stage) before "
-                                "the kd epochs.", ge=0)
+        OPTION_DEFAULTS["lambdas"], "vid: the weight of each (teacher layer, student layer) pair, a matrix with a row "
+        "per teacher layer and a column per student layer of the pairs, e.g. '0.5,0.1;0.1,0.3' (rows split by ';'; "
+        "in a recipe, a list of lists); entries of layers that are not paired must be 0. Default: uniform, 1 / number "
+        "of pairs.")
+    hint_epochs: int = option(OPTION_DEFAULTS["hint_epochs"], "fitnet: epochs of stage one (hint loss only) before the "
+                              "kd epochs.", ge=0)
+    lit_epochs: int = option(OPTION_DEFAULTS["lit_epochs"], "lit: epochs of the block-wise phase (each student stage fed "
+                             "the teacher's previous stage output, trained to reproduce the teacher's output of the "
+                             "same stage) before the kd epochs.", ge=0)
 
     @field_validator("lambdas", mode="before")
     @classmethod

@@ -7,13 +7,9 @@ from typing import Literal, Optional
 
 from pydantic import field_validator, model_validator
 
-from compressor.deploy.int8 import CALIBRATION_METHODS
-
-
-
 from compressor.config.base import Config, option
-from compressor.config.groups import (Augmentation, DataFields, DistillOptions, Output, Runtime,
-                                      SchemeName, TrainConfig)
+from compressor.config.groups import Augmentation, DataFields, DistillOptions, Output, Runtime, SchemeName, TrainConfig
+from compressor.deploy.int8 import CALIBRATION_METHODS
 
 
 class TeachConfig(DataFields, Augmentation, TrainConfig, Output):

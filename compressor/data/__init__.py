@@ -7,7 +7,7 @@ timm's pipeline in DataLoader workers. Either way augmentation is a pure functio
 index), so a run is repeatable and a teacher's outputs for an (epoch, index) are for the same view.
 """
 
-from compressor.data.batches import BatchLoader, Batches, Split
+from compressor.data.batches import Batches, BatchLoader, Split
 from compressor.data.bundle import DataBundle
 from compressor.data.datasets import (DATA_NAMES, FASHION_CLASSES, FASHION_MNIST_DEFAULT_ROOT, IMAGEFOLDER_SIZE,
                                       load_data, synthetic_splits)

@@ -14,9 +14,8 @@ from compressor import CompressorError
 from compressor.console import progress
 from compressor.deploy.graph import error_line, float_convs, input_shape_of
 from compressor.deploy.int8 import (LAYERS_FORM, NNCF_FORM, Int8Form, check_calibration_method, has_int8_stem_choice,
-                                   nncf_available, preprocess, quantize_nncf, quantize_preprocessed, write_int8)
+                                    nncf_available, preprocess, quantize_nncf, quantize_preprocessed, write_int8)
 from compressor.deploy.runtimes import latency_ms, session
-
 
 TIE = 0.03  # latencies within 3 % of the fastest count as equal: the first form listed of those wins
 SLOW = 1.5  # a form over 1.5x the fastest's first-round latency on a runtime is timed once there, not every round

@@ -13,7 +13,6 @@ import torch.nn as nn
 
 from compressor import CompressorError
 
-
 OPSET = 17
 
 

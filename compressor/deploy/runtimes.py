@@ -19,7 +19,6 @@ from compressor import CompressorError
 from compressor.console import progress
 from compressor.deploy.graph import error_line, export_onnx
 
-
 RUNTIMES = ("onnxruntime", "openvino")
 OPENVINO_MISSING = ("OpenVINO is not installed: pip install 'compressor[openvino]' (or pip install openvino), "
                     "or use --runtime onnxruntime")

@@ -9,6 +9,12 @@ the recipe validation and the docs' method table come. The pure losses live in
 from __future__ import annotations
 
 from compressor.distill.base import Distiller, FeatureDistiller
+from compressor.distill.features import parse_layer_pairs
+from compressor.distill.registry import METHODS, OPTION_DEFAULTS, SCHEME_NAMES, get_method, resolve_options
+
+# Each method registers itself when imported: this order is the registry's (the CLI's choices, the
+# docs' method table, the benchmarks' default order).
+# isort: off
 from compressor.distill.kd import KD
 from compressor.distill.mse import MSE
 from compressor.distill.fitnet import FitNet
@@ -19,8 +25,7 @@ from compressor.distill.l2tww import L2TWW
 from compressor.distill.dkd import DKD
 from compressor.distill.dist import DIST
 from compressor.distill.lit import LIT
-from compressor.distill.registry import METHODS, OPTION_DEFAULTS, SCHEME_NAMES, get_method, resolve_options
-from compressor.distill.features import parse_layer_pairs
+# isort: on
 from compressor.models import stage_layers
 
 METHOD_NAMES = tuple(METHODS)
@@ -50,7 +55,6 @@ def build_distiller(method: str, student, teacher, *, input_shape: list[int], op
 def layer_pairs(method: str, teacher, student, layers: str | None, mode: str) -> list[tuple[str, str]]:
     """The (teacher layer, student layer) pairs a feature method distills: as named by `layers`
     ('t1:s1,t2:s2'), else the models' stage layers paired by the method (`mode`: matched or all)."""
-
     if layers:
         return parse_layer_pairs(layers)
     return get_method(method).cls.pair_stages(stage_layers(teacher), stage_layers(student), mode)

@@ -7,8 +7,8 @@ import torch.nn as nn
 
 from compressor import CompressorError, distributed
 from compressor.distill.features import FeatureTap, pair_layers, probe_shapes
-from compressor.training import Task
 from compressor.distill.registry import METHODS
+from compressor.training import Task
 
 
 class Distiller(Task):
@@ -114,7 +114,6 @@ class Distiller(Task):
 
     def default(self, name: str, value):
         """`value`, or the registered default of this method's option `name` when it is None."""
-
         return METHODS[self.method_name].defaults[name] if value is None else value
 
 

@@ -19,8 +19,8 @@ from compressor.data import DataBundle
 from compressor.data.seeding import seed_everything
 from compressor.distill.functional import kd_terms
 from compressor.models import set_trainable
-from compressor.training.tracking import open_log
 from compressor.training import accuracy, make_optimizer, predict
+from compressor.training.tracking import open_log
 
 
 def train_online(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg, options: dict,

@@ -5,7 +5,6 @@ Loss = alpha * CE + beta * RKD, RKD balanced (scaled to equal the CE on the firs
 
 from __future__ import annotations
 
-
 from compressor import CompressorError
 from compressor.distill.base import Distiller
 from compressor.distill.features import FeatureTap

@@ -6,21 +6,20 @@ from pathlib import Path
 
 import torch
 
-from compressor.artifacts import CONTROL_FILE, load_artifact
+from compressor.artifacts import CONTROL_FILE, ArtifactWriter, load_artifact
 from compressor.config import DistillConfig
 from compressor.console import log, warn
+from compressor.data.seeding import seed_everything
 from compressor.distill import build_distiller, resolve_options
-from compressor.distill.registry import METHOD_OPTIONS
+from compressor.distill.cache import TeacherCache, cache_key
 from compressor.distill.online import train_online
+from compressor.distill.registry import METHOD_OPTIONS
 from compressor.distill.self_distill import SelfDistiller
 from compressor.models import count_params, create_model, size_kwargs, stage_layers
 from compressor.stages.common import check_input_fits, last_epoch_accuracy, load_bundle, make_spec, test_logits
 from compressor.stages.runner import StageRun, stage
 from compressor.stages.select_stage import read_channels
-from compressor.data.seeding import seed_everything
 from compressor.training import Supervised, accuracy, predict, train_task
-from compressor.artifacts import ArtifactWriter
-from compressor.distill.cache import TeacherCache, cache_key
 
 
 @stage("distill", DistillConfig, trains=True)
@@ -106,7 +105,6 @@ def _born_again(run: StageRun, net, t_art, t_pred, val_ref, bundle, kept, option
     student starts fresh (seed + k - 1). Returns the last generation and the per-generation figures
     (with --ensemble, also the accuracy of the generations' averaged probabilities). `t_pred`,
     `val_ref`: --teacher's test and validation predictions; each later teacher is measured as read back."""
-
     cfg, arch = run.cfg, student_architecture(run.cfg, t_art)
     teacher, t_test, rows, probs, extra = t_art, t_pred, [], [], {}
     for k in range(1, cfg.generations + 1):

@@ -8,8 +8,8 @@ import numpy as np
 
 from compressor import CompressorError
 from compressor.artifacts import SPEC_FILE, load_artifact, read_json
-from compressor.deploy.runtimes import predict_batches, session
 from compressor.config import EvalConfig
+from compressor.deploy.runtimes import predict_batches, session
 from compressor.models import ModelSpec
 from compressor.stages.common import check_data_matches, load_bundle, test_logits
 from compressor.stages.runner import as_config

@@ -13,15 +13,17 @@ from compressor import CompressorError
 from compressor.artifacts import MODEL_FILE, SPEC_FILE, load_artifact, zipped_size
 from compressor.config import POST_TRAINING_INT8, ExportConfig
 from compressor.console import log, warn
-from compressor.deploy.choice import allowed_drop, choose_int8_form, Int8Choice
-from compressor.deploy.graph import convert_fp16, convs_wrapped_in_qdq, export_onnx, export_qdq, float_convs, model_files, op_counts
+from compressor.deploy import qat
+from compressor.deploy.choice import Int8Choice, allowed_drop, choose_int8_form
+from compressor.deploy.graph import (convert_fp16, convs_wrapped_in_qdq, export_onnx, export_qdq, float_convs,
+                                     model_files, op_counts)
 from compressor.deploy.int8 import LEARNED_FORM
-from compressor.deploy.runtimes import OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S, cpu_flags, latency_ms, openvino_available, OpenVINOSession, predict_batches, reduced_float_forms, save_openvino_ir, session
+from compressor.deploy.runtimes import (OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S,
+                                        OpenVINOSession, cpu_flags, latency_ms, openvino_available, predict_batches,
+                                        reduced_float_forms, save_openvino_ir, session)
 from compressor.models import count_params
-from compressor.deploy.qat import float_mode
 from compressor.stages.common import load_bundle
 from compressor.stages.runner import StageRun, stage
-from compressor.deploy import qat
 
 SPARSITY_NOTE = ("ONNX stores weights densely; pruned zeros cost 4 bytes each raw but compress to almost "
                  "nothing, so compare zipped sizes")
@@ -65,7 +67,7 @@ def export(run: StageRun) -> dict:
     model = art.model.cpu().eval()
     shape = art.spec.input_shape
     x8, _ = next(iter(bundle.loader("test", 8)))
-    with torch.no_grad(), float_mode(model):
+    with torch.no_grad(), qat.float_mode(model):
         ref = model(x8).numpy()
     with torch.no_grad():
         refs = {"int8": model(x8).numpy() if learned else ref}  # int8 is verified against the fake-quantized model
@@ -248,7 +250,7 @@ def layers_writer(model, shape, calibration):
 def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], threads: int, metrics: dict,
                     structure: dict) -> tuple[dict, dict[str, Int8Choice]]:
     fp32 = writer.path("model.onnx")
-    with float_mode(model):  # a quantized artifact's fp32 file: its weights without the rounding
+    with qat.float_mode(model):  # a quantized artifact's fp32 file: its weights without the rounding
         export_onnx(model, fp32, shape)
     variants, choices = {"fp32": fp32}, {}
     if cfg.int8 and structure:

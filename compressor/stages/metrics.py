@@ -133,8 +133,6 @@ RuntimeFigures = create_model(
 
 
 class ExportMetrics(Metrics, RuntimeFigures):
-    model_config = ConfigDict(extra="forbid")
-
     accuracy_torch: Optional[float] = None  # the PyTorch model's recorded test accuracy
     latency_batch: int
     threads: int

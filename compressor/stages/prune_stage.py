@@ -6,19 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compressor.artifacts import load_artifact, recorded_model_sizes, state_dict_for_saving
+from compressor.artifacts import load_artifact, read_json, recorded_model_sizes, state_dict_for_saving
 from compressor.config import PruneConfig
 from compressor.console import log
+from compressor.deploy.runtimes import onnx_latency
 from compressor.distill import build_distiller
 from compressor.distill.registry import extra_epochs
-from compressor.deploy.runtimes import onnx_latency
 from compressor.models import count_params, remove_channels
 from compressor.sparsity import GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers
 from compressor.stages.common import load_bundle, test_accuracy
 from compressor.stages.distill_stage import method_options
 from compressor.stages.runner import StageRun, stage
 from compressor.training import Supervised, train_task
-from compressor.artifacts import read_json
 
 
 @stage("prune", PruneConfig, trains=True)

@@ -7,10 +7,10 @@ import copy
 from pathlib import Path
 
 from compressor import CompressorError
-from compressor.deploy import qat
 from compressor.artifacts import load_artifact
 from compressor.config import QuantizeConfig
 from compressor.console import log
+from compressor.deploy import qat
 from compressor.distill import build_distiller
 from compressor.models import count_params
 from compressor.stages.common import load_bundle, test_accuracy

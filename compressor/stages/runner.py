@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-from compressor import CompressorError
+from compressor import CompressorError, distributed
 from compressor.artifacts import ArtifactWriter, base_metrics
-from compressor.training.checkpoint import Checkpoints
 from compressor.config import Config, field_extra, input_dirs
 from compressor.stages.metrics import check_metrics
-from compressor import distributed
 from compressor.training import resolve_device
+from compressor.training.checkpoint import Checkpoints
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -45,7 +44,6 @@ class StageRun:
     def fingerprint(self, data_identity: dict) -> dict:
         """What a resumable checkpoint must have been written with: the settings, the data and,
         under torchrun, the number of processes."""
-
         world = {"world_size": distributed.world_size()} if distributed.world_size() > 1 else {}
         return {**self.cfg.settings(), "data": data_identity, **world}
 
@@ -81,7 +79,6 @@ def execute(name: str, cfg: Config, body, trains: bool) -> dict:
     """Run a stage body. Under torchrun every process runs it; only rank 0 locks --out, writes the
     artifact and checkpoints (the others assemble theirs in a private temporary directory that is
     thrown away), and all wait for rank 0 before returning."""
-
     started = time.time()
     out = Path(cfg.out).expanduser().absolute()
     check_apart(out, input_dirs(cfg))

@@ -10,8 +10,8 @@ from compressor import CompressorError
 from compressor.artifacts import check_finite, load_state_dict
 from compressor.config import TeachConfig
 from compressor.console import log
-from compressor.models import classifier_name, count_params, create_model, set_trainable, size_kwargs
 from compressor.data.seeding import seed_everything
+from compressor.models import classifier_name, count_params, create_model, set_trainable, size_kwargs
 from compressor.stages.common import adopt_pretrained, check_input_fits, load_bundle, make_spec, test_accuracy
 from compressor.stages.runner import StageRun, stage
 from compressor.training import Supervised, train_task

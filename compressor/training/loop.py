@@ -19,13 +19,12 @@ import torch.nn as nn
 
 from compressor import CompressorError, distributed
 from compressor.console import log, progress
-from compressor.training.checkpoint import FitCheckpoint, Interrupted, StopSignals, rng_state, set_rng_state
 from compressor.data import DataBundle
 from compressor.data.seeding import MIX_SALT, mix, sample_generators, seed_everything
 from compressor.precision import autocast, grad_scaler
-from compressor.training.tracking import open_log
-
+from compressor.training.checkpoint import FitCheckpoint, Interrupted, StopSignals, rng_state, set_rng_state
 from compressor.training.tasks import FitResult, Task, accuracy, make_optimizer, predict, process_age_s
+from compressor.training.tracking import open_log
 
 
 def train_task(task: Task, data: DataBundle, cfg, *, device, stage: str, desc: str | None = None,

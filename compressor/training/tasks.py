@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from compressor import CompressorError, distributed
-from compressor.data import BatchLoader, Batches
+from compressor.data import Batches, BatchLoader
 from compressor.precision import cross_entropy
 
 

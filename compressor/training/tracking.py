@@ -13,8 +13,7 @@ import re
 import time
 from pathlib import Path
 
-from compressor import CompressorError
-from compressor import distributed
+from compressor import CompressorError, distributed
 
 # history keys that are not a per-epoch curve: the epoch itself, and a one-off timing of the first row
 NOT_SCALARS = ("epoch", "first_step_s")
@@ -121,7 +120,6 @@ class Logs:
 def open_log(cfg, desc: str) -> Logs | None:
     """The loop's logs that `cfg` asks for (--log-dir, --mlflow), when this is the process that writes
     (rank 0); None when there are none."""
-
     log_dir, uri = getattr(cfg, "log_dir", None), getattr(cfg, "mlflow", None)
     if (log_dir is None and uri is None) or not distributed.is_main():
         return None
