@@ -54,7 +54,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     rows = [{**r, "machine": machine_summary(), "commit": commit} for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))  # every row's keys
         w.writeheader()
         w.writerows(rows)
 

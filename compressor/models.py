@@ -154,6 +154,8 @@ class ModelSpec(BaseModel):
     settings: dict[str, Any] = {}
     structured_pruning: list[list[dict[str, Any]]] = []
     quantization: dict[str, Any] = {}  # compress quantize: folded BatchNorms and quantized layers (compressor.deploy.qat)
+    inputs: dict[str, dict[str, str]] = {}  # input artifacts, relative to this one, with their weights' sha256
+    lineage: list[dict[str, Any]] = []  # the steps that made this model, first to last (compressor.provenance)
 
     @classmethod
     def read(cls, obj: dict, source) -> ModelSpec:

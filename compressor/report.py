@@ -12,9 +12,10 @@ import torch
 
 from compressor import CompressorError
 from compressor.artifacts import (CONTROL_FILE, METRICS_FILE, MODEL_FILE, atomic_write_bytes, load_artifact,
-                                  load_state_dict, read_json, recorded_model_sizes)
+                                  SPEC_FILE, load_state_dict, read_json, recorded_model_sizes)
 from compressor.data import load_data
-from compressor.models import build_from_spec
+from compressor.models import ModelSpec, build_from_spec
+from compressor.provenance import lineage_line, locate_input
 from compressor.tables import Table, fmt
 from compressor.training import predict
 
@@ -168,10 +169,7 @@ def test_outputs(run_dir: str | Path, device: str = "cpu") -> tuple[list[ModelOu
     if distill_dir is None:
         raise CompressorError(f"{run} has no distill stage; a report compares teacher and student")
     student = load_artifact(distill_dir)
-    teacher_path = student.spec.settings.get("teacher") or _find(run, "teach")
-    if teacher_path is None or not Path(teacher_path).is_dir():
-        raise CompressorError(f"cannot find the teacher of {distill_dir} (looked for {teacher_path})")
-    teacher = load_artifact(teacher_path)
+    teacher = load_artifact(locate_input(distill_dir, student.spec, "teacher", fallback=_find(run, "teach")))
     ident = student.spec.data
     data = load_data(ident.get("name", "synthetic"), ident.get("root"), image_size=student.spec.input_shape[-1])
     models = [("teacher", teacher.model, teacher.spec), ("student alone", None, student.spec),
@@ -281,7 +279,8 @@ def write_report(run_dir: str | Path, device: str = "cpu") -> dict:
     run = Path(run_dir).expanduser()
     summary = summary_rows(run)
     curves = learning_curves(run, run / "curves.png")
-    md = [f"# Report: {run.name}", ""]
+    lineage = run_lineage(run)
+    md = [f"# Report: {run.name}", "", f"Lineage: {lineage_line(lineage)}", ""] if lineage else [f"# Report: {run.name}", ""]
     acc, cross, n_grid = [], [], None
     if _find(run, "distill") is None:
         md += ["(No distill stage in this run: the teacher/student tables need one.)", ""]
@@ -294,7 +293,15 @@ def write_report(run_dir: str | Path, device: str = "cpu") -> dict:
            "![curves](curves.png)", "", "## Size and latency", "", summary_table(summary).markdown()]
     atomic_write_bytes(run / "report.md", ("\n".join(md) + "\n").encode())
     return {"accuracy": acc, "cross": cross, "student_right_teacher_wrong": n_grid, "curves": curves,
-            "summary": summary, "report": str(run / "report.md")}
+            "summary": summary, "lineage": lineage, "report": str(run / "report.md")}
+
+
+def run_lineage(run: Path) -> list[dict]:
+    """The lineage of the run's last model artifact (teacher to export), as its model.json records it."""
+    for d in reversed(stage_dirs(run)):
+        if (d / SPEC_FILE).is_file():
+            return ModelSpec.read(read_json(d / SPEC_FILE), d / SPEC_FILE).lineage
+    return []
 
 
 def _model_sections(outs, labels, acc, cross, n_grid) -> list[str]:

@@ -507,3 +507,14 @@ def test_born_again_generation_k_is_distilled_from_generation_k_minus_1(teacher_
     assert m["accuracy"] == gens[-1]["accuracy"]
     assert m["ensemble_accuracy"] >= min(g["accuracy"] for g in gens) - 0.05  # averaging does not lose much
     assert m["ensemble_accuracy"] == gens[-1]["ensemble_accuracy"]
+
+
+@pytest.mark.slow
+def test_teacher_assistant_runs_on_real_images(digits):
+    """--scheme assistant on the digits folder: resnet18 teaches convtiny, which teaches convverytiny,
+    with the students' budget; both learn the digits (the docs put the result beside direct kd)."""
+    m = distill(**DIGITS, **STUDENT_BUDGET, data_root=digits["root"], teacher=digits["teacher"],
+                student="convverytiny", method="kd", scheme="assistant", assistant="convtiny",
+                out=digits["base"] / "assistant")
+    assert m["assistant"]["accuracy"] > 0.85 and m["accuracy"] > 0.85, m
+    assert (digits["base"] / "assistant" / "assistant" / "model.safetensors").is_file()

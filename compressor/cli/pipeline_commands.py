@@ -12,6 +12,7 @@ from compressor import CompressorError, distributed
 from compressor.cli.commands import apply_runtime, guarded, stdout
 from compressor.cli.options import JsonOpt, QuietOpt, RecipeArg, RecipeDeviceOpt, RunOutOpt, ThreadsOpt
 from compressor.recipe import load_recipe, run_recipe
+from compressor.provenance import lineage_line
 from compressor.report import accuracy_table, cross_table, summary_rows, summary_table, write_report
 from compressor.sweep import SWEEP_DIR, has_lambdas, parse_grid, result_tables, run_sweep
 
@@ -25,12 +26,16 @@ def report(
 
     Tables: accuracy on hard labels and on the teacher's labels for teacher, student alone and
     distilled student; the right/wrong cross table with each model's mean confidence; the stage
-    table (accuracy, params, zipped size, int8 and fp32 latency).
+    table (accuracy, params, zipped size, int8 and fp32 latency); the lineage of the last model
+    (teacher to export). A run directory may be moved or copied: each artifact finds its inputs
+    relative to itself.
     """
     rep = write_report(run_dir)
     if json_:
         print(json.dumps(rep, indent=2))
         return
+    if rep["lineage"]:
+        stdout.print(f"lineage: {lineage_line(rep['lineage'])}")
     if rep["accuracy"]:
         stdout.print(accuracy_table(rep["accuracy"]).rich())
         stdout.print(cross_table(rep["cross"], [r["model"] for r in rep["accuracy"]]).rich())

@@ -49,7 +49,25 @@ class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Outpu
     scheme: SchemeName = option("offline", "offline (frozen teacher), online (teacher and student train together "
                                            "over a stream of chunks), self (the student teaches its own "
                                            "auxiliary heads), born-again (--generations students in a row, each "
-                                           "distilled offline from the one before, the first from --teacher).")
+                                           "distilled offline from the one before, the first from --teacher), "
+                                           "assistant (--teacher teaches an --assistant, which teaches the "
+                                           "student; both offline, with --method).")
+    assistant: Optional[str] = option(None, "assistant: the teacher assistant's architecture, between teacher and "
+                                            "student in size (Mirzadeh et al., 2020); its artifact is kept in "
+                                            "OUT/assistant/.")
+    student_pretrained: bool = option(False, "Start the student from timm's pretrained weights (needs the network, "
+                                             "or timm's cache).")
+    student_init: Optional[str] = option(None, "Start the student from these weights (.safetensors, or .pt/.pth read "
+                                               "with weights_only=True); born-again: the first generation.")
+    reinit_head: bool = option(False, "With --student-init weights whose classifier has another class count: start "
+                                      "the classifier fresh (otherwise an error).")
+    omit_classes: Optional[str] = option(None, "Comma-separated class indices left out of the transfer set (their "
+                                               "training images are dropped; the teacher still knows them), as in "
+                                               "Hinton et al. (2015), section 3. metrics.json gives the accuracy on "
+                                               "them and on the rest.")
+    bias_shift: bool = option(False, "With --omit-classes: raise the omitted classes' logit bias by the amount that "
+                                     "gives them the share of the validation split's predictions the teacher gives "
+                                     "them (measured after training).")
     generations: int = option(2, "born-again: how many generations; each one's artifact is kept in "
                                  "OUT/generations/<k>/, OUT holds the last.", ge=1)
     ensemble: bool = option(False, "born-again: also report the test accuracy of the generations' averaged "
@@ -74,6 +92,22 @@ class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Outpu
                                             "i.e. the run directory, /cache).", recipe=False, setting=False)
     epochs: int = option(5, "Training epochs.", ge=0)
 
+    @field_validator("omit_classes", mode="before")
+    @classmethod
+    def _classes(cls, v):
+        if isinstance(v, (list, tuple)):
+            v = ",".join(map(str, v))
+        if v is None:
+            return v
+        items = [c.strip() for c in str(v).split(",") if c.strip()]
+        if not items or not all(c.isdigit() for c in items):
+            raise ValueError("give class indices separated by commas, e.g. 3,5")
+        return ",".join(str(c) for c in sorted({int(c) for c in items}))
+
+    def omitted(self) -> list[int]:
+        """The class indices --omit-classes leaves out of the transfer set."""
+        return [int(c) for c in self.omit_classes.split(",")] if self.omit_classes else []
+
     @model_validator(mode="after")
     def _scheme_fits(self):
         if self.scheme in ("online", "self") and self.method != "kd":
@@ -86,6 +120,24 @@ class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Outpu
             raise ValueError(f"{', '.join(given)} apply to --scheme born-again only")
         if self.resume and self.scheme == "born-again":
             raise ValueError("--resume is not supported for --scheme born-again (its generations train one after "
+                             "another); rerun it from the start")
+        if self.student_pretrained and self.student_init:
+            raise ValueError("pass either --student-pretrained or --student-init, not both")
+        if self.reinit_head and not self.student_init:
+            raise ValueError("--reinit-head applies to --student-init weights; pass --student-init too")
+        if (self.student_pretrained or self.student_init) and self.scheme in ("online", "self"):
+            raise ValueError(f"--student-pretrained and --student-init apply to the offline, born-again and assistant "
+                             f"schemes, not {self.scheme}")
+        if self.bias_shift and not self.omit_classes:
+            raise ValueError("--bias-shift raises the bias of the classes --omit-classes leaves out; pass it too")
+        if self.omit_classes and self.scheme in ("online", "self"):
+            raise ValueError(f"--omit-classes needs a frozen teacher (scheme offline, born-again or assistant), "
+                             f"not {self.scheme}")
+        if (self.scheme == "assistant") != (self.assistant is not None):
+            raise ValueError("--scheme assistant needs --assistant ARCH" if self.scheme == "assistant" else
+                             "--assistant applies to --scheme assistant only")
+        if self.resume and self.scheme == "assistant":
+            raise ValueError("--resume is not supported for --scheme assistant (assistant and student train one after "
                              "another); rerun it from the start")
         if self.teacher is None and self.scheme != "self":
             raise ValueError(f"scheme '{self.scheme}' needs --teacher (only --scheme self trains without one)")
@@ -213,9 +265,20 @@ STAGE_CONFIGS: dict[str, type[Config]] = {"teach": TeachConfig, "select": Select
                                           "prune": PruneConfig, "quantize": QuantizeConfig,
                                           "export": ExportConfig}
 INPUT_FIELDS = ("model_dir", "teacher", "channels", "target")  # artifact directories a stage reads
+# what a step of an artifact's lineage (model.json `lineage`, its model card) shows of each stage's settings
+LINEAGE_SETTINGS = {"teach": ("model", "pretrained", "init", "epochs", "lr"), "select": ("top_k", "layers"),
+                    "distill": ("student", "method", "scheme", "temperature", "alpha", "epochs", "train_size",
+                                "student_pretrained", "student_init", "omit_classes", "bias_shift", "assistant"),
+                    "prune": ("sparsity", "structured", "finetune_epochs", "method"),
+                    "quantize": ("method", "epochs"), "export": ("int8", "runtime", "max_drop")}
+
+
+def input_fields(cfg: Config) -> dict[str, Path]:
+    """The artifact directories a stage reads, by option name."""
+    return {k: Path(v).expanduser().absolute() for k in INPUT_FIELDS if isinstance(v := getattr(cfg, k, None), str)}
 
 
 def input_dirs(cfg: Config) -> list[Path]:
     """The artifact directories a stage reads (its --out must be none of them, nor inside one)."""
-    return [Path(v).expanduser().absolute() for k in INPUT_FIELDS if isinstance(v := getattr(cfg, k, None), str)]
+    return list(input_fields(cfg).values())
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from compressor import CompressorError
 from compressor.tables import Table
 
-SCHEME_NAMES = ("offline", "online", "self", "born-again")
+SCHEME_NAMES = ("offline", "online", "self", "born-again", "assistant")
 # What each option is when not given (compressor.config.DistillOptions takes its defaults from here);
 # a weight left None is the chosen method's own default (MethodInfo.defaults).
 OPTION_DEFAULTS = {"temperature": None, "alpha": None, "beta": None, "gamma": None, "balance": True, "layers": None,

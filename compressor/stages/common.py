@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from compressor import CompressorError
+from compressor.artifacts import check_finite, load_state_dict
 from compressor.data import DataBundle, load_data
 from compressor.data.folder import INTERPOLATIONS, PIPELINE_FIELDS
-from compressor.models import ModelSpec, pretrained_config
+from compressor.models import ModelSpec, classifier_name, pretrained_config
 from compressor.training import accuracy, predict
 
 
@@ -116,3 +118,51 @@ def last_epoch_accuracy(model: nn.Module, result, data: DataBundle, device) -> f
     last = copy.deepcopy(model)
     last.load_state_dict(result.last_state)
     return test_accuracy(last, data, device)
+
+
+def load_init(path: str | Path, flag: str = "--init") -> dict[str, torch.Tensor]:
+    """Read user weights: safetensors, or a .pt/.pth with torch.load(weights_only=True) (never unsafely)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CompressorError(f"{flag} file {p} does not exist")
+    if p.suffix == ".safetensors":
+        return load_state_dict(p)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any refusal is final: we never retry with weights_only=False
+        raise CompressorError(f"{flag} {p} could not be read safely as plain weights "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CompressorError(f"{flag} {p} does not hold a state dict of tensors")
+    check_finite(obj, p)
+    return obj
+
+
+def apply_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source, reinit_head: bool = False,
+               flag: str = "--init") -> list[str]:
+    """Load the weights; a classifier of another class count starts fresh only with `reinit_head`.
+
+    Any other tensor whose shape differs is an error (a different architecture). Returns the names
+    of the tensors that start fresh.
+    """
+    own = model.state_dict()
+    differ = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    usable = {k: v for k, v in state.items() if k in own and k not in differ}
+    if not usable:
+        raise CompressorError(f"{flag} {source} shares no weights with this model (different architecture?)")
+    head = classifier_name(model)
+    in_head = [k for k in differ if head and k.startswith(head + ".")]
+    other = [k for k in differ if k not in in_head]
+    if other:
+        k = other[0]
+        raise CompressorError(f"{flag} {source}: {k} has shape {tuple(state[k].shape)} but the model wants "
+                              f"{tuple(own[k].shape)} ({len(other)} such tensors); is it for another architecture?")
+    if in_head and not reinit_head:
+        w = f"{head}.weight"
+        have = state[w].shape[0] if w in state else "another number of"
+        raise CompressorError(f"{flag} {source} has a {have}-class head but the data has {own[w].shape[0]} classes; "
+                              "pass --reinit-head to start the classifier fresh")
+    model.load_state_dict(usable, strict=False)
+    return in_head

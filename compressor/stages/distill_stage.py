@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from compressor import CompressorError
 from compressor.artifacts import CONTROL_FILE, ArtifactWriter, load_artifact
 from compressor.config import DistillConfig
 from compressor.console import log, warn
@@ -15,8 +16,9 @@ from compressor.distill.cache import TeacherCache, cache_key
 from compressor.distill.online import train_online
 from compressor.distill.registry import METHOD_OPTIONS
 from compressor.distill.self_distill import SelfDistiller
-from compressor.models import count_params, create_model, size_kwargs, stage_layers
-from compressor.stages.common import check_input_fits, last_epoch_accuracy, load_bundle, make_spec, test_logits
+from compressor.models import classifier_name, count_params, create_model, size_kwargs, stage_layers
+from compressor.stages.common import (apply_init, check_input_fits, last_epoch_accuracy, load_bundle, load_init,
+                                      make_spec, test_logits)
 from compressor.stages.runner import StageRun, stage
 from compressor.stages.select_stage import read_channels
 from compressor.training import Supervised, accuracy, predict, train_task
@@ -24,7 +26,7 @@ from compressor.training import Supervised, accuracy, predict, train_task
 
 @stage("distill", DistillConfig, trains=True)
 def distill(run: StageRun) -> dict:
-    """Train a fresh student from a teacher (an artifact directory); write the student's artifact.
+    """Train a student from a teacher (an artifact directory); write the student's artifact.
 
     Schemes: offline (frozen teacher, any method), online (teacher and student train together over
     a stream of chunks, kd), self (the student teaches its own auxiliary heads, kd; `teacher`
@@ -33,21 +35,26 @@ def distill(run: StageRun) -> dict:
     also trains the same student alone (alpha = 1, same seed and budget) and keeps it as
     control.safetensors. `cache_teacher` stores
     the frozen teacher's outputs per (epoch, sample) for later runs (see compressor.distill.cache).
+    assistant: the teacher teaches --assistant, which teaches the student. The student starts fresh,
+    from timm's pretrained weights (`student_pretrained`) or from a file (`student_init`).
+    `omit_classes` leaves classes out of the transfer set; `bias_shift` then restores their share of
+    predictions (Hinton et al., 2015, section 3).
     """
     cfg = run.cfg
     options = method_options(cfg)
     kept = read_channels(cfg.channels) if cfg.channels is not None else None
     t_art = load_artifact(cfg.teacher) if cfg.teacher is not None else None
     bundle = load_bundle(cfg, t_art.spec if t_art else None)
+    omit_classes(bundle, cfg.omitted())
     cache = _teacher_cache(cfg, t_art, bundle, [])
     t_pred = val_ref = None
     if t_art is not None:
         t_art.model.to(run.device)
         t_pred = _teacher_split(t_art.model, bundle, "test", cache, run.device).argmax(1)
-        if cfg.scheme in ("offline", "born-again"):
+        if cfg.scheme in ("offline", "born-again", "assistant"):
             val_ref = _teacher_split(t_art.model, bundle, "val", cache, run.device).argmax(1)
     arch = student_architecture(cfg, t_art)
-    net = _student(arch, cfg.seed, bundle)
+    net = _student(arch, cfg.seed, bundle, cfg)
     log(f"distill: {_describe(t_art, t_pred, bundle.test.labels)} -> {arch} ({count_params(net):,} params), "
         f"scheme {cfg.scheme}, method {cfg.method}, " + ", ".join(f"{k}={v}" for k, v in options.items()))
     if cfg.scheme == "online":
@@ -55,9 +62,13 @@ def distill(run: StageRun) -> dict:
         t_pred = test_logits(t_art.model, bundle, run.device)[0].argmax(1)  # the teacher has learned too
     elif cfg.scheme == "born-again":
         net, extra = _born_again(run, net, t_art, t_pred, val_ref, bundle, kept, options)
+    elif cfg.scheme == "assistant":
+        extra = _via_assistant(run, net, t_art, t_pred, val_ref, bundle, kept, options)
     else:
         extra = _train_offline(run, net, t_art, bundle, kept, cache, val_ref, options)
-    metrics = _compare(net, t_art, t_pred, bundle, run.device)
+    if cfg.bias_shift:
+        extra.update(shift_bias(net, bundle, cfg.omitted(), val_ref, run.device))
+    metrics = _compare(net, t_art, t_pred, bundle, run.device, omitted=cfg.omitted())
     metrics.update(extra)
     if "accuracy_last_epoch" in metrics and metrics["accuracy_last_epoch"] is None:  # the last epoch was the best
         metrics["accuracy_last_epoch"] = metrics["accuracy"]
@@ -83,12 +94,78 @@ def student_architecture(cfg, t_art) -> str:
     return cfg.student or t_art.spec.architecture
 
 
-def _student(arch: str, seed: int, bundle) -> torch.nn.Module:
+def _student(arch: str, seed: int, bundle, cfg=None) -> torch.nn.Module:
+    """A student of `arch`: fresh (seeded), or with `cfg`, started as --student-pretrained or
+    --student-init say."""
     seed_everything(seed)
-    net = create_model(arch, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0],
+    pretrained = cfg is not None and cfg.student_pretrained
+    net = create_model(arch, num_classes=bundle.num_classes, in_chans=bundle.input_shape[0], pretrained=pretrained,
                        **size_kwargs(arch, bundle.image_size))
     check_input_fits(net, bundle, arch)
+    if cfg is not None and cfg.student_init:
+        fresh = apply_init(net, load_init(cfg.student_init, "--student-init"), cfg.student_init, cfg.reinit_head,
+                           flag="--student-init")
+        if fresh:
+            log(f"distill: --reinit-head: {', '.join(fresh)} start fresh")
     return net
+
+
+def omit_classes(bundle, omitted: list[int]) -> None:
+    """Leave the `omitted` classes' images out of the training split (the transfer set); validation
+    and test keep every class. Recorded in the data's identity."""
+    if not omitted:
+        return
+    bad = [c for c in omitted if c >= bundle.num_classes]
+    if bad:
+        raise CompressorError(f"--omit-classes {','.join(map(str, bad))}: data '{bundle.name}' has classes "
+                              f"0-{bundle.num_classes - 1}")
+    if len(omitted) == bundle.num_classes:
+        raise CompressorError("--omit-classes leaves no class to learn from; omit fewer")
+    keep = ~torch.isin(bundle.train.labels, torch.tensor(omitted))
+    bundle.train = bundle.train.subset(torch.nonzero(keep).flatten())
+    bundle.identity["omit_classes"] = omitted
+    names = ", ".join(f"{c} ({bundle.class_names[c]})" for c in omitted)
+    log(f"distill: classes {names} left out of the transfer set: {len(bundle.train)} training images remain")
+
+
+def shift_bias(net, bundle, omitted: list[int], val_ref: torch.Tensor, device) -> dict:
+    """Hinton et al. (2015), section 3: raise the omitted classes' logit bias until each gets the share
+    of the validation split's predictions that the teacher gives it (bisection per class, a few
+    rounds). Returns the shifts and the accuracies before them."""
+    head = net.get_submodule(classifier_name(net) or "")
+    if not isinstance(getattr(head, "bias", None), torch.Tensor):
+        raise CompressorError("--bias-shift needs a classifier with a bias; this student's has none")
+    logits = predict(net, bundle.loader("val", 512), device)[0].float()
+    target = {c: float((val_ref == c).float().mean()) for c in omitted}
+    shift = torch.zeros(logits.shape[1])
+
+    def share(c: int) -> float:
+        return float(((logits + shift).argmax(1) == c).float().mean())
+
+    for _ in range(3):  # the classes compete for the same images: settle them together
+        for c in omitted:
+            lo, hi = 0.0, float(logits.max() - logits.min()) + 1.0
+            for _ in range(40):
+                shift[c] = (lo + hi) / 2
+                lo, hi = (shift[c].item(), hi) if share(c) < target[c] else (lo, shift[c].item())
+            shift[c] = hi
+    t_logits, labels = test_logits(net, bundle, device)
+    before = {"accuracy_before_shift": accuracy(t_logits, labels), **_by_class(t_logits, labels, omitted, "_before_shift")}
+    with torch.no_grad():
+        head.bias += shift.to(head.bias)
+    log("distill: --bias-shift: " + ", ".join(f"class {c} +{shift[c]:.3f} (validation share {share(c):.3f}, "
+                                               f"teacher's {target[c]:.3f})" for c in omitted))
+    return {"bias_shift": {str(c): round(float(shift[c]), 6) for c in omitted}, **before}
+
+
+def _by_class(logits: torch.Tensor, labels: torch.Tensor, omitted: list[int], suffix: str = "") -> dict:
+    """Test accuracy on the omitted classes' images and on the rest."""
+    if not omitted:
+        return {}
+    out = torch.isin(labels, torch.tensor(omitted))
+    right = logits.argmax(1) == labels
+    return {f"accuracy_omitted{suffix}": float(right[out].float().mean()),
+            f"accuracy_rest{suffix}": float(right[~out].float().mean())}
 
 
 def _spec(cfg, arch: str, bundle, options: dict):
@@ -134,6 +211,30 @@ def _born_again(run: StageRun, net, t_art, t_pred, val_ref, bundle, kept, option
     if cfg.ensemble:
         extra["ensemble_accuracy"] = rows[-1]["ensemble_accuracy"]
     return net, extra
+
+
+ASSISTANT_DIR = "assistant"  # --scheme assistant: OUT/assistant/ holds the teacher assistant's artifact
+
+
+def _via_assistant(run: StageRun, net, t_art, t_pred, val_ref, bundle, kept, options: dict) -> dict:
+    """Teacher assistant (Mirzadeh et al., 2020): --teacher teaches a fresh --assistant offline, which
+    is written to OUT/assistant/ and read back to teach the student, both with --method. Returns the
+    student's training figures and the assistant's (`assistant`)."""
+    cfg = run.cfg
+    helper = _student(cfg.assistant, cfg.seed, bundle)
+    log(f"distill: teacher assistant {cfg.assistant} ({count_params(helper):,} params) from the teacher")
+    a_extra = _train_offline(run, helper, t_art, bundle, kept, None, val_ref, options, loop="assistant")
+    row = {"architecture": cfg.assistant, **_compare(helper, t_art, t_pred, bundle, run.device, omitted=cfg.omitted())}
+    log(f"distill: assistant test accuracy {row['accuracy']:.4f}; now the student from the assistant")
+    a_dir = run.writer.path(ASSISTANT_DIR)
+    with ArtifactWriter(a_dir) as w:
+        w.save_model(helper, _spec(cfg, cfg.assistant, bundle, options))
+        w.commit({**row, "history": a_extra.get("history"), "val_accuracy": a_extra.get("val_accuracy")})
+    assistant = load_artifact(a_dir)
+    assistant.model.to(run.device)
+    a_val = _teacher_split(assistant.model, bundle, "val", None, run.device).argmax(1)
+    extra = _train_offline(run, net, assistant, bundle, None, None, a_val, options, loop="student")
+    return {**extra, "assistant": row}
 
 
 def _name(teacher, t_art) -> str:
@@ -193,13 +294,15 @@ def _train_offline(run: StageRun, net, t_art, bundle, kept, cache, val_ref, opti
     return extra
 
 
-def _compare(net, t_art, t_pred, bundle, device, s_logits: torch.Tensor | None = None) -> dict:
-    """Test accuracy (and with a teacher, agreement with it); `s_logits`: the student's test logits
-    when already computed."""
+def _compare(net, t_art, t_pred, bundle, device, s_logits: torch.Tensor | None = None,
+             omitted: list[int] | None = None) -> dict:
+    """Test accuracy (and with a teacher, agreement with it; with `omitted` classes, the accuracy on
+    them and on the rest); `s_logits`: the student's test logits when already computed."""
     if s_logits is None:
         s_logits, _ = test_logits(net, bundle, device)
     labels = bundle.test.labels
-    metrics = {"accuracy": accuracy(s_logits, labels), "params": count_params(net)}
+    metrics = {"accuracy": accuracy(s_logits, labels), "params": count_params(net),
+               **_by_class(s_logits, labels, omitted or [])}
     if t_pred is not None:
         metrics.update({"teacher_accuracy": float((t_pred == labels).float().mean()),
                         "agreement": float((s_logits.argmax(1) == t_pred).float().mean()),
@@ -210,13 +313,14 @@ def _compare(net, t_art, t_pred, bundle, device, s_logits: torch.Tensor | None =
 def _control(run: StageRun, arch: str, bundle, val_ref, t_pred) -> dict:
     """The same student trained alone (alpha = 1), same seed and budget: what distillation must beat."""
     cfg = run.cfg
-    alone = _student(arch, cfg.seed, bundle)
+    alone = _student(arch, cfg.seed, bundle, cfg)
     result = train_task(Supervised(alone), bundle, cfg, device=run.device, stage="distill", desc="control (alpha=1)",
                         loop="control", checkpoints=run.checkpoints, fingerprint=run.fingerprint(bundle.identity),
                         val_reference=val_ref)
     run.writer.save_weights(alone, CONTROL_FILE)
     c_logits, _ = test_logits(alone, bundle, run.device)
-    out = {"control_accuracy": accuracy(c_logits, bundle.test.labels), "control_history": result.history}
+    out = {"control_accuracy": accuracy(c_logits, bundle.test.labels), "control_history": result.history,
+           **{f"control_{k}": v for k, v in _by_class(c_logits, bundle.test.labels, cfg.omitted()).items()}}
     last = last_epoch_accuracy(alone, result, bundle, run.device)
     out["control_accuracy_last_epoch"] = out["control_accuracy"] if last is None else last
     if t_pred is not None:

@@ -67,6 +67,15 @@ class DistillMetrics(Trained):
     control_history: Optional[list[dict[str, Any]]] = None
     gain_points: Optional[float] = None  # distilled minus alone, in points
     min_gain: Optional[float] = None
+    assistant: Optional[dict[str, Any]] = None  # --scheme assistant: the assistant's architecture and figures
+    accuracy_omitted: Optional[float] = None  # --omit-classes: test accuracy on the omitted classes' images
+    accuracy_rest: Optional[float] = None  # ... and on every other class's
+    control_accuracy_omitted: Optional[float] = None
+    control_accuracy_rest: Optional[float] = None
+    bias_shift: Optional[dict[str, float]] = None  # --bias-shift: added to each omitted class's logit bias
+    accuracy_before_shift: Optional[float] = None
+    accuracy_omitted_before_shift: Optional[float] = None
+    accuracy_rest_before_shift: Optional[float] = None
 
 
 class PruneMetrics(Trained):

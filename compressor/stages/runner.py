@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from compressor import CompressorError, distributed
+from compressor import CompressorError, distributed, provenance
 from compressor.artifacts import ArtifactWriter, base_metrics
-from compressor.config import Config, field_extra, input_dirs
+from compressor.config import LINEAGE_SETTINGS, Config, field_extra, input_dirs, input_fields
 from compressor.stages.metrics import check_metrics
 from compressor.training import resolve_device
 from compressor.training.checkpoint import Checkpoints
@@ -93,6 +93,10 @@ def execute(name: str, cfg: Config, body, trains: bool) -> dict:
                 metrics = body(StageRun(name, cfg, device, writer, checkpoints))
                 metrics.update(base_metrics(cfg.seed, started))
                 check_metrics(name, {**writer.model_sizes, **metrics})
+                settings = cfg.settings()
+                provenance.record(writer.dir, out, name, input_fields(cfg),
+                                  {k: settings.get(k) for k in LINEAGE_SETTINGS.get(name, ())},
+                                  {**writer.model_sizes, **metrics})
                 writer.commit(metrics)
     except OSError as e:
         if e.errno not in DISK_ERRORS:
