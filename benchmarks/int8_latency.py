@@ -21,13 +21,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's own)")
+    ap.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
+                    help="the runtime that runs every file (default: onnxruntime for .onnx, OpenVINO for .xml)")
     a = ap.parse_args()
-    shape = session(a.models[0]).input_shape()
+    shape = session(a.models[0], runtime=a.runtime).input_shape()
     times = [[] for _ in a.models]
     for _ in range(a.rounds):
         for i, m in enumerate(a.models):
-            s = session(m, threads=a.threads)  # one live session at a time: idle onnxruntime threads
+            s = session(m, threads=a.threads, runtime=a.runtime)  # one live session at a time: idle threads
             times[i].append(latency_ms(s, shape, a.batch, runs=a.runs))  # spin and would slow the others
             del s
     print(f"| model | median ms at batch {a.batch} | ratio to the first (median over {a.rounds} rounds) | "

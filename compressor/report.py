@@ -274,6 +274,30 @@ def learning_curves(run: Path, path: Path) -> list[str]:
     return [name for name, _ in curves]
 
 
+def latency_curve(run: Path, path: Path) -> list[str]:
+    """Test accuracy against measured latency along each --target-latency prune's steps (before and
+    after each step's fine-tuning); the stages drawn, none when no prune had a latency budget."""
+    budgets = [(d.name, m["latency_budget"]) for d in stage_dirs(run)
+               if (m := read_json(d / METRICS_FILE)).get("latency_budget")]
+    if not budgets:
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, b in budgets:
+        xs = [b["latency_ms_before"]] + [s["latency_ms"] for s in b["steps"]]
+        first = read_json(run / name / METRICS_FILE)["accuracy_before"]
+        ax.plot(xs, [first] + [s["accuracy"] for s in b["steps"]], marker="o", label=f"{name}: fine-tuned")
+        ax.plot(xs[1:], [s["accuracy_cut"] for s in b["steps"]], marker="x", ls=":", label=f"{name}: just cut")
+        ax.axvline(b["target_ms"], color="grey", ls="--", lw=1)
+    ax.set(title=f"accuracy and latency ({budgets[0][1]['runtime']}, {budgets[0][1]['form']}, "
+                 f"batch {budgets[0][1]['batch']})", xlabel="ms, measured on this CPU", ylabel="test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)
+    return [name for name, _ in budgets]
+
+
 def write_report(run_dir: str | Path, device: str = "cpu") -> dict:
     """Write report.md, images.png and curves.png into the run directory; return the tables."""
     run = Path(run_dir).expanduser()
@@ -290,7 +314,12 @@ def write_report(run_dir: str | Path, device: str = "cpu") -> dict:
         n_grid = image_grid(outs, labels, data, class_names, run / "images.png")
         md += _model_sections(outs, labels, acc, cross, n_grid)
     md += ["## Learning curves", "", f"Stages: {', '.join(curves) or 'none recorded'}.", "",
-           "![curves](curves.png)", "", "## Size and latency", "", summary_table(summary).markdown()]
+           "![curves](curves.png)", ""]
+    if latency_curve(run, run / "latency.png"):
+        md += ["## Accuracy and latency", "", "Each step of pruning to a latency budget: the latency measured and "
+               "the test accuracy just after the cut and after fine-tuning; the dashed line is the budget.", "",
+               "![latency](latency.png)", ""]
+    md += ["## Size and latency", "", summary_table(summary).markdown()]
     atomic_write_bytes(run / "report.md", ("\n".join(md) + "\n").encode())
     return {"accuracy": acc, "cross": cross, "student_right_teacher_wrong": n_grid, "curves": curves,
             "summary": summary, "lineage": lineage, "report": str(run / "report.md")}

@@ -68,6 +68,8 @@ def test_a_run_copied_elsewhere_reports_the_same_and_its_export_evaluates(run_di
     for target in (moved / "export", moved / "export" / "model.int8.onnx"):
         res = cli("eval", target, "--data", SYN)
         assert res.exit_code == 0, res.output
+    res = cli("run", run_dir.parent / "r.yaml", "--out", moved)  # the recipe again, on the copy: nothing reruns
+    assert res.exit_code == 0 and res.output.count("unchanged and verified, skipped") == 4, res.output
     exported = json.loads((moved / "export" / "metrics.json").read_text())
     res = cli("eval", moved / "export" / "model.onnx", "--data", SYN, "--json")
     assert json.loads(res.stdout)["accuracy"] == pytest.approx(exported["accuracy_fp32"], abs=1e-9)

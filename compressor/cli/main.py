@@ -32,11 +32,17 @@ EXAMPLES = {
     "select": ["compress select runs/demo/teach --data fashion-mnist --top-k 64 --out runs/demo/select"],
     "distill": ["compress distill --teacher runs/demo/teach --student convtiny --data fashion-mnist --control "
                 "--out runs/demo/distill",
+                "compress distill --teacher runs/demo/teach --student convtiny --data fashion-mnist --omit-classes 3 "
+                "--bias-shift --control --out runs/demo/no-dresses",
+                "compress distill --teacher runs/demo/teach --student convverytiny --data fashion-mnist --scheme assistant "
+                "--assistant convtiny --out runs/demo/via-assistant",
                 "compress distill --teacher runs/demo/teach --student convtiny --data fashion-mnist --method vid "
                 "--pairs all --out runs/demo/vid"],
     "prune": ["compress prune runs/demo/distill --data fashion-mnist --sparsity 0.6 --finetune-epochs 2 "
               "--teacher runs/demo/teach --out runs/demo/prune",
-              "compress prune runs/demo/distill --data fashion-mnist --structured --sparsity 0.5 --out runs/demo/slim"],
+              "compress prune runs/demo/distill --data fashion-mnist --structured --sparsity 0.5 --out runs/demo/slim",
+              "compress prune runs/demo/distill --data fashion-mnist --structured --target-latency 1.5 --runtime openvino "
+              "--finetune-epochs 3 --teacher runs/demo/teach --out runs/demo/fast"],
     "quantize": ["compress quantize runs/demo/prune --data fashion-mnist --out runs/demo/quantize"],
     "export": ["compress export runs/demo/prune --data fashion-mnist --int8 --out runs/demo/export",
                "compress export runs/demo/quantize --data fashion-mnist --runtime all --out runs/demo/export-qat"],

@@ -162,8 +162,21 @@ class DistillConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Outpu
 
 class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output):
     model_dir: str = option(help="Artifact directory of the model to read.", argument=True, recipe=False)
-    sparsity: float = option(help="Unstructured: fraction of conv/linear weights to zero; --structured: fraction "
-                                  "of each prunable convolution's output channels removed. In [0, 1).", ge=0, lt=1, main=True)
+    sparsity: Optional[float] = option(None, "Unstructured: fraction of conv/linear weights to zero; --structured: "
+                                             "fraction of each prunable convolution's output channels removed. In "
+                                             "[0, 1). Give this or --target-latency.", ge=0, lt=1, main=True)
+    target_latency_ms: Optional[float] = option(
+        None, "--structured: remove channels until the model runs in this many milliseconds at --latency-batch on "
+              "--runtime, this CPU, in --form (measured, not counted), in steps with fine-tuning between them. "
+              "Instead of --sparsity.", flag="--target-latency", gt=0, allow_inf_nan=False, main=True)
+    runtime: Literal["onnxruntime", "openvino"] = option("onnxruntime", "--target-latency: the runtime that measures.")
+    latency_batch: int = option(64, "--target-latency: the batch size measured.", ge=1)
+    form: Literal["auto", "fp32", "int8"] = option(
+        "auto", "--target-latency: the form measured: fp32, int8 (the export's default QDQ form), or auto: whichever "
+                "of the two is faster for the unpruned model (the form the export would ship).")
+    allocation: Literal["latency", "uniform"] = option(
+        "latency", "--target-latency: latency (channels ranked by importance per millisecond they save, measured "
+                   "per group) or uniform (the same fraction of every group, found by bisection).")
     structured: bool = option(False, "Remove whole output channels of convolutions (and their inputs downstream): "
                                      "a physically smaller, faster model.")
     schedule: Literal["oneshot", "gradual"] = option(
@@ -186,6 +199,19 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
 
     @model_validator(mode="after")
     def _consistent(self):
+        if (self.sparsity is None) == (self.target_latency_ms is None):
+            raise ValueError("give --sparsity or --target-latency (one of them)")
+        budget = [self.flag_of(k) for k in ("runtime", "latency_batch", "form", "allocation")
+                  if k in self.model_fields_set]
+        if budget and self.target_latency_ms is None:
+            raise ValueError(f"{', '.join(budget)} apply with --target-latency only")
+        if self.target_latency_ms is not None and not self.structured:
+            raise ValueError("--target-latency removes whole channels; pass --structured too")
+        if self.target_latency_ms is not None and self.importance != "magnitude":
+            raise ValueError("--target-latency ranks channels by magnitude per millisecond; drop --importance")
+        if self.target_latency_ms is not None and self.resume:
+            raise ValueError("--resume is not supported with --target-latency (its steps change the network); "
+                             "rerun it from the start")
         if self.importance == "discriminability" and not self.channels:
             raise ValueError("--importance discriminability needs --channels SELECT_DIR (the scores select wrote)")
         if "round_to" in self.model_fields_set and not self.structured:
@@ -269,7 +295,7 @@ INPUT_FIELDS = ("model_dir", "teacher", "channels", "target")  # artifact direct
 LINEAGE_SETTINGS = {"teach": ("model", "pretrained", "init", "epochs", "lr"), "select": ("top_k", "layers"),
                     "distill": ("student", "method", "scheme", "temperature", "alpha", "epochs", "train_size",
                                 "student_pretrained", "student_init", "omit_classes", "bias_shift", "assistant"),
-                    "prune": ("sparsity", "structured", "finetune_epochs", "method"),
+                    "prune": ("sparsity", "target_latency_ms", "structured", "finetune_epochs", "method"),
                     "quantize": ("method", "epochs"), "export": ("int8", "runtime", "max_drop")}
 
 

@@ -90,6 +90,7 @@ class PruneMetrics(Trained):
     channels_removed: Optional[dict[str, str]] = None  # --structured: per layer, "removed/channels"
     latency_ms_before: Optional[float] = None  # --structured: onnxruntime fp32, before and after
     latency_ms: Optional[float] = None
+    latency_budget: Optional[dict[str, Any]] = None  # --target-latency: target, runtime, form, the steps measured
 
 
 class QuantizeMetrics(Trained):

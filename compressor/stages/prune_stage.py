@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from compressor.artifacts import load_artifact, read_json, recorded_model_sizes, state_dict_for_saving
 from compressor.config import PruneConfig
 from compressor.console import log
-from compressor.deploy.runtimes import onnx_latency
+from compressor.deploy.runtimes import cpu_flags, onnx_latency
 from compressor.distill import build_distiller
 from compressor.distill.registry import extra_epochs
+from compressor.latency import LatencyMeter, cut_to_latency, step_targets, widths
 from compressor.models import count_params, remove_channels
 from compressor.sparsity import GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers
 from compressor.stages.common import load_bundle, test_accuracy
@@ -42,13 +45,18 @@ def prune(run: StageRun) -> dict:
     before["size_bytes_before"], before["zipped_bytes_before"] = recorded_model_sizes(art.path, art.metrics)
     spec = art.spec.model_copy(update={"stage": "prune"}, deep=True)
     options = method_options(cfg) if t_art else {}
-    metrics, masker = _cut(run, model, shape, exclude, spec, bundle, options)
-    acc_pruned = test_accuracy(model, bundle, run.device)
-    log(f"prune: {'channels' if cfg.structured else 'weights'} at {cfg.sparsity:.0%} "
-        f"({'structured' if cfg.structured else f'{cfg.schedule}, {cfg.scope}'}): test accuracy "
-        f"{before['accuracy_before']:.4f} -> {acc_pruned:.4f} before fine-tuning"
-        + ("" if cfg.structured or cfg.schedule == "oneshot" else " (first step)"))
-    result, cost = _finetune(run, model, t_art, bundle, shape, masker, options)
+    if cfg.target_latency_ms is not None:
+        model = model.cpu()
+        metrics, acc_pruned, result, cost = _to_budget(run, model, t_art, bundle, shape, exclude, spec, options)
+        masker = None
+    else:
+        metrics, masker = _cut(run, model, shape, exclude, spec, bundle, options)
+        acc_pruned = test_accuracy(model, bundle, run.device)
+        log(f"prune: {'channels' if cfg.structured else 'weights'} at {cfg.sparsity:.0%} "
+            f"({'structured' if cfg.structured else f'{cfg.schedule}, {cfg.scope}'}): test accuracy "
+            f"{before['accuracy_before']:.4f} -> {acc_pruned:.4f} before fine-tuning"
+            + ("" if cfg.structured or cfg.schedule == "oneshot" else " (first step)"))
+        result, cost = _finetune(run, model, t_art, bundle, shape, masker, options)
     model = model.cpu()
     if masker is not None:
         masker.finish()
@@ -92,13 +100,55 @@ def _cut(run: StageRun, model, shape, exclude, spec, bundle, options: dict):
     return {}, GradualMasker(layers, cfg.sparsity, steps if epochs else 0, cfg.scope, cfg.schedule)
 
 
-def _finetune(run: StageRun, model, t_art, bundle, shape, masker, options: dict):
+def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, options: dict):
+    """--target-latency: in max(1, epochs) steps along a geometric path of latencies, remove channels
+    until the network measures at the step's target (compressor.latency), then fine-tune one epoch;
+    every cut is appended to model.json's plan. Returns the metrics, the accuracy after the first cut,
+    and the last fine-tuning's result and cost."""
     cfg = run.cfg
+    cache = Path(cfg.out).expanduser().absolute().parent / "cache" / "latency.json"
+    meters = {f: LatencyMeter(shape, cfg.runtime, f, cfg.latency_batch, cache) for f in ("fp32", "int8")}
+    form = min(meters, key=lambda f: meters[f].measure(model)) if cfg.form == "auto" else cfg.form
+    meter, original = meters[form], widths(model)
+    fp32_ort_before = onnx_latency(model, shape, run.writer.dir)
+    start = meter.measure(model)
+    log(f"prune: {start:.3f} ms at batch {cfg.latency_batch} on {cfg.runtime} ({form}, {cfg.allocation} allocation); "
+        f"target {cfg.target_latency_ms:g} ms")
+    steps, acc_pruned, result, cost, history = [], None, None, None, []
+    for k, goal in enumerate(step_targets(start, cfg.target_latency_ms, max(1, cfg.epochs)), 1):
+        cuts = cut_to_latency(model, shape, meter.measure, goal, exclude, cfg.round_to, cfg.allocation)
+        spec.structured_pruning.extend(c.plan for c in cuts)
+        acc_cut = test_accuracy(model, bundle, run.device)
+        acc_pruned = acc_cut if acc_pruned is None else acc_pruned
+        result, cost = _finetune(run, model, t_art, bundle, shape, None, options, epochs=min(1, cfg.epochs),
+                                 loop=f"step{k}")
+        history += [{**row, "epoch": len(history) + i + 1, "step": k} for i, row in enumerate(result.history)]
+        now = meter.measure(model)
+        steps.append({"step": k, "target_ms": round(goal, 4), "latency_ms": now, "rounds": len(cuts),
+                      "accuracy_cut": acc_cut, "accuracy": test_accuracy(model, bundle, run.device),
+                      "widths": {n: w for n, w in widths(model).items() if w != original[n]}})
+        log(f"prune: step {k}: {now:.3f} ms (target {goal:.3f}), test accuracy {acc_cut:.4f} after the cut, "
+            f"{steps[-1]['accuracy']:.4f} after fine-tuning")
+    result.history = history
+    budget = {"target_ms": cfg.target_latency_ms, "latency_ms": steps[-1]["latency_ms"], "latency_ms_before": start,
+              "runtime": cfg.runtime, "form": form, "batch": cfg.latency_batch, "allocation": cfg.allocation,
+              "threads": torch.get_num_threads(), "cpu_flags": " ".join(cpu_flags()),
+              "networks_timed": meter.timings, "steps": steps}
+    removed = {n: f"{original[n] - w}/{original[n]}" for n, w in widths(model).items() if w != original[n]}
+    return ({"latency_budget": budget, "channels_removed": removed, "latency_ms_before": fp32_ort_before}, acc_pruned,
+            result, cost)
+
+
+def _finetune(run: StageRun, model, t_art, bundle, shape, masker, options: dict, epochs: int | None = None,
+              loop: str | None = None):
+    """Fine-tune (distilling with a teacher) for the stage's epochs, or `epochs` under the checkpoint
+    name `loop`."""
+    cfg = run.cfg if epochs is None else run.cfg.model_copy(update={"epochs": epochs})
     task = (build_distiller(cfg.method, model, t_art.model, input_shape=shape, options=options)
             if t_art else Supervised(model))
     try:
         result = train_task(task, bundle, cfg, device=run.device, stage="prune", desc="prune finetune",
-                            checkpoints=run.checkpoints, fingerprint=run.fingerprint(bundle.identity),
+                            loop=loop, checkpoints=run.checkpoints, fingerprint=run.fingerprint(bundle.identity),
                             after_step=masker)
     finally:
         getattr(task, "close", lambda: None)()

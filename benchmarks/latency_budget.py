@@ -1,0 +1,125 @@
+"""Pruning to a latency budget (importance per millisecond, measured) against uniform-ratio pruning
+at the same measured latency and fine-tuning budget.
+
+    python benchmarks/latency_budget.py --model RUN/distill --teacher RUN/teach --data fashion-mnist
+    python benchmarks/latency_budget.py --model ZOO/resnet18/teach --teacher ZOO/resnet18/teach \\
+        --data fashion-mnist --image-size 32 --runtime openvino --seeds 0 1 2 --csv benchmarks/results/x.csv
+
+The budget is --fraction (0.5) of the unpruned model's deploy-form latency at --batch on --runtime
+(the faster of its fp32 and int8 forms, as `compress prune --form auto` measures it). For each
+allocation and seed:
+
+    compress prune MODEL --data D --structured --target-latency T --runtime R --finetune-epochs E \\
+        --teacher TEACHER --train-size N --seed S --allocation latency|uniform --out WORK/A-sS
+    compress export WORK/A-sS --data D --runtime R [--int8] --out WORK/A-sS-export
+
+then every exported file (and the unpruned model's) is timed in interleaved rounds in one process
+(`benchmarks/int8_latency.py`'s method: one session alive at a time, the median of --rounds rounds).
+The table gives each allocation's test accuracy (mean ± std over the seeds, the exported file's) and
+its measured latency against the budget. Results differ between machines; on one machine the
+accuracies repeat, the latencies vary by a few percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from deploy_zoo import write_csv  # noqa: E402
+
+
+def compress(*args, out: Path) -> dict:
+    if not (out / "metrics.json").is_file():
+        res = subprocess.run(["compress", *map(str, args), "--out", str(out), "--quiet"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        if not (out / "metrics.json").is_file():
+            raise SystemExit(f"compress {args[0]} failed: {res.stderr.strip().splitlines()[-1:]}")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def interleaved(files: list[Path], runtime: str, batch: int, rounds: int) -> list[float]:
+    from compressor.deploy.runtimes import latency_ms, session
+
+    shape = session(files[0], runtime=runtime).input_shape()
+    times = [[] for _ in files]
+    for _ in range(rounds):
+        for i, f in enumerate(files):
+            s = session(f, runtime=runtime)
+            times[i].append(latency_ms(s, shape, batch, runs=20))
+            del s
+    return [statistics.median(t) for t in times]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True, help="the artifact to prune")
+    ap.add_argument("--teacher", type=Path, required=True, help="fine-tuning distils from it")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    ap.add_argument("--fraction", type=float, default=0.5, help="the budget, as a fraction of today's latency")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (= pruning steps)")
+    ap.add_argument("--train-size", type=int, default=10000)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--work", type=Path, default=Path("runs/latency-budget"))
+    ap.add_argument("--csv", type=Path, default=None)
+    a = ap.parse_args()
+    from compressor.artifacts import load_artifact
+    from compressor.deploy.runtimes import machine_summary
+    from compressor.latency import LatencyMeter
+
+    art = load_artifact(a.model)
+    meters = {f: LatencyMeter(art.spec.input_shape, a.runtime, f, a.batch) for f in ("fp32", "int8")}
+    today = {f: m.measure(art.model) for f, m in meters.items()}
+    form = min(today, key=today.get)
+    target = round(a.fraction * today[form], 3)
+    work = a.work / f"{a.model.parent.name}-{a.model.name}-{a.runtime}"
+    data = ["--data", a.data, *(["--image-size", a.image_size] if a.image_size else [])]
+    int8 = ["--int8"] if form == "int8" else []
+    base = compress("export", a.model, *data, "--runtime", a.runtime, *int8, out=work / "unpruned-export")
+    runs: dict[str, list[tuple[dict, Path]]] = {}
+    for allocation in ("latency", "uniform"):
+        for seed in a.seeds:
+            out = work / f"{allocation}-s{seed}"
+            compress("prune", a.model, *data, "--structured", "--target-latency", target, "--runtime", a.runtime,
+                     "--form", form, "--latency-batch", a.batch, "--finetune-epochs", a.epochs, "--teacher",
+                     a.teacher, "--train-size", a.train_size, "--seed", seed, "--allocation", allocation, out=out)
+            exported = compress("export", out, *data, "--runtime", a.runtime, *int8, out=work / f"{out.name}-export")
+            runs.setdefault(allocation, []).append((exported, work / f"{out.name}-export"))
+            print(f"{allocation} seed {seed} done", file=sys.stderr)
+    name = "model.int8.onnx" if form == "int8" else "model.onnx"
+    files = [work / "unpruned-export" / name] + [d / name for ms in runs.values() for _, d in ms]
+    measured = iter(interleaved(files, a.runtime, a.batch, a.rounds))
+    unpruned_ms = next(measured)
+    acc_key = "accuracy_int8" if form == "int8" else "accuracy_fp32"
+    rows = []
+    for allocation, ms in runs.items():
+        lat = [next(measured) for _ in ms]
+        acc = [m["runtimes"][a.runtime][acc_key] if "runtimes" in m else m[acc_key] for m, _ in ms]
+        rows.append({"model": str(a.model), "runtime": a.runtime, "form": form, "allocation": allocation,
+                     "seeds": len(ms), "target_ms": target, "unpruned_ms": unpruned_ms,
+                     "latency_ms": statistics.median(lat), "vs_target": round(max(lat) / target, 3),
+                     "accuracy_mean": statistics.mean(acc),
+                     "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                     "unpruned_accuracy": base["runtimes"][a.runtime][acc_key] if "runtimes" in base else base[acc_key]})
+    print(machine_summary())
+    print(f"\n{a.model}: budget {target} ms = {a.fraction} x the {form} file's {today[form]:.3f} ms at batch {a.batch} "
+          f"on {a.runtime}; {a.epochs} fine-tuning epochs with the teacher, {a.train_size} images; seeds {a.seeds}\n")
+    print("| allocation | test accuracy (mean ± std) | ms at batch 64 (median) | worst / budget |\n|---|---|---|---|")
+    print(f"| unpruned | {rows[0]['unpruned_accuracy']:.4f} | {unpruned_ms:.3f} | |")
+    for r in rows:
+        print(f"| {r['allocation']} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | {r['latency_ms']:.3f} | "
+              f"{r['vs_target']:.3f} |")
+    if a.csv:
+        write_csv(a.csv, rows)
+
+
+if __name__ == "__main__":
+    main()

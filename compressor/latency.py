@@ -1,0 +1,219 @@
+"""Structured pruning to a latency budget measured on the user's runtime and CPU.
+
+Ratios mislead: the same fraction of channels saves a lot of time in one layer and almost none in
+another (memory-bound depthwise layers, kernels that work in blocks). So the time is measured, not
+counted. A `LatencyMeter` times a candidate network as the export would ship it: exported to ONNX
+(int8: quantized as the export quantizes it), run by the chosen runtime at the chosen batch on this
+CPU; every timing is cached by (widths, input size, runtime, form, batch, threads, CPU).
+
+`cut_to_latency` removes channels until the measured latency is at a target. In the `latency`
+allocation (the default, after HALP, Shen et al., NeurIPS 2022) each round times, for every prunable
+group, the network with a slice of that group's channels removed (a lookup table of the milliseconds
+each slice saves, measured on this network as it now is), ranks the slices by importance per
+millisecond saved (the slice's filter norms over the layer's mean norm), takes the cheapest until the
+predicted saving covers the gap, and re-measures the real network. The `uniform` allocation removes
+the same fraction of every group's channels, the fraction found by bisection: the ratio pruning the
+first is measured against.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from compressor import CompressorError
+from compressor.artifacts import atomic_write_json, json_digest, read_json
+from compressor.deploy.graph import export_onnx
+from compressor.deploy.int8 import Int8Form, preprocess, quantize_preprocessed
+from compressor.deploy.runtimes import cpu_flags, latency_ms, session
+from compressor.models import remove_channels
+from compressor.sparsity import channel_groups, filter_norms
+
+SLICE = 0.125  # a slice: this fraction of a group's channels (at least --round-to), the unit one round removes
+ROUNDS_PER_STEP = 8  # lookup-table rounds toward one step's target before giving up on it
+
+
+def widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every convolution: what identifies a pruned network of one architecture."""
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+@dataclass
+class LatencyMeter:
+    """Times a network as the export would ship it; `measure(model) -> ms`. `cache`: a JSON file of
+    earlier timings (None: none kept)."""
+
+    input_shape: list[int]
+    runtime: str = "onnxruntime"
+    form: str = "fp32"
+    batch: int = 64
+    cache: Path | None = None
+    threads: int | None = None
+    timings: int = 0  # networks actually timed (not read from the cache)
+    _table: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cache is not None and self.cache.is_file():
+            self._table = read_json(self.cache)
+
+    def key(self, model: nn.Module) -> str:
+        return json_digest({"architecture": type(model).__name__, "widths": widths(model), "input": self.input_shape,
+                            "runtime": self.runtime, "form": self.form, "batch": self.batch,
+                            "threads": self.threads or torch.get_num_threads(), "cpu": cpu_flags()})
+
+    def measure(self, model: nn.Module) -> float:
+        key = self.key(model)
+        if key not in self._table:
+            self._table[key] = self._time(model)
+            self.timings += 1
+            if self.cache is not None:
+                self.cache.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(self.cache, self._table)
+        return self._table[key]
+
+    def _time(self, model: nn.Module) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "probe.onnx"
+            export_onnx(copy.deepcopy(model).cpu().eval(), path, self.input_shape)
+            if self.form == "int8":  # the export's default QDQ form; random calibration: only the speed counts
+                rng = np.random.default_rng(0)
+                calibration = [rng.standard_normal((8, *self.input_shape)).astype(np.float32) for _ in range(2)]
+                int8 = Path(tmp) / "probe.int8.onnx"
+                quantize_preprocessed(preprocess(path, Path(tmp)), int8, calibration, Int8Form(), "minmax")
+                path = int8
+            sess = session(path, threads=self.threads, runtime=self.runtime)
+            return latency_ms(sess, self.input_shape, self.batch, runs=15, budget_s=1.0)
+
+
+@dataclass
+class Cut:
+    """One removal: the plan model.json replays, and what it was measured to give."""
+
+    plan: list[dict]
+    latency_ms: float
+    predicted_saving_ms: float | None = None
+
+
+def _slice(conv: nn.Conv2d, round_to: int) -> int:
+    """Channels one slice of this group removes; 0 when the group is as narrow as it may get."""
+    n = max(round_to, int(conv.out_channels * SLICE) // round_to * round_to)
+    return n if conv.out_channels - n >= round_to else 0
+
+
+def _lowest(conv: nn.Conv2d, n: int) -> list[int]:
+    return torch.argsort(filter_norms(conv), stable=True)[:n].sort().values.tolist()
+
+
+def _apply(model: nn.Module, input_shape: list[int], plan: list[dict]) -> nn.Module:
+    remove_channels(model, input_shape, plan)
+    return model
+
+
+def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], gap_ms: float,
+                  exclude: tuple[str, ...], round_to: int) -> tuple[list[dict], float]:
+    """One round of the `latency` allocation: time every group's slice, rank the slices by importance
+    per millisecond saved, and pick the cheapest until their predicted saving covers `gap_ms` (at
+    least one). Returns the plan and its predicted saving; an empty plan when no group can narrow."""
+    now = measure(model)
+    modules = dict(model.named_modules())
+    _, roots = channel_groups(model, input_shape, exclude)
+    ranked = []
+    for name in roots:
+        conv = modules[name]
+        n = _slice(conv, round_to)
+        if n == 0:
+            continue
+        removed = _lowest(conv, n)
+        trial = _apply(copy.deepcopy(model), input_shape, [{"layer": name, "removed": removed}])
+        saved = now - measure(trial)
+        norms = filter_norms(conv)
+        importance = float(norms[removed].sum() / norms.mean().clamp_min(1e-12))
+        ranked.append((importance / max(saved, 1e-3), saved, {"layer": name, "removed": removed,
+                                                                "channels": conv.out_channels}))
+    ranked.sort(key=lambda r: r[0])
+    plan, predicted = [], 0.0
+    for _, saved, step in ranked:
+        plan.append(step)
+        predicted += max(saved, 0.0)
+        if predicted >= gap_ms:
+            break
+    return plan, predicted
+
+
+def uniform_plan(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], target_ms: float,
+                 exclude: tuple[str, ...], round_to: int, iterations: int = 10) -> list[dict] | None:
+    """The smallest fraction of every group's channels (by bisection) whose removal measures at or
+    under `target_ms`; None when even the narrowest uniform cut does not."""
+    from compressor.sparsity import plan_structured
+
+    def trial(ratio: float) -> tuple[list[dict], float]:
+        plan = plan_structured(model, input_shape, ratio, exclude=exclude, round_to=round_to)
+        return plan, measure(_apply(copy.deepcopy(model), input_shape, plan))
+
+    lo, hi = 0.0, 0.95
+    best, best_ms = trial(hi)
+    if best_ms > target_ms:
+        return None
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        try:
+            plan, ms = trial(mid)
+        except CompressorError:  # so small a fraction that no group loses a channel
+            lo = mid
+            continue
+        if ms <= target_ms:
+            hi, best = mid, plan
+        else:
+            lo = mid
+    return best
+
+
+def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], target_ms: float,
+                   exclude: tuple[str, ...] = (), round_to: int = 1, allocation: str = "latency") -> list[Cut]:
+    """Remove channels from `model` (in place) until `measure(model)` is at most `target_ms`.
+    Returns the cuts made, each with its plan and the latency measured after it. One line when the
+    target cannot be reached without removing a whole layer."""
+    cuts: list[Cut] = []
+    now = measure(model)
+    if allocation == "uniform":
+        if now <= target_ms:
+            return cuts
+        plan = uniform_plan(model, input_shape, measure, target_ms, exclude, round_to)
+        if plan is None:
+            _impossible(target_ms, now, model, input_shape, exclude, round_to, measure)
+        _apply(model, input_shape, plan)
+        return [Cut(plan, measure(model))]
+    if allocation != "latency":
+        raise CompressorError(f"--allocation must be latency or uniform, got '{allocation}'")
+    for _ in range(ROUNDS_PER_STEP * 4):
+        if now <= target_ms:
+            return cuts
+        plan, predicted = latency_round(model, input_shape, measure, now - target_ms, exclude, round_to)
+        if not plan:
+            _impossible(target_ms, now, model, input_shape, exclude, round_to, measure)
+        _apply(model, input_shape, plan)
+        now = measure(model)
+        cuts.append(Cut(plan, now, predicted))
+    raise CompressorError(f"pruning did not reach {target_ms:.3f} ms in {len(cuts)} rounds (at {now:.3f} ms); the "
+                          "latency measured is too noisy for this budget: raise --latency-batch or the budget")
+
+
+def _impossible(target_ms, now, model, input_shape, exclude, round_to, measure) -> None:
+    raise CompressorError(f"--target-latency {target_ms:g} ms cannot be reached without removing a whole layer: "
+                          f"with every prunable convolution at its narrowest ({round_to} channel"
+                          f"{'s' if round_to > 1 else ''}) the network still measures more than that "
+                          f"(now {now:.3f} ms); raise the budget, or use a smaller architecture")
+
+
+def step_targets(start_ms: float, target_ms: float, steps: int) -> list[float]:
+    """The latency each pruning step aims at: a geometric path from `start_ms` to `target_ms`."""
+    steps = max(1, steps)
+    return [start_ms * (target_ms / start_ms) ** (k / steps) for k in range(1, steps + 1)]
+

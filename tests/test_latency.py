@@ -1,0 +1,151 @@
+"""Structured pruning to a latency budget, with a fake latency model (deterministic, no timing)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from compressor import CompressorError
+from compressor.artifacts import load_artifact
+from compressor.latency import LatencyMeter, cut_to_latency, latency_round, step_targets, widths
+from compressor.models import create_model
+from compressor.stages import prune
+
+from helpers import SYN, cli
+
+SHAPE = [3, 16, 16]
+
+
+def fake_latency(cost_per_channel: dict[str, float]):
+    """ms = sum over convolutions of output channels x that layer's cost per channel: a deterministic
+    stand-in for a runtime, where some layers' channels cost far more time than others'."""
+
+    def measure(model: nn.Module) -> float:
+        return sum(m.out_channels * cost_per_channel.get(n, 1e-4)
+                   for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+    return measure
+
+
+def student(seed: int = 0, equal_norms: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("convtiny", num_classes=10, in_chans=3).eval()
+    if equal_norms:  # every filter of every layer the same norm: importance cannot tell them apart
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.weight.copy_(m.weight / m.weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+    return model
+
+
+def test_the_chosen_widths_meet_the_budget():
+    measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    model = student()
+    start = measure(model)
+    cuts = cut_to_latency(model, SHAPE, measure, 0.5 * start, round_to=8)
+    assert measure(model) <= 0.5 * start and cuts and cuts[-1].latency_ms == measure(model)
+    assert all(w % 8 == 0 for w in widths(model).values())
+    with torch.no_grad():
+        assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)  # still a working network
+
+
+def test_importance_per_millisecond_decides_what_goes_first():
+    """With every filter equally important, the layer whose channels save the most time loses
+    channels first; make that layer's weakest filters important and another layer's go first."""
+    costly = {"blocks.0.0": 1e-5, "blocks.1.0": 1e-4, "blocks.2.0": 1e-3}
+    measure = fake_latency(costly)
+    model = student(equal_norms=True)
+    plan, saved = latency_round(model, SHAPE, measure, gap_ms=1e-9, exclude=(), round_to=8)
+    assert [p["layer"] for p in plan] == ["blocks.2.0"] and saved > 0
+    # half of blocks.1.0's filters weak: per millisecond saved, its slice is now the cheaper cut
+    with torch.no_grad():
+        w = model.blocks[1][0].weight
+        w[: w.shape[0] // 2].mul_(0.01)
+    plan, _ = latency_round(model, SHAPE, measure, gap_ms=1e-9, exclude=(), round_to=8)
+    assert plan[0]["layer"] == "blocks.1.0"
+
+
+def test_uniform_allocation_cuts_every_group_by_one_fraction():
+    measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    model = student()
+    before = widths(model)
+    target = 0.6 * measure(model)
+    cut_to_latency(model, SHAPE, measure, target, round_to=1, allocation="uniform")
+    assert measure(model) <= target
+    kept = [widths(model)[n] / before[n] for n in ("blocks.0.0", "blocks.1.0", "blocks.2.0")]
+    assert max(kept) - min(kept) < 0.05  # the same fraction, up to rounding to whole channels
+
+
+def test_an_impossible_budget_is_one_line():
+    measure = fake_latency({})
+    model = student()
+    with pytest.raises(CompressorError, match="cannot be reached without removing a whole layer") as e:
+        cut_to_latency(model, SHAPE, measure, 1e-9, round_to=8)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CompressorError, match="cannot be reached without removing a whole layer"):
+        cut_to_latency(student(), SHAPE, measure, 1e-9, round_to=8, allocation="uniform")
+
+
+def test_step_targets_walk_geometrically_to_the_budget():
+    t = step_targets(8.0, 2.0, 2)
+    assert t == pytest.approx([4.0, 2.0])
+    assert step_targets(8.0, 2.0, 0) == pytest.approx([2.0])
+
+
+def test_the_meter_caches_per_network_and_setting(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model: calls.append(1) or 1.0)
+    meter = LatencyMeter(SHAPE, cache=tmp_path / "latency.json")
+    model = student()
+    assert meter.measure(model) == meter.measure(model) == 1.0 and len(calls) == 1
+    again = LatencyMeter(SHAPE, cache=tmp_path / "latency.json")  # a later run reads the file
+    assert again.measure(model) == 1.0 and len(calls) == 1
+    assert LatencyMeter(SHAPE, form="int8", cache=tmp_path / "latency.json").measure(model) == 1.0 and len(calls) == 2
+
+
+def test_prune_to_a_latency_budget_records_its_steps_and_rebuilds(student_dir, teacher_dir, tmp_path, monkeypatch):
+    measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model: measure(model) * (2 if self.form == "fp32" else 1))
+    start = measure(load_artifact(student_dir).model)
+    m = prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.5 * start, epochs=2,
+              teacher=str(teacher_dir), out=tmp_path / "p", device="cpu")
+    b = m["latency_budget"]
+    assert b["form"] == "int8"  # auto: the faster form of the unpruned model
+    assert len(b["steps"]) == 2 and b["steps"][0]["target_ms"] > b["steps"][1]["target_ms"] == pytest.approx(0.5 * start)
+    assert b["latency_ms"] <= 0.5 * start and b["latency_ms_before"] == pytest.approx(start)
+    art = load_artifact(tmp_path / "p")  # model.json's plans replay every cut
+    assert measure(art.model) == pytest.approx(b["latency_ms"]) and m["channels_removed"]
+    assert [s["step"] for s in m["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize("args, needle", [(["--target-latency", "1"], "pass --structured too"),
+                                          (["--structured"], "give --sparsity or --target-latency"),
+                                          (["--sparsity", "0.5", "--form", "int8"], "--form apply with --target-latency"),
+                                          (["--structured", "--target-latency", "-1"], "--target-latency")])
+def test_budget_options_refuse_bad_combinations(student_dir, tmp_path, args, needle):
+    res = cli("prune", student_dir, "--data", SYN, *args, "--out", tmp_path / "x")
+    assert res.exit_code != 0
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error:") and needle in last, res.output
+
+
+def test_a_recipe_prunes_to_its_budget_and_the_report_draws_the_curve(tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    measure = fake_latency({})
+    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model: measure(model))
+    recipe = {"name": "budget", "seed": 0, "device": "cpu", "data": {"name": SYN},
+              "stages": [{"teach": {"model": "convtiny", "epochs": 1}},
+                         {"distill": {"student": "convverytiny", "epochs": 1}},
+                         {"prune": {"structured": True, "target_latency_ms": 0.008, "finetune_epochs": 1,
+                                    "teacher": True}}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    res = cli("run", tmp_path / "r.yaml", "--out", tmp_path / "run", "--quiet")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "run" / "prune" / "metrics.json").read_text())
+    assert m["latency_budget"]["latency_ms"] <= 0.008
+    res = cli("report", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert "## Accuracy and latency" in (tmp_path / "run" / "report.md").read_text()
+    assert (tmp_path / "run" / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
