@@ -4,6 +4,7 @@
 
 in a page becomes a table of those columns of the CSV (all of them when none are named), followed by
 the machine, versions and commit the rows record (their `machine` and `commit` columns).
+`<!-- csv PATH: column=value; column, ... -->` keeps only the rows where the column has that value.
 """
 
 from __future__ import annotations
@@ -28,10 +29,15 @@ def _cell(value: str) -> str:
 
 
 def render(path: str, columns: str | None) -> str:
+    keep = None
     with (ROOT / path).open(newline="") as f:
         rows = list(csv.DictReader(f))
+    if columns and ";" in columns:
+        keep, columns = columns.split(";", 1)
+        key, _, value = keep.partition("=")
+        rows = [r for r in rows if r.get(key.strip()) == value.strip()]
     if not rows:
-        raise ValueError(f"{path} has no rows")
+        raise ValueError(f"{path} has no rows" + (f" where {keep.strip()}" if keep else ""))
     names = [c.strip() for c in columns.split(",")] if columns and columns.strip() else \
         [c for c in rows[0] if c not in ("machine", "commit")]
     missing = [c for c in names if c not in rows[0]]
