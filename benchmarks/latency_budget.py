@@ -5,15 +5,15 @@ at the same measured latency and fine-tuning budget.
     python benchmarks/latency_budget.py --model ZOO/resnet18/teach --teacher ZOO/resnet18/teach \\
         --data fashion-mnist --image-size 32 --runtime openvino --seeds 0 1 2 --csv benchmarks/results/x.csv
 
-The budget is --fraction (0.5) of the unpruned model's deploy-form latency at --batch on --runtime
-(the faster of its fp32 and int8 forms, as `compress prune --form auto` measures it). For each
-allocation and seed:
+The budget is --fraction (0.5) of the unpruned model's deploy-form latency at --batch on --runtime,
+as `compress export --int8` measures and names it; the prune measures in that form (fp32 where the
+deploy form is a reduced float). For each allocation and seed:
 
     compress prune MODEL --data D --structured --target-latency T --runtime R --finetune-epochs E \\
         --teacher TEACHER --train-size N --seed S --allocation latency|uniform --out WORK/A-sS
     compress export WORK/A-sS --data D --runtime R [--int8] --out WORK/A-sS-export
 
-then every exported file (and the unpruned model's) is timed in interleaved rounds in one process
+then every export's deploy file (and the unpruned model's) is timed in interleaved rounds in one process
 (`benchmarks/int8_latency.py`'s method: one session alive at a time, the median of --rounds rounds).
 The table gives each allocation's test accuracy (mean ± std over the seeds, the exported file's) and
 its measured latency against the budget. Results differ between machines; on one machine the
@@ -71,19 +71,16 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/latency-budget"))
     ap.add_argument("--csv", type=Path, default=None)
     a = ap.parse_args()
-    from compressor.artifacts import load_artifact
     from compressor.deploy.runtimes import machine_summary
-    from compressor.latency import LatencyMeter
 
-    art = load_artifact(a.model)
-    meters = {f: LatencyMeter(art.spec.input_shape, a.runtime, f, a.batch) for f in ("fp32", "int8")}
-    today = {f: m.measure(art.model) for f, m in meters.items()}
-    form = min(today, key=today.get)
-    target = round(a.fraction * today[form], 3)
     work = a.work / f"{a.model.parent.name}-{a.model.name}-{a.runtime}"
     data = ["--data", a.data, *(["--image-size", a.image_size] if a.image_size else [])]
+    base = compress("export", a.model, *data, "--runtime", a.runtime, "--int8", "--latency-batch", a.batch,
+                    out=work / "unpruned-export")
+    deploy = base["runtimes"][a.runtime]
+    form = deploy["deploy_form"] if deploy["deploy_form"] in ("fp32", "int8") else "fp32"
+    target = round(a.fraction * deploy[f"latency_ms_{deploy['deploy_form']}"], 3)
     int8 = ["--int8"] if form == "int8" else []
-    base = compress("export", a.model, *data, "--runtime", a.runtime, *int8, out=work / "unpruned-export")
     runs: dict[str, list[tuple[dict, Path]]] = {}
     for allocation in ("latency", "uniform"):
         for seed in a.seeds:
@@ -94,23 +91,27 @@ def main() -> None:
             exported = compress("export", out, *data, "--runtime", a.runtime, *int8, out=work / f"{out.name}-export")
             runs.setdefault(allocation, []).append((exported, work / f"{out.name}-export"))
             print(f"{allocation} seed {seed} done", file=sys.stderr)
-    name = "model.int8.onnx" if form == "int8" else "model.onnx"
-    files = [work / "unpruned-export" / name] + [d / name for ms in runs.values() for _, d in ms]
+    def shipped(export_dir: Path) -> Path:  # the deploy file the export names (without an OpenVINO hint)
+        m = json.loads((export_dir / "metrics.json").read_text())
+        return export_dir / m["runtimes"][a.runtime]["deploy_file"].split()[0]
+
+    files = [shipped(work / "unpruned-export")] + [shipped(d) for ms in runs.values() for _, d in ms]
     measured = iter(interleaved(files, a.runtime, a.batch, a.rounds))
     unpruned_ms = next(measured)
-    acc_key = "accuracy_int8" if form == "int8" else "accuracy_fp32"
+    acc_key = f"accuracy_{deploy['deploy_form']}"
     rows = []
     for allocation, ms in runs.items():
         lat = [next(measured) for _ in ms]
-        acc = [m["runtimes"][a.runtime][acc_key] if "runtimes" in m else m[acc_key] for m, _ in ms]
+        acc = [m["runtimes"][a.runtime][f"accuracy_{m['runtimes'][a.runtime]['deploy_form']}"] for m, _ in ms]
         rows.append({"model": str(a.model), "runtime": a.runtime, "form": form, "allocation": allocation,
                      "seeds": len(ms), "target_ms": target, "unpruned_ms": unpruned_ms,
                      "latency_ms": statistics.median(lat), "vs_target": round(max(lat) / target, 3),
                      "accuracy_mean": statistics.mean(acc),
                      "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                     "unpruned_accuracy": base["runtimes"][a.runtime][acc_key] if "runtimes" in base else base[acc_key]})
+                     "unpruned_accuracy": deploy[acc_key], "deploy_form": deploy["deploy_form"]})
     print(machine_summary())
-    print(f"\n{a.model}: budget {target} ms = {a.fraction} x the {form} file's {today[form]:.3f} ms at batch {a.batch} "
+    print(f"\n{a.model}: budget {target} ms = {a.fraction} x the deploy form's ({deploy['deploy_form']}) "
+          f"{deploy['latency_ms_' + deploy['deploy_form']]:.3f} ms at batch {a.batch} "
           f"on {a.runtime}; {a.epochs} fine-tuning epochs with the teacher, {a.train_size} images; seeds {a.seeds}\n")
     print("| allocation | test accuracy (mean ± std) | ms at batch 64 (median) | worst / budget |\n|---|---|---|---|")
     print(f"| unpruned | {rows[0]['unpruned_accuracy']:.4f} | {unpruned_ms:.3f} | |")

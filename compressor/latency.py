@@ -56,6 +56,7 @@ class LatencyMeter:
     batch: int = 64
     cache: Path | None = None
     threads: int | None = None
+    int8_form: Int8Form = Int8Form()  # form int8: how the QDQ file is made (`fastest_int8_form` picks it)
     timings: int = 0  # networks actually timed (not read from the cache)
     _table: dict = field(default_factory=dict)
 
@@ -66,6 +67,7 @@ class LatencyMeter:
     def key(self, model: nn.Module) -> str:
         return json_digest({"architecture": type(model).__name__, "widths": widths(model), "input": self.input_shape,
                             "runtime": self.runtime, "form": self.form, "batch": self.batch,
+                            "int8_form": self.int8_form.label() if self.form == "int8" else None,
                             "threads": self.threads or torch.get_num_threads(), "cpu": cpu_flags()})
 
     def measure(self, model: nn.Module) -> float:
@@ -82,14 +84,34 @@ class LatencyMeter:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "probe.onnx"
             export_onnx(copy.deepcopy(model).cpu().eval(), path, self.input_shape)
-            if self.form == "int8":  # the export's default QDQ form; random calibration: only the speed counts
+            if self.form == "int8":  # random calibration: only the speed counts
                 rng = np.random.default_rng(0)
                 calibration = [rng.standard_normal((8, *self.input_shape)).astype(np.float32) for _ in range(2)]
                 int8 = Path(tmp) / "probe.int8.onnx"
-                quantize_preprocessed(preprocess(path, Path(tmp)), int8, calibration, Int8Form(), "minmax")
+                quantize_preprocessed(preprocess(path, Path(tmp)), int8, calibration, self.int8_form, "minmax")
                 path = int8
             sess = session(path, threads=self.threads, runtime=self.runtime)
             return latency_ms(sess, self.input_shape, self.batch, runs=15, budget_s=1.0)
+
+
+INT8_FORMS = tuple(Int8Form(stem, act, True) for stem in ("int8", "fp32") for act in ("u8", "s8"))
+
+
+def fastest_int8_form(meter: LatencyMeter, model: nn.Module) -> tuple[Int8Form, float]:
+    """The export's int8 forms (stem int8 or float32, u8 or s8 activations; per-channel weights) timed
+    on `model`: the fastest and its latency. A form the runtime refuses on this CPU is skipped."""
+    timed = []
+    for form in INT8_FORMS:
+        meter.int8_form = form
+        try:
+            timed.append((meter.measure(model), form))
+        except Exception:  # noqa: BLE001 - a runtime that cannot compile a form (OpenVINO's s8 on some CPUs)
+            continue
+    if not timed:
+        raise CompressorError(f"{meter.runtime} runs none of the int8 forms of this model on this CPU; use --form fp32")
+    ms, best = min(timed, key=lambda t: t[0])
+    meter.int8_form = best
+    return best, ms
 
 
 @dataclass

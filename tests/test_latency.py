@@ -149,3 +149,22 @@ def test_a_recipe_prunes_to_its_budget_and_the_report_draws_the_curve(tmp_path, 
     assert res.exit_code == 0, res.output
     assert "## Accuracy and latency" in (tmp_path / "run" / "report.md").read_text()
     assert (tmp_path / "run" / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_int8_form_measured_is_the_fastest_the_runtime_runs(monkeypatch):
+    """As the export does: the fastest int8 form on this runtime; a form the runtime refuses (OpenVINO's
+    s8 activations on some CPUs) is skipped, not the end of the run."""
+    from compressor.latency import fastest_int8_form
+
+    def time(self, model):
+        if self.int8_form.activations == "s8":
+            raise RuntimeError("No suitable implementations")
+        return 2.0 if self.int8_form.stem == "int8" else 1.5
+
+    monkeypatch.setattr(LatencyMeter, "_time", time)
+    meter = LatencyMeter(SHAPE, form="int8")
+    form, ms = fastest_int8_form(meter, student())
+    assert (form.stem, form.activations, ms) == ("fp32", "u8", 1.5) and meter.int8_form == form
+    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model: (_ for _ in ()).throw(RuntimeError("refused")))
+    with pytest.raises(CompressorError, match="runs none of the int8 forms"):
+        fastest_int8_form(LatencyMeter(SHAPE, form="int8"), student())

@@ -172,8 +172,8 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
     runtime: Literal["onnxruntime", "openvino"] = option("onnxruntime", "--target-latency: the runtime that measures.")
     latency_batch: int = option(64, "--target-latency: the batch size measured.", ge=1)
     form: Literal["auto", "fp32", "int8"] = option(
-        "auto", "--target-latency: the form measured: fp32, int8 (the export's default QDQ form), or auto: whichever "
-                "of the two is faster for the unpruned model (the form the export would ship).")
+        "auto", "--target-latency: the form measured: fp32, int8 (the export's int8 form fastest on this runtime for "
+                "the unpruned model), or auto: whichever of the two is faster (the form the export would ship).")
     allocation: Literal["latency", "uniform"] = option(
         "latency", "--target-latency: latency (channels ranked by importance per millisecond they save, measured "
                    "per group) or uniform (the same fraction of every group, found by bisection).")
