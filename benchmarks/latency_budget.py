@@ -118,7 +118,7 @@ def main() -> None:
                      "unpruned_accuracy": deploy[acc_key], "deploy_form": deploy["deploy_form"]})
     print(machine_summary())
     print(f"\n{a.model}: budget {target} ms = {a.fraction} x the deploy form's ({deploy['deploy_form']}) "
-          f"{deploy['latency_ms_' + deploy['deploy_form']]:.3f} ms at batch {a.batch} "
+          f"{today:.3f} ms (as the prune measures it) at batch {a.batch} "
           f"on {a.runtime}; {a.epochs} fine-tuning epochs with the teacher, {a.train_size} images; seeds {a.seeds}\n")
     print("| allocation | test accuracy (mean ± std) | ms at batch 64 (median) | worst / budget | worst / unpruned |\n"
           "|---|---|---|---|---|")
