@@ -34,10 +34,10 @@ from compressor.deploy.graph import export_onnx
 from compressor.deploy.int8 import Int8Form, preprocess, quantize_preprocessed
 from compressor.deploy.runtimes import cpu_flags, latency_ms, session
 from compressor.models import remove_channels
-from compressor.sparsity import channel_groups, filter_norms
+from compressor.sparsity import channel_groups, filter_norms, plan_structured, weakest
 
 SLICE = 0.125  # a slice: this fraction of a group's channels (at least --round-to), the unit one round removes
-ROUNDS_PER_STEP = 8  # lookup-table rounds toward one step's target before giving up on it
+MAX_ROUNDS = 32  # lookup-table rounds toward one step's target before giving up on it
 
 
 def widths(model: nn.Module) -> dict[str, int]:
@@ -59,16 +59,17 @@ class LatencyMeter:
     int8_form: Int8Form = Int8Form()  # form int8: how the QDQ file is made (`fastest_int8_form` picks it)
     timings: int = 0  # networks actually timed (not read from the cache)
     _table: dict = field(default_factory=dict)
+    _machine: dict = field(default_factory=dict)  # threads and CPU flags: read once, part of every key
 
     def __post_init__(self) -> None:
         if self.cache is not None and self.cache.is_file():
             self._table = read_json(self.cache)
+        self._machine = {"threads": self.threads or torch.get_num_threads(), "cpu": cpu_flags()}
 
     def key(self, model: nn.Module) -> str:
         return json_digest({"architecture": type(model).__name__, "widths": widths(model), "input": self.input_shape,
                             "runtime": self.runtime, "form": self.form, "batch": self.batch,
-                            "int8_form": self.int8_form.label() if self.form == "int8" else None,
-                            "threads": self.threads or torch.get_num_threads(), "cpu": cpu_flags()})
+                            "int8_form": self.int8_form.label() if self.form == "int8" else None, **self._machine})
 
     def measure(self, model: nn.Module) -> float:
         key = self.key(model)
@@ -120,17 +121,12 @@ class Cut:
 
     plan: list[dict]
     latency_ms: float
-    predicted_saving_ms: float | None = None
 
 
 def _slice(conv: nn.Conv2d, round_to: int) -> int:
     """Channels one slice of this group removes; 0 when the group is as narrow as it may get."""
     n = max(round_to, int(conv.out_channels * SLICE) // round_to * round_to)
     return n if conv.out_channels - n >= round_to else 0
-
-
-def _lowest(conv: nn.Conv2d, n: int) -> list[int]:
-    return torch.argsort(filter_norms(conv), stable=True)[:n].sort().values.tolist()
 
 
 def _apply(model: nn.Module, input_shape: list[int], plan: list[dict]) -> nn.Module:
@@ -152,10 +148,10 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
         n = _slice(conv, round_to)
         if n == 0:
             continue
-        removed = _lowest(conv, n)
+        norms = filter_norms(conv)
+        removed = weakest(norms, n)
         trial = _apply(copy.deepcopy(model), input_shape, [{"layer": name, "removed": removed}])
         saved = now - measure(trial)
-        norms = filter_norms(conv)
         importance = float(norms[removed].sum() / norms.mean().clamp_min(1e-12))
         ranked.append((importance / max(saved, 1e-3), saved, {"layer": name, "removed": removed,
                                                                 "channels": conv.out_channels}))
@@ -170,19 +166,18 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
 
 
 def uniform_plan(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], target_ms: float,
-                 exclude: tuple[str, ...], round_to: int, iterations: int = 10) -> list[dict] | None:
+                 exclude: tuple[str, ...], round_to: int, iterations: int = 10) -> list[dict]:
     """The smallest fraction of every group's channels (by bisection) whose removal measures at or
-    under `target_ms`; None when even the narrowest uniform cut does not."""
-    from compressor.sparsity import plan_structured
+    under `target_ms`; one line when even the narrowest uniform cut does not."""
 
     def trial(ratio: float) -> tuple[list[dict], float]:
         plan = plan_structured(model, input_shape, ratio, exclude=exclude, round_to=round_to)
         return plan, measure(_apply(copy.deepcopy(model), input_shape, plan))
 
     lo, hi = 0.0, 0.95
-    best, best_ms = trial(hi)
-    if best_ms > target_ms:
-        return None
+    best, narrowest_ms = trial(hi)
+    if narrowest_ms > target_ms:
+        _impossible(target_ms, narrowest_ms, round_to)
     for _ in range(iterations):
         mid = (lo + hi) / 2
         try:
@@ -208,30 +203,28 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
         if now <= target_ms:
             return cuts
         plan = uniform_plan(model, input_shape, measure, target_ms, exclude, round_to)
-        if plan is None:
-            _impossible(target_ms, now, model, input_shape, exclude, round_to, measure)
         _apply(model, input_shape, plan)
         return [Cut(plan, measure(model))]
     if allocation != "latency":
         raise CompressorError(f"--allocation must be latency or uniform, got '{allocation}'")
-    for _ in range(ROUNDS_PER_STEP * 4):
+    for _ in range(MAX_ROUNDS):
         if now <= target_ms:
             return cuts
-        plan, predicted = latency_round(model, input_shape, measure, now - target_ms, exclude, round_to)
-        if not plan:
-            _impossible(target_ms, now, model, input_shape, exclude, round_to, measure)
+        plan, _ = latency_round(model, input_shape, measure, now - target_ms, exclude, round_to)
+        if not plan:  # every group at its narrowest: `now` is the narrowest network's latency
+            _impossible(target_ms, now, round_to)
         _apply(model, input_shape, plan)
         now = measure(model)
-        cuts.append(Cut(plan, now, predicted))
+        cuts.append(Cut(plan, now))
     raise CompressorError(f"pruning did not reach {target_ms:.3f} ms in {len(cuts)} rounds (at {now:.3f} ms); the "
                           "latency measured is too noisy for this budget: raise --latency-batch or the budget")
 
 
-def _impossible(target_ms, now, model, input_shape, exclude, round_to, measure) -> None:
+def _impossible(target_ms: float, narrowest_ms: float, round_to: int) -> None:
     raise CompressorError(f"--target-latency {target_ms:g} ms cannot be reached without removing a whole layer: "
                           f"with every prunable convolution at its narrowest ({round_to} channel"
                           f"{'s' if round_to > 1 else ''}) the network still measures more than that "
-                          f"(now {now:.3f} ms); raise the budget, or use a smaller architecture")
+                          f"({narrowest_ms:.3f} ms); raise the budget, or use a smaller architecture")
 
 
 def step_targets(start_ms: float, target_ms: float, steps: int) -> list[float]:

@@ -141,6 +141,11 @@ def filter_norms(conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight.detach().flatten(1).norm(dim=1)
 
 
+def weakest(importance: torch.Tensor, n: int) -> list[int]:
+    """The indices of the `n` least important channels, in channel order (ties: the lower index)."""
+    return torch.argsort(importance, stable=True)[:n].sort().values.tolist()
+
+
 def plan_structured(model: nn.Module, input_shape: list[int], ratio: float, importance: str = "magnitude",
                     scores: dict[str, list[float]] | None = None, exclude: tuple[str, ...] = (),
                     round_to: int = 1) -> list[dict]:
@@ -171,7 +176,7 @@ def plan_structured(model: nn.Module, input_shape: list[int], ratio: float, impo
         n_remove = conv.out_channels - min(conv.out_channels, -(-kept // round_to) * round_to)
         if n_remove == 0:
             continue
-        removed = torch.argsort(imp, stable=True)[:n_remove].sort().values.tolist()
+        removed = weakest(imp, n_remove)
         plan.append({"layer": name, "removed": removed, "channels": conv.out_channels})
     if not plan:
         raise CompressorError("no channels were chosen for removal (no scored layer matched a prunable conv?)")
