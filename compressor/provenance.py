@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 from compressor import CompressorError
-from compressor.artifacts import METRICS_FILE, MODEL_FILE, SPEC_FILE, atomic_write_bytes, atomic_write_json, hash_file, read_json
+from compressor.artifacts import (METRICS_FILE, MODEL_FILE, SPEC_FILE, atomic_write_bytes, atomic_write_json, hash_file,
+                                  read_json)
 from compressor.models import ModelSpec, create_model, list_builtin
 
 CARD_FILE, TIMM_CONFIG_FILE = "README.md", "config.json"
@@ -67,7 +68,8 @@ def record(staging: Path, final: Path, stage: str, input_dirs: dict[str, Path], 
         atomic_write_json(spec_path, spec.to_json())
     timm_ok = spec is not None and timm_config(spec, staging / TIMM_CONFIG_FILE)
     files = sorted(p.name for p in staging.iterdir())
-    atomic_write_bytes(staging / CARD_FILE, model_card(final.name, stage, spec, lineage, metrics, timm_ok, files).encode())
+    card = model_card(final.name, stage, spec, lineage, metrics, timm_ok, files)
+    atomic_write_bytes(staging / CARD_FILE, card.encode())
 
 
 def _lineage_of(parent: Path | None) -> list[dict]:
@@ -151,14 +153,17 @@ def model_card(name: str, stage: str, spec: ModelSpec | None, lineage: list[dict
     for i, s in enumerate(lineage, 1):
         settings = ", ".join(f"{k}={_value(v, 'g')}" for k, v in s.get("settings", {}).items())
         acc = f"; test accuracy {s['accuracy']:.4f}" if isinstance(s.get("accuracy"), float) else ""
-        md.append(f"{i}. **{s['stage']}** {s.get('architecture') or ''} (`{s['path']}`){': ' + settings if settings else ''}{acc}")
+        settings = f": {settings}" if settings else ""
+        md.append(f"{i}. **{s['stage']}** {s.get('architecture') or ''} (`{s['path']}`){settings}{acc}")
     scalars = {k: v for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) or isinstance(v, str) and len(v) <= 60}
     md += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     md += [f"| {k} | {_value(v)} |" for k, v in scalars.items()]
-    md += ["", "Test-split figures; latencies are this machine's (metrics.json names its CPU and runtime versions).", ""]
+    md += ["", "Test-split figures; latencies are this machine's (metrics.json names its CPU and runtime versions).",
+           ""]
     if spec is not None:
-        md += ["## Load it", "", "With compressor installed:", "", "```python", "from compressor.artifacts import load_artifact",
+        md += ["## Load it", "", "With compressor installed:", "", "```python",
+               "from compressor.artifacts import load_artifact",
                f'model = load_artifact("{name}").model  # eval mode, weights loaded', "```", ""]
         if timm_ok:
             md += ["With timm alone (config.json holds the classes, channels, mean and std):", "", "```python",

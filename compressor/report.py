@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from compressor import CompressorError
-from compressor.artifacts import (CONTROL_FILE, METRICS_FILE, MODEL_FILE, atomic_write_bytes, load_artifact,
-                                  SPEC_FILE, load_state_dict, read_json, recorded_model_sizes)
+from compressor.artifacts import (CONTROL_FILE, METRICS_FILE, MODEL_FILE, SPEC_FILE, atomic_write_bytes, load_artifact,
+                                  load_state_dict, read_json, recorded_model_sizes)
 from compressor.data import load_data
 from compressor.models import ModelSpec, build_from_spec
 from compressor.provenance import lineage_line, locate_input
@@ -304,7 +304,7 @@ def write_report(run_dir: str | Path, device: str = "cpu") -> dict:
     summary = summary_rows(run)
     curves = learning_curves(run, run / "curves.png")
     lineage = run_lineage(run)
-    md = [f"# Report: {run.name}", "", f"Lineage: {lineage_line(lineage)}", ""] if lineage else [f"# Report: {run.name}", ""]
+    md = [f"# Report: {run.name}", ""] + ([f"Lineage: {lineage_line(lineage)}", ""] if lineage else [])
     acc, cross, n_grid = [], [], None
     if _find(run, "distill") is None:
         md += ["(No distill stage in this run: the teacher/student tables need one.)", ""]

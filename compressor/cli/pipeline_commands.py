@@ -11,8 +11,8 @@ import typer
 from compressor import CompressorError, distributed
 from compressor.cli.commands import apply_runtime, guarded, stdout
 from compressor.cli.options import JsonOpt, QuietOpt, RecipeArg, RecipeDeviceOpt, RunOutOpt, ThreadsOpt
-from compressor.recipe import load_recipe, run_recipe
 from compressor.provenance import lineage_line
+from compressor.recipe import load_recipe, run_recipe
 from compressor.report import accuracy_table, cross_table, summary_rows, summary_table, write_report
 from compressor.sweep import SWEEP_DIR, has_lambdas, parse_grid, result_tables, run_sweep
 

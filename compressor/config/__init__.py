@@ -8,10 +8,10 @@ machinery, `groups` the option groups the stages share, `stages` each stage's co
 
 from compressor.config.base import Config, field_extra, option
 from compressor.config.groups import Augmentation, DataFields, DistillOptions, Output, Runtime, TrainConfig
-from compressor.config.stages import (LINEAGE_SETTINGS, POST_TRAINING_INT8, STAGE_CONFIGS, DistillConfig, EvalConfig, ExportConfig,
-                                      PruneConfig, QuantizeConfig, SelectConfig, TeachConfig, input_dirs,
+from compressor.config.stages import (LINEAGE_SETTINGS, POST_TRAINING_INT8, STAGE_CONFIGS, DistillConfig, EvalConfig,
+                                      ExportConfig, PruneConfig, QuantizeConfig, SelectConfig, TeachConfig, input_dirs,
                                       input_fields)
 
-__all__ = ["LINEAGE_SETTINGS", "POST_TRAINING_INT8", "STAGE_CONFIGS", "Augmentation", "Config", "DataFields", "DistillConfig",
-           "DistillOptions", "EvalConfig", "ExportConfig", "Output", "PruneConfig", "QuantizeConfig", "Runtime",
+__all__ = ["LINEAGE_SETTINGS", "POST_TRAINING_INT8", "STAGE_CONFIGS", "Augmentation", "Config", "DataFields",
+           "DistillConfig", "DistillOptions", "EvalConfig", "ExportConfig", "Output", "PruneConfig", "QuantizeConfig", "Runtime",
            "SelectConfig", "TeachConfig", "TrainConfig", "field_extra", "input_dirs", "input_fields", "option"]

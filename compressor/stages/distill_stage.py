@@ -150,7 +150,8 @@ def shift_bias(net, bundle, omitted: list[int], val_ref: torch.Tensor, device) -
                 lo, hi = (shift[c].item(), hi) if share(c) < target[c] else (lo, shift[c].item())
             shift[c] = hi
     t_logits, labels = test_logits(net, bundle, device)
-    before = {"accuracy_before_shift": accuracy(t_logits, labels), **_by_class(t_logits, labels, omitted, "_before_shift")}
+    before = {"accuracy_before_shift": accuracy(t_logits, labels),
+              **_by_class(t_logits, labels, omitted, "_before_shift")}
     with torch.no_grad():
         head.bias += shift.to(head.bias)
     log("distill: --bias-shift: " + ", ".join(f"class {c} +{shift[c]:.3f} (validation share {share(c):.3f}, "
