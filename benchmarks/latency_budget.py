@@ -6,15 +6,16 @@ at the same measured latency and fine-tuning budget.
         --data fashion-mnist --image-size 32 --runtime openvino --seeds 0 1 2 --csv benchmarks/results/x.csv
 
 The budget is --fraction (0.5) of the unpruned model's latency at --batch on --runtime in the deploy
-form `compress export --int8` names (fp32 where it is a reduced float), measured as the prune measures
-(`compressor.latency.LatencyMeter`). For each allocation and seed:
+form `compress export --int8` names (fp32, OpenVINO's bf16/fp16, or int8), measured as the prune
+measures (`compressor.latency.LatencyMeter`). For each allocation and seed:
 
     compress prune MODEL --data D --structured --target-latency T --runtime R --finetune-epochs E \\
-        --teacher TEACHER --train-size N --seed S --allocation latency|uniform --out WORK/A-sS
+        --teacher TEACHER --train-size N --seed S --allocation latency|uniform --form FORM --out WORK/A-sS
     compress export WORK/A-sS --data D --runtime R [--int8] --out WORK/A-sS-export
 
-then every export's deploy file (and the unpruned model's) is timed in interleaved rounds in one process
-(`benchmarks/int8_latency.py`'s method: one session alive at a time, the median of --rounds rounds).
+then every export's deploy file (and the unpruned model's) is timed in its deploy precision (OpenVINO's
+bf16 file with its precision hint) in interleaved rounds in one process (`benchmarks/int8_latency.py`'s
+method: one session alive at a time, the median of --rounds rounds).
 The table gives each allocation's test accuracy (mean ± std over the seeds, the exported file's) and
 its measured latency against the budget. Results differ between machines; on one machine the
 accuracies repeat, the latencies vary by a few percent.
@@ -42,14 +43,15 @@ def compress(*args, out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def interleaved(files: list[Path], runtime: str, batch: int, rounds: int) -> list[float]:
+def interleaved(files: list[tuple[Path, str]], runtime: str, batch: int, rounds: int) -> list[float]:
+    """Each (file, precision)'s median latency over `rounds` interleaved rounds."""
     from compressor.deploy.runtimes import latency_ms, session
 
-    shape = session(files[0], runtime=runtime).input_shape()
+    shape = session(files[0][0], runtime=runtime).input_shape()
     times = [[] for _ in files]
     for _ in range(rounds):
-        for i, f in enumerate(files):
-            s = session(f, runtime=runtime)
+        for i, (f, precision) in enumerate(files):
+            s = session(f, runtime=runtime, precision=precision)
             times[i].append(latency_ms(s, shape, batch, runs=20))
             del s
     return [statistics.median(t) for t in times]
@@ -71,14 +73,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/latency-budget"))
     ap.add_argument("--csv", type=Path, default=None)
     a = ap.parse_args()
-    from compressor.deploy.runtimes import machine_summary
+    from compressor.deploy.runtimes import OPENVINO_PRECISION, machine_summary
 
     work = a.work / f"{a.model.parent.name}-{a.model.name}-{a.runtime}"
     data = ["--data", a.data, *(["--image-size", a.image_size] if a.image_size else [])]
     base = compress("export", a.model, *data, "--runtime", a.runtime, "--int8", "--latency-batch", a.batch,
                     out=work / "unpruned-export")
     deploy = base["runtimes"][a.runtime]
-    form = deploy["deploy_form"] if deploy["deploy_form"] in ("fp32", "int8") else "fp32"
+    form = deploy["deploy_form"]
     from compressor.artifacts import load_artifact
     from compressor.latency import LatencyMeter, fastest_int8_form
 
@@ -97,9 +99,10 @@ def main() -> None:
             exported = compress("export", out, *data, "--runtime", a.runtime, *int8, out=work / f"{out.name}-export")
             runs.setdefault(allocation, []).append((exported, work / f"{out.name}-export"))
             print(f"{allocation} seed {seed} done", file=sys.stderr)
-    def shipped(export_dir: Path) -> Path:  # the deploy file the export names (without an OpenVINO hint)
-        m = json.loads((export_dir / "metrics.json").read_text())
-        return export_dir / m["runtimes"][a.runtime]["deploy_file"].split()[0]
+    def shipped(export_dir: Path) -> tuple[Path, str]:  # the deploy file the export names, in its precision
+        r = json.loads((export_dir / "metrics.json").read_text())["runtimes"][a.runtime]
+        precision = r["deploy_form"] if r["deploy_form"] in OPENVINO_PRECISION else "fp32"
+        return export_dir / r["deploy_file"].split()[0], precision
 
     files = [shipped(work / "unpruned-export")] + [shipped(d) for ms in runs.values() for _, d in ms]
     measured = iter(interleaved(files, a.runtime, a.batch, a.rounds))

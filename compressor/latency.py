@@ -10,7 +10,8 @@ CPU; every timing is cached by (widths, input size, runtime, form, batch, thread
 allocation (the default, after HALP, Shen et al., NeurIPS 2022) each round times, for every prunable
 group, the network with a slice of that group's channels removed (a lookup table of the milliseconds
 each slice saves, measured on this network as it now is), ranks the slices by importance per
-millisecond saved (the slice's filter norms over the layer's mean norm), takes the cheapest until the
+millisecond saved (the share of the layer's filter norms the slice removes, so that a slice of a
+narrow layer and the same fraction of a wide one weigh the same), takes the cheapest until the
 predicted saving covers the gap, and re-measures the real network. The `uniform` allocation removes
 the same fraction of every group's channels, the fraction found by bisection: the ratio pruning the
 first is measured against.
@@ -31,8 +32,8 @@ import torch.nn as nn
 from compressor import CompressorError
 from compressor.artifacts import atomic_write_json, json_digest, read_json
 from compressor.deploy.graph import export_onnx
-from compressor.deploy.int8 import Int8Form, preprocess, quantize_preprocessed
-from compressor.deploy.runtimes import cpu_flags, latency_ms, session
+from compressor.deploy.int8 import NNCF_FORM, Int8Form, nncf_available, preprocess, quantize_nncf, quantize_preprocessed
+from compressor.deploy.runtimes import OPENVINO_PRECISION, cpu_flags, latency_ms, session
 from compressor.models import remove_channels
 from compressor.sparsity import channel_groups, filter_norms, plan_structured, weakest
 
@@ -88,21 +89,33 @@ class LatencyMeter:
             if self.form == "int8":  # random calibration: only the speed counts
                 rng = np.random.default_rng(0)
                 calibration = [rng.standard_normal((8, *self.input_shape)).astype(np.float32) for _ in range(2)]
-                int8 = Path(tmp) / "probe.int8.onnx"
-                quantize_preprocessed(preprocess(path, Path(tmp)), int8, calibration, self.int8_form, "minmax")
+                if self.int8_form.quantizer == "nncf":
+                    int8 = Path(tmp) / "probe.int8.xml"
+                    quantize_nncf(path, int8, calibration)
+                else:
+                    int8 = Path(tmp) / "probe.int8.onnx"
+                    quantize_preprocessed(preprocess(path, Path(tmp)), int8, calibration, self.int8_form, "minmax")
                 path = int8
-            sess = session(path, threads=self.threads, runtime=self.runtime)
+            # a reduced float form (OpenVINO's bf16, fp16) is the float32 file run in that precision, as the export runs it
+            precision = self.form if self.form in OPENVINO_PRECISION else "fp32"
+            sess = session(path, threads=self.threads, runtime=self.runtime, precision=precision)
             return latency_ms(sess, self.input_shape, self.batch, runs=15, budget_s=1.0)
 
 
 INT8_FORMS = tuple(Int8Form(stem, act, True) for stem in ("int8", "fp32") for act in ("u8", "s8"))
 
 
+def int8_forms(runtime: str) -> tuple[Int8Form, ...]:
+    """The int8 forms the export times on `runtime`: the QDQ forms, and NNCF's on OpenVINO where installed."""
+    return INT8_FORMS + ((NNCF_FORM,) if runtime == "openvino" and nncf_available() else ())
+
+
 def fastest_int8_form(meter: LatencyMeter, model: nn.Module) -> tuple[Int8Form, float]:
-    """The export's int8 forms (stem int8 or float32, u8 or s8 activations; per-channel weights) timed
-    on `model`: the fastest and its latency. A form the runtime refuses on this CPU is skipped."""
+    """The export's int8 forms (stem int8 or float32, u8 or s8 activations, per-channel weights; NNCF's
+    on OpenVINO) timed on `model`: the fastest and its latency. A form the runtime refuses on this CPU
+    is skipped."""
     timed = []
-    for form in INT8_FORMS:
+    for form in int8_forms(meter.runtime):
         meter.int8_form = form
         try:
             timed.append((meter.measure(model), form))
@@ -152,7 +165,7 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
         removed = weakest(norms, n)
         trial = _apply(copy.deepcopy(model), input_shape, [{"layer": name, "removed": removed}])
         saved = now - measure(trial)
-        importance = float(norms[removed].sum() / norms.mean().clamp_min(1e-12))
+        importance = float(norms[removed].sum() / norms.sum().clamp_min(1e-12))  # the share of the layer it removes
         ranked.append((importance / max(saved, 1e-3), saved, {"layer": name, "removed": removed,
                                                                 "channels": conv.out_channels}))
     ranked.sort(key=lambda r: r[0])

@@ -1,5 +1,7 @@
 """Structured pruning to a latency budget, with a fake latency model (deterministic, no timing)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -168,3 +170,33 @@ def test_the_int8_form_measured_is_the_fastest_the_runtime_runs(monkeypatch):
     monkeypatch.setattr(LatencyMeter, "_time", lambda self, model: (_ for _ in ()).throw(RuntimeError("refused")))
     with pytest.raises(CompressorError, match="runs none of the int8 forms"):
         fastest_int8_form(LatencyMeter(SHAPE, form="int8"), student())
+
+
+def test_a_reduced_float_form_the_runtime_runs_is_measured_and_can_be_the_budgets_form(student_dir, teacher_dir,
+                                                                                        tmp_path, monkeypatch):
+    """On a CPU where OpenVINO reports bf16 (simulated here on any CPU), auto measures bf16 beside fp32
+    and int8 as the export does, and prunes in bf16 where it is the fastest; the meter runs the float32
+    file in bf16 (the precision hint), as the export's deploy file is run."""
+    import compressor.latency as latency
+    import compressor.stages.prune_stage as prune_stage
+
+    measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    scale = {"fp32": 2.0, "bf16": 0.8, "int8": 1.0}
+    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model: measure(model) * scale[self.form])
+    monkeypatch.setattr(prune_stage, "reduced_float_forms", lambda runtime: ["bf16"])
+    start = 0.8 * measure(load_artifact(student_dir).model)
+    m = prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.5 * start, epochs=1,
+              teacher=str(teacher_dir), runtime="openvino", out=tmp_path / "p", device="cpu")
+    assert m["latency_budget"]["form"] == "bf16" and m["latency_budget"]["latency_ms"] <= 0.5 * start
+    monkeypatch.setattr(prune_stage, "reduced_float_forms", lambda runtime: [])
+    with pytest.raises(CompressorError, match="does not run bf16 natively"):
+        prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.5 * start, form="bf16",
+              runtime="openvino", out=tmp_path / "q", device="cpu")
+
+    seen = []
+    monkeypatch.undo()
+    monkeypatch.setattr(latency, "session", lambda path, threads=None, runtime=None, precision="fp32":
+                        seen.append((Path(path).suffix, runtime, precision)))
+    monkeypatch.setattr(latency, "latency_ms", lambda *a, **k: 1.0)
+    LatencyMeter(SHAPE, "openvino", "bf16").measure(student())
+    assert seen == [(".onnx", "openvino", "bf16")]

@@ -171,9 +171,11 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
               "Instead of --sparsity.", flag="--target-latency", gt=0, allow_inf_nan=False, main=True)
     runtime: Literal["onnxruntime", "openvino"] = option("onnxruntime", "--target-latency: the runtime that measures.")
     latency_batch: int = option(64, "--target-latency: the batch size measured.", ge=1)
-    form: Literal["auto", "fp32", "int8"] = option(
-        "auto", "--target-latency: the form measured: fp32, int8 (the export's int8 form fastest on this runtime for "
-                "the unpruned model), or auto: whichever of the two is faster (the form the export would ship).")
+    form: Literal["auto", "fp32", "bf16", "fp16", "int8"] = option(
+        "auto", "--target-latency: the form measured: fp32; bf16 or fp16 (the float32 file run in that precision, "
+                "where the runtime runs it natively on this CPU: OpenVINO on bf16/fp16 CPUs); int8 (the export's "
+                "int8 form fastest on this runtime for the unpruned model); or auto: the fastest of those (the form "
+                "the export would ship).")
     allocation: Literal["latency", "uniform"] = option(
         "latency", "--target-latency: latency (channels ranked by importance per millisecond they save, measured "
                    "per group) or uniform (the same fraction of every group, found by bisection).")

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
+from compressor import CompressorError
 from compressor.artifacts import load_artifact, read_json, recorded_model_sizes, state_dict_for_saving
 from compressor.config import PruneConfig
 from compressor.console import log
-from compressor.deploy.runtimes import cpu_flags, onnx_latency
+from compressor.deploy.runtimes import cpu_flags, onnx_latency, reduced_float_forms
 from compressor.distill import build_distiller
 from compressor.distill.registry import extra_epochs
 from compressor.latency import LatencyMeter, cut_to_latency, fastest_int8_form, step_targets, widths
@@ -107,12 +108,13 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     and the last fine-tuning's result and cost."""
     cfg = run.cfg
     cache = Path(cfg.out).expanduser().absolute().parent / "cache" / "latency.json"
-    meters = {f: LatencyMeter(shape, cfg.runtime, f, cfg.latency_batch, cache) for f in ("fp32", "int8")}
-    today = {}
-    if cfg.form in ("auto", "fp32"):
-        today["fp32"] = meters["fp32"].measure(model)
-    if cfg.form in ("auto", "int8"):  # the int8 form the export would ship: the fastest on this runtime and CPU
-        today["int8"] = fastest_int8_form(meters["int8"], model)[1]
+    # auto: every form the export measures on this runtime and CPU (float32, the reduced floats the runtime
+    # runs natively, int8 in its fastest form); the fastest is the one the export would ship
+    forms = ["fp32", *reduced_float_forms(cfg.runtime), "int8"] if cfg.form == "auto" else [cfg.form]
+    if cfg.form in ("bf16", "fp16") and cfg.form not in reduced_float_forms(cfg.runtime):
+        raise CompressorError(f"--form {cfg.form}: {cfg.runtime} does not run {cfg.form} natively on this CPU")
+    meters = {f: LatencyMeter(shape, cfg.runtime, f, cfg.latency_batch, cache) for f in forms}
+    today = {f: fastest_int8_form(m, model)[1] if f == "int8" else m.measure(model) for f, m in meters.items()}
     form = min(today, key=today.get)
     meter, original = meters[form], widths(model)
     fp32_ort_before = onnx_latency(model, shape, run.writer.dir)
