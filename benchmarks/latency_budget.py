@@ -7,7 +7,8 @@ at the same measured latency and fine-tuning budget.
 
 The budget is --fraction (0.5) of the unpruned model's latency at --batch on --runtime in the deploy
 form `compress export --int8` names (fp32, OpenVINO's bf16/fp16, or int8), measured as the prune
-measures (`compressor.latency.LatencyMeter`). For each allocation and seed:
+measures (`compressor.latency.LatencyMeter`; kept in WORK/budget-FRACTION.json, so a rerun that adds seeds or
+allocations prunes to the same budget). For each allocation and seed:
 
     compress prune MODEL --data D --structured --target-latency T --runtime R --finetune-epochs E \\
         --teacher TEACHER --train-size N --seed S --allocation latency|uniform --form FORM --out WORK/A-sS
@@ -84,9 +85,14 @@ def main() -> None:
     from compressor.artifacts import load_artifact
     from compressor.latency import LatencyMeter, fastest_int8_form
 
-    meter = LatencyMeter(load_artifact(a.model).spec.input_shape, a.runtime, form, a.batch)  # as the prune measures
-    model = load_artifact(a.model).model
-    today = fastest_int8_form(meter, model)[1] if form == "int8" else meter.measure(model)
+    budget_file = work / f"budget-{a.fraction}.json"  # one budget per work dir: reruns compare at the same target
+    if budget_file.is_file():
+        today = json.loads(budget_file.read_text())["unpruned_ms"]
+    else:
+        meter = LatencyMeter(load_artifact(a.model).spec.input_shape, a.runtime, form, a.batch)  # as the prune measures
+        model = load_artifact(a.model).model
+        today = fastest_int8_form(meter, model)[1] if form == "int8" else meter.measure(model)
+        budget_file.write_text(json.dumps({"unpruned_ms": today, "form": form, "batch": a.batch}))
     target = round(a.fraction * today, 3)
     int8 = ["--int8"] if form == "int8" else []
     runs: dict[str, list[tuple[dict, Path]]] = {}

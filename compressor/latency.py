@@ -10,8 +10,8 @@ CPU; every timing is cached by (widths, input size, runtime, form, batch, thread
 allocation (the default, after HALP, Shen et al., NeurIPS 2022) each round times, for every prunable
 group, the network with a slice of that group's channels removed (a lookup table of the milliseconds
 each slice saves, measured on this network as it now is), ranks the slices by importance per
-millisecond saved (the share of the layer's filter norms the slice removes, so that a slice of a
-narrow layer and the same fraction of a wide one weigh the same), takes the cheapest until the
+millisecond saved (its channels' first-order Taylor importance, the loss their removal is estimated to
+cost, as HALP ranks them; without data, the share of the layer's filter norms the slice removes), takes the cheapest until the
 predicted saving covers the gap, and re-measures the real network. The `uniform` allocation removes
 the same fraction of every group's channels, the fraction found by bisection: the ratio pruning the
 first is measured against.
@@ -39,6 +39,7 @@ from compressor.sparsity import channel_groups, filter_norms, plan_structured, w
 
 SLICE = 0.125  # a slice: this fraction of a group's channels (at least --round-to), the unit one round removes
 MAX_ROUNDS = 32  # lookup-table rounds toward one step's target before giving up on it
+TAYLOR_BATCHES = 8  # training batches (64 images) the Taylor importance is estimated on, each round
 
 
 def widths(model: nn.Module) -> dict[str, int]:
@@ -147,25 +148,70 @@ def _apply(model: nn.Module, input_shape: list[int], plan: list[dict]) -> nn.Mod
     return model
 
 
+Scores = Callable[[nn.Module], dict[str, torch.Tensor]]  # a network -> each prunable group's channel importances
+
+
+def taylor_importance(batches: list[tuple[torch.Tensor, torch.Tensor]], input_shape: list[int],
+                      exclude: tuple[str, ...] = ()) -> Scores:
+    """First-order Taylor importance (Molchanov et al., CVPR 2019; HALP ranks channels by it): for each
+    channel of each prunable group, |weight x gradient| of the cross-entropy on `batches`, summed over
+    every parameter the channel's removal takes (the convolution's filter, its BatchNorm, the inputs
+    downstream; torch-pruning's GroupTaylorImportance, not normalised per layer). It estimates the loss
+    the removal costs, so a slice of one layer and of another compare directly."""
+
+    def scores(model: nn.Module) -> dict[str, torch.Tensor]:
+        import torch.nn.functional as F
+        import torch_pruning as tp
+
+        was = model.training
+        model.eval()  # the running statistics stay as they are
+        model.zero_grad(set_to_none=True)
+        device = next(model.parameters()).device
+        for x, y in batches:
+            (F.cross_entropy(model(x.to(device)), y.to(device)) / len(batches)).backward()
+        dg, roots = channel_groups(model, input_shape, exclude)
+        modules, imp = dict(model.named_modules()), tp.importance.GroupTaylorImportance(group_reduction="sum",
+                                                                                        normalizer=None)
+        out = {}
+        for name in roots:
+            conv = modules[name]
+            group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+            out[name] = imp(group).detach().float().cpu()
+        model.zero_grad(set_to_none=True)
+        model.train(was)
+        return out
+
+    return scores
+
+
+def magnitude_share(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each convolution's filter norms as shares of its layer's total: a slice of a narrow layer and the
+    same fraction of a wide one weigh the same (the importance without data)."""
+    return {n: filter_norms(m) / filter_norms(m).sum().clamp_min(1e-12)
+            for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
 def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], gap_ms: float,
-                  exclude: tuple[str, ...], round_to: int) -> tuple[list[dict], float]:
-    """One round of the `latency` allocation: time every group's slice, rank the slices by importance
-    per millisecond saved, and pick the cheapest until their predicted saving covers `gap_ms` (at
-    least one). Returns the plan and its predicted saving; an empty plan when no group can narrow."""
+                  exclude: tuple[str, ...], round_to: int, scores: Scores = magnitude_share) -> tuple[list[dict], float]:
+    """One round of the `latency` allocation: time every group's slice (its least important channels
+    by `scores`), rank the slices by importance per millisecond saved, and pick the cheapest until
+    their predicted saving covers `gap_ms` (at least one). Returns the plan and its predicted saving;
+    an empty plan when no group can narrow."""
     now = measure(model)
     modules = dict(model.named_modules())
     _, roots = channel_groups(model, input_shape, exclude)
+    importances = scores(model)
     ranked = []
     for name in roots:
         conv = modules[name]
         n = _slice(conv, round_to)
         if n == 0:
             continue
-        norms = filter_norms(conv)
-        removed = weakest(norms, n)
+        channel_importance = importances[name]
+        removed = weakest(channel_importance, n)
         trial = _apply(copy.deepcopy(model), input_shape, [{"layer": name, "removed": removed}])
         saved = now - measure(trial)
-        importance = float(norms[removed].sum() / norms.sum().clamp_min(1e-12))  # the share of the layer it removes
+        importance = float(channel_importance[removed].sum())
         ranked.append((importance / max(saved, 1e-3), saved, {"layer": name, "removed": removed,
                                                                 "channels": conv.out_channels}))
     ranked.sort(key=lambda r: r[0])
@@ -206,10 +252,12 @@ def uniform_plan(model: nn.Module, input_shape: list[int], measure: Callable[[nn
 
 
 def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], target_ms: float,
-                   exclude: tuple[str, ...] = (), round_to: int = 1, allocation: str = "latency") -> list[Cut]:
-    """Remove channels from `model` (in place) until `measure(model)` is at most `target_ms`.
-    Returns the cuts made, each with its plan and the latency measured after it. One line when the
-    target cannot be reached without removing a whole layer."""
+                   exclude: tuple[str, ...] = (), round_to: int = 1, allocation: str = "latency",
+                   scores: Scores = magnitude_share) -> list[Cut]:
+    """Remove channels from `model` (in place) until `measure(model)` is at most `target_ms`; the
+    `latency` allocation ranks channels by `scores` (recomputed each round). Returns the cuts made,
+    each with its plan and the latency measured after it. One line when the target cannot be reached
+    without removing a whole layer."""
     cuts: list[Cut] = []
     now = measure(model)
     if allocation == "uniform":
@@ -223,7 +271,7 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
     for _ in range(MAX_ROUNDS):
         if now <= target_ms:
             return cuts
-        plan, _ = latency_round(model, input_shape, measure, now - target_ms, exclude, round_to)
+        plan, _ = latency_round(model, input_shape, measure, now - target_ms, exclude, round_to, scores)
         if not plan:  # every group at its narrowest: `now` is the narrowest network's latency
             _impossible(target_ms, now, round_to)
         _apply(model, input_shape, plan)

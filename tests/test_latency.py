@@ -122,7 +122,9 @@ def test_prune_to_a_latency_budget_records_its_steps_and_rebuilds(student_dir, t
 @pytest.mark.parametrize("args, needle", [(["--target-latency", "1"], "pass --structured too"),
                                           (["--structured"], "give --sparsity or --target-latency"),
                                           (["--sparsity", "0.5", "--form", "int8"], "--form apply with --target-latency"),
-                                          (["--structured", "--target-latency", "-1"], "--target-latency")])
+                                          (["--structured", "--target-latency", "-1"], "--target-latency"),
+                                          (["--structured", "--sparsity", "0.5", "--importance", "taylor"],
+                                           "--importance taylor ranks channels per millisecond")])
 def test_budget_options_refuse_bad_combinations(student_dir, tmp_path, args, needle):
     res = cli("prune", student_dir, "--data", SYN, *args, "--out", tmp_path / "x")
     assert res.exit_code != 0
@@ -200,3 +202,24 @@ def test_a_reduced_float_form_the_runtime_runs_is_measured_and_can_be_the_budget
     monkeypatch.setattr(latency, "latency_ms", lambda *a, **k: 1.0)
     LatencyMeter(SHAPE, "openvino", "bf16").measure(student())
     assert seen == [(".onnx", "openvino", "bf16")]
+
+
+def test_taylor_importance_is_the_loss_a_channel_costs_comparable_between_layers():
+    """A channel that no longer reaches the output (its filter, BatchNorm and downstream weights zero)
+    costs nothing: Taylor importance 0, the first its slice removes; the scores are not normalised
+    per layer, and the model comes back as it went in (mode, no gradients)."""
+    from compressor.latency import taylor_importance
+
+    model = student().train()
+    with torch.no_grad():
+        block, after = model.blocks[1], model.blocks[2][0]
+        for t in (block[0].weight[3], block[1].weight[3:4], block[1].bias[3:4], after.weight[:, 3]):
+            t.zero_()
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, *SHAPE), torch.randint(0, 10, (8,))) for _ in range(2)]
+    scores = taylor_importance(batches, SHAPE)(model)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert {n: len(s) for n, s in scores.items()} == {n: w for n, w in widths(model).items()}
+    assert scores["blocks.1.0"][3] == 0 and (scores["blocks.1.0"] >= 0).all()
+    assert scores["blocks.1.0"].argmin() == 3
+    assert scores["blocks.0.0"].sum() != pytest.approx(scores["blocks.2.0"].sum())  # loss units, not shares

@@ -192,8 +192,10 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
         None, "Also prune the first convolution and the classifier. Default: no for unstructured pruning (they are small "
               "and sensitive); yes with --structured, where a narrower first convolution is most of the int8 speed-up "
               "(the classifier's outputs, the classes, are never removed).", flag="--include-all/--no-include-all")
-    importance: Literal["magnitude", "discriminability"] = option(
-        "magnitude", "--structured: magnitude (filter L2 norm) or discriminability (select's scores; needs --channels).")
+    importance: Literal["magnitude", "discriminability", "taylor"] = option(
+        "magnitude", "--structured: magnitude (filter L2 norm), discriminability (select's scores; needs --channels), "
+                     "or, with --target-latency, taylor (the loss a channel's removal is estimated to cost, first-order "
+                     "Taylor on training batches; comparable between layers, the default there).")
     channels: Optional[str] = option(None, "Select artifact of this model, for --importance discriminability.",
                                      recipe=False)
     epochs: int = option(1, "Fine-tuning epochs; pruned weights stay exactly zero.", ge=0, alias="finetune_epochs")
@@ -209,8 +211,14 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
             raise ValueError(f"{', '.join(budget)} apply with --target-latency only")
         if self.target_latency_ms is not None and not self.structured:
             raise ValueError("--target-latency removes whole channels; pass --structured too")
-        if self.target_latency_ms is not None and self.importance != "magnitude":
-            raise ValueError("--target-latency ranks channels by magnitude per millisecond; drop --importance")
+        if self.target_latency_ms is not None and self.importance == "discriminability":
+            raise ValueError("--target-latency ranks channels by taylor or magnitude importance per millisecond; "
+                             "drop --importance discriminability")
+        if self.target_latency_ms is not None and "importance" not in self.model_fields_set:
+            self.__dict__["importance"] = "taylor"  # the default there; not "given" (no re-validation)
+        if self.target_latency_ms is None and self.importance == "taylor":
+            raise ValueError("--importance taylor ranks channels per millisecond for --target-latency; use magnitude "
+                             "or discriminability with --sparsity")
         if self.target_latency_ms is not None and self.resume:
             raise ValueError("--resume is not supported with --target-latency (its steps change the network); "
                              "rerun it from the start")

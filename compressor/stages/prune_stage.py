@@ -15,7 +15,8 @@ from compressor.console import log
 from compressor.deploy.runtimes import cpu_flags, onnx_latency, reduced_float_forms
 from compressor.distill import build_distiller
 from compressor.distill.registry import extra_epochs
-from compressor.latency import LatencyMeter, cut_to_latency, fastest_int8_form, step_targets, widths
+from compressor.latency import (LatencyMeter, cut_to_latency, fastest_int8_form, magnitude_share, step_targets,
+                                TAYLOR_BATCHES, taylor_importance, widths)
 from compressor.models import count_params, remove_channels
 from compressor.sparsity import GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers
 from compressor.stages.common import load_bundle, test_accuracy
@@ -121,9 +122,13 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     start = meter.measure(model)
     log(f"prune: {start:.3f} ms at batch {cfg.latency_batch} on {cfg.runtime} ({form}, {cfg.allocation} allocation); "
         f"target {cfg.target_latency_ms:g} ms")
+    scores = magnitude_share
+    if cfg.importance == "taylor":  # a fixed sample of the training split (every class), the same each round
+        scores = taylor_importance(list(bundle.loader("train", 64, seed=cfg.seed, limit=64 * TAYLOR_BATCHES)),
+                                   shape, exclude)
     steps, acc_pruned, result, cost, history = [], None, None, None, []
     for k, goal in enumerate(step_targets(start, cfg.target_latency_ms, max(1, cfg.epochs)), 1):
-        cuts = cut_to_latency(model, shape, meter.measure, goal, exclude, cfg.round_to, cfg.allocation)
+        cuts = cut_to_latency(model, shape, meter.measure, goal, exclude, cfg.round_to, cfg.allocation, scores)
         spec.structured_pruning.extend(c.plan for c in cuts)
         acc_cut = test_accuracy(model, bundle, run.device)
         acc_pruned = acc_cut if acc_pruned is None else acc_pruned
@@ -139,6 +144,7 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     result.history = history
     budget = {"target_ms": cfg.target_latency_ms, "latency_ms": steps[-1]["latency_ms"], "latency_ms_before": start,
               "runtime": cfg.runtime, "form": form, "batch": cfg.latency_batch, "allocation": cfg.allocation,
+              "importance": cfg.importance if cfg.allocation == "latency" else None,
               "int8_form": meter.int8_form.label() if form == "int8" else None,
               "threads": torch.get_num_threads(), "cpu_flags": " ".join(cpu_flags()),
               "networks_timed": meter.timings, "steps": steps}
