@@ -11,10 +11,10 @@ allocation (the default, after HALP, Shen et al., NeurIPS 2022) each round times
 group, the network with a slice of that group's channels removed (a lookup table of the milliseconds
 each slice saves, measured on this network as it now is), ranks the slices by importance per
 millisecond saved (its channels' first-order Taylor importance, the loss their removal is estimated to
-cost, as HALP ranks them; without data, the share of the layer's filter norms the slice removes), takes the cheapest until the
-predicted saving covers the gap, and re-measures the real network. The `uniform` allocation removes
-the same fraction of every group's channels, the fraction found by bisection: the ratio pruning the
-first is measured against.
+cost, as HALP ranks them; without data, the share of the layer's filter norms the slice removes), takes
+the cheapest until the predicted saving covers the gap, and re-measures the real network. The
+`uniform` allocation removes the same fraction of every group's channels, the fraction found by
+bisection: the ratio pruning the first is measured against.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class LatencyMeter:
                     int8 = Path(tmp) / "probe.int8.onnx"
                     quantize_preprocessed(preprocess(path, Path(tmp)), int8, calibration, self.int8_form, "minmax")
                 path = int8
-            # a reduced float form (OpenVINO's bf16, fp16) is the float32 file run in that precision, as the export runs it
+            # a reduced float form (OpenVINO's bf16, fp16): the float32 file run in that precision, as the export does
             precision = self.form if self.form in OPENVINO_PRECISION else "fp32"
             sess = session(path, threads=self.threads, runtime=self.runtime, precision=precision)
             return latency_ms(sess, self.input_shape, self.batch, runs=15, budget_s=1.0)
@@ -187,12 +187,13 @@ def taylor_importance(batches: list[tuple[torch.Tensor, torch.Tensor]], input_sh
 def magnitude_share(model: nn.Module) -> dict[str, torch.Tensor]:
     """Each convolution's filter norms as shares of its layer's total: a slice of a narrow layer and the
     same fraction of a wide one weigh the same (the importance without data)."""
-    return {n: filter_norms(m) / filter_norms(m).sum().clamp_min(1e-12)
-            for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    norms = {n: filter_norms(m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    return {n: v / v.sum().clamp_min(1e-12) for n, v in norms.items()}
 
 
 def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], gap_ms: float,
-                  exclude: tuple[str, ...], round_to: int, scores: Scores = magnitude_share) -> tuple[list[dict], float]:
+                  exclude: tuple[str, ...], round_to: int,
+                  scores: Scores = magnitude_share) -> tuple[list[dict], float]:
     """One round of the `latency` allocation: time every group's slice (its least important channels
     by `scores`), rank the slices by importance per millisecond saved, and pick the cheapest until
     their predicted saving covers `gap_ms` (at least one). Returns the plan and its predicted saving;

@@ -193,9 +193,9 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
               "and sensitive); yes with --structured, where a narrower first convolution is most of the int8 speed-up "
               "(the classifier's outputs, the classes, are never removed).", flag="--include-all/--no-include-all")
     importance: Literal["magnitude", "discriminability", "taylor"] = option(
-        "magnitude", "--structured: magnitude (filter L2 norm), discriminability (select's scores; needs --channels), "
-                     "or, with --target-latency, taylor (the loss a channel's removal is estimated to cost, first-order "
-                     "Taylor on training batches; comparable between layers, the default there).")
+        "magnitude", "--structured: magnitude (filter L2 norm), discriminability (select's scores; needs "
+                     "--channels), or, with --target-latency, taylor (the loss a channel's removal is estimated to "
+                     "cost, first-order Taylor on training batches; comparable between layers, the default there).")
     channels: Optional[str] = option(None, "Select artifact of this model, for --importance discriminability.",
                                      recipe=False)
     epochs: int = option(1, "Fine-tuning epochs; pruned weights stay exactly zero.", ge=0, alias="finetune_epochs")
