@@ -5,14 +5,14 @@ at the same measured latency and fine-tuning budget.
     python benchmarks/latency_budget.py --model ZOO/resnet18/teach --teacher ZOO/resnet18/teach \\
         --data fashion-mnist --image-size 32 --runtime openvino --seeds 0 1 2 --csv benchmarks/results/x.csv
 
-The budget is --fraction (0.5) of the unpruned model's latency at --batch on --runtime in the deploy
-form `compress export --int8` names (fp32, OpenVINO's bf16/fp16, or int8), measured as the prune
-measures (`compressor.latency.LatencyMeter`; kept in WORK/budget-FRACTION.json, so a rerun that adds seeds or
+The budget is --fraction (0.5) of the unpruned model's latency at --batch on --runtime in its fastest
+form (fp32, OpenVINO's bf16/fp16 where this CPU runs them, int8), measured as the prune measures
+(`compressor.latency.deploy_meter`; kept in WORK/budget-FRACTION.json, so a rerun that adds seeds or
 allocations prunes to the same budget). For each allocation and seed:
 
     compress prune MODEL --data D --structured --target-latency T --runtime R --finetune-epochs E \\
-        --teacher TEACHER --train-size N --seed S --allocation latency|uniform --form FORM --out WORK/A-sS
-    compress export WORK/A-sS --data D --runtime R [--int8] --out WORK/A-sS-export
+        --teacher TEACHER --train-size N --seed S --allocation latency|uniform --out WORK/A-sS
+    compress export WORK/A-sS --data D --runtime R --int8 --out WORK/A-sS-export
 
 then every export's deploy file (and the unpruned model's) is timed in its deploy precision (OpenVINO's
 bf16 file with its precision hint) in interleaved rounds in one process (`benchmarks/int8_latency.py`'s
@@ -81,28 +81,26 @@ def main() -> None:
     base = compress("export", a.model, *data, "--runtime", a.runtime, "--int8", "--latency-batch", a.batch,
                     out=work / "unpruned-export")
     deploy = base["runtimes"][a.runtime]
-    form = deploy["deploy_form"]
     from compressor.artifacts import load_artifact
-    from compressor.latency import LatencyMeter, fastest_int8_form
+    from compressor.latency import deploy_meter
 
     budget_file = work / f"budget-{a.fraction}.json"  # one budget per work dir: reruns compare at the same target
     if budget_file.is_file():
-        today = json.loads(budget_file.read_text())["unpruned_ms"]
-    else:
-        meter = LatencyMeter(load_artifact(a.model).spec.input_shape, a.runtime, form, a.batch)  # as the prune measures
-        model = load_artifact(a.model).model
-        today = fastest_int8_form(meter, model)[1] if form == "int8" else meter.measure(model)
+        today, form = (json.loads(budget_file.read_text())[k] for k in ("unpruned_ms", "form"))
+    else:  # as the prune measures: the fastest of the forms the export measures
+        art = load_artifact(a.model)
+        meter = deploy_meter(art.model, art.spec.input_shape, a.runtime, batch=a.batch)
+        today, form = meter.measure(art.model), meter.fastest(art.model)
         budget_file.write_text(json.dumps({"unpruned_ms": today, "form": form, "batch": a.batch}))
     target = round(a.fraction * today, 3)
-    int8 = ["--int8"] if form == "int8" else []
     runs: dict[str, list[tuple[dict, Path]]] = {}
     for allocation in ("latency", "uniform"):
         for seed in a.seeds:
             out = work / f"{allocation}-s{seed}"
             compress("prune", a.model, *data, "--structured", "--target-latency", target, "--runtime", a.runtime,
-                     "--form", form, "--latency-batch", a.batch, "--finetune-epochs", a.epochs, "--teacher",
+                     "--latency-batch", a.batch, "--finetune-epochs", a.epochs, "--teacher",
                      a.teacher, "--train-size", a.train_size, "--seed", seed, "--allocation", allocation, out=out)
-            exported = compress("export", out, *data, "--runtime", a.runtime, *int8, out=work / f"{out.name}-export")
+            exported = compress("export", out, *data, "--runtime", a.runtime, "--int8", out=work / f"{out.name}-export")
             runs.setdefault(allocation, []).append((exported, work / f"{out.name}-export"))
             print(f"{allocation} seed {seed} done", file=sys.stderr)
     def shipped(export_dir: Path) -> tuple[Path, str]:  # the deploy file the export names, in its precision

@@ -33,7 +33,7 @@ from compressor import CompressorError
 from compressor.artifacts import atomic_write_json, json_digest, read_json
 from compressor.deploy.graph import export_onnx
 from compressor.deploy.int8 import NNCF_FORM, Int8Form, nncf_available, preprocess, quantize_nncf, quantize_preprocessed
-from compressor.deploy.runtimes import OPENVINO_PRECISION, cpu_flags, latency_ms, session
+from compressor.deploy.runtimes import OPENVINO_PRECISION, cpu_flags, latency_ms, reduced_float_forms, session
 from compressor.models import remove_channels
 from compressor.sparsity import channel_groups, filter_norms, plan_structured, weakest
 
@@ -130,6 +130,38 @@ def fastest_int8_form(meter: LatencyMeter, model: nn.Module) -> tuple[Int8Form, 
 
 
 @dataclass
+class DeployMeter:
+    """The latency the export would ship: the fastest of the forms' meters on each network (a narrower
+    network may run fastest in another form than the unpruned one)."""
+
+    meters: dict[str, LatencyMeter]
+
+    def measure(self, model: nn.Module) -> float:
+        return min(m.measure(model) for m in self.meters.values())
+
+    def fastest(self, model: nn.Module) -> str:
+        return min(self.meters, key=lambda f: self.meters[f].measure(model))
+
+    @property
+    def timings(self) -> int:
+        return sum(m.timings for m in self.meters.values())
+
+
+def deploy_meter(model: nn.Module, input_shape: list[int], runtime: str, form: str = "auto", batch: int = 64,
+                 cache: Path | None = None) -> DeployMeter:
+    """Meters of `form` on `runtime`, or with auto of every form the export measures there on this CPU
+    (float32, the reduced floats the runtime runs natively, int8 in the form fastest for `model`)."""
+    floats = reduced_float_forms(runtime)
+    if form in ("bf16", "fp16") and form not in floats:
+        raise CompressorError(f"--form {form}: {runtime} does not run {form} natively on this CPU")
+    forms = ["fp32", *floats, "int8"] if form == "auto" else [form]
+    meters = {f: LatencyMeter(input_shape, runtime, f, batch, cache) for f in forms}
+    if "int8" in meters:  # as the export would choose it
+        fastest_int8_form(meters["int8"], model)
+    return DeployMeter(meters)
+
+
+@dataclass
 class Cut:
     """One removal: the plan model.json replays, and what it was measured to give."""
 
@@ -197,7 +229,7 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
     """One round of the `latency` allocation: time every group's slice (its least important channels
     by `scores`), rank the slices by importance per millisecond saved, and pick the cheapest until
     their predicted saving covers `gap_ms` (at least one). Returns the plan and its predicted saving;
-    an empty plan when no group can narrow."""
+    an empty plan when no group can narrow or none measures faster (a slice that does not is never taken)."""
     now = measure(model)
     modules = dict(model.named_modules())
     _, roots = channel_groups(model, input_shape, exclude)
@@ -212,6 +244,8 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
         removed = weakest(channel_importance, n)
         trial = _apply(copy.deepcopy(model), input_shape, [{"layer": name, "removed": removed}])
         saved = now - measure(trial)
+        if saved <= 0:  # measured no faster: not worth a channel
+            continue
         importance = float(channel_importance[removed].sum())
         ranked.append((importance / max(saved, 1e-3), saved, {"layer": name, "removed": removed,
                                                                 "channels": conv.out_channels}))
@@ -273,13 +307,25 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
         if now <= target_ms:
             return cuts
         plan, _ = latency_round(model, input_shape, measure, now - target_ms, exclude, round_to, scores)
-        if not plan:  # every group at its narrowest: `now` is the narrowest network's latency
-            _impossible(target_ms, now, round_to)
-        _apply(model, input_shape, plan)
-        now = measure(model)
-        cuts.append(Cut(plan, now))
+        if not plan and all(_slice(m, round_to) == 0 for m in _roots(model, input_shape, exclude)):
+            _impossible(target_ms, now, round_to)  # every group at its narrowest: `now` is the narrowest network's
+        before = now
+        if plan:
+            _apply(model, input_shape, plan)
+            now = measure(model)
+            cuts.append(Cut(plan, now))
+        if not plan or now >= before:
+            raise CompressorError(
+                f"pruning stopped at {now:.3f} ms, short of {target_ms:.3f} ms: removing channels no longer makes "
+                f"the network faster on this runtime and CPU (the time left is not in the convolutions' width); raise "
+                f"the budget, or measure another --form or --runtime")
     raise CompressorError(f"pruning did not reach {target_ms:.3f} ms in {len(cuts)} rounds (at {now:.3f} ms); the "
                           "latency measured is too noisy for this budget: raise --latency-batch or the budget")
+
+
+def _roots(model: nn.Module, input_shape: list[int], exclude: tuple[str, ...]) -> list[nn.Conv2d]:
+    modules = dict(model.named_modules())
+    return [modules[n] for n in channel_groups(model, input_shape, exclude)[1]]
 
 
 def _impossible(target_ms: float, narrowest_ms: float, round_to: int) -> None:

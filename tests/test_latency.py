@@ -180,17 +180,18 @@ def test_a_reduced_float_form_the_runtime_runs_is_measured_and_can_be_the_budget
     and int8 as the export does, and prunes in bf16 where it is the fastest; the meter runs the float32
     file in bf16 (the precision hint), as the export's deploy file is run."""
     import compressor.latency as latency
-    import compressor.stages.prune_stage as prune_stage
 
     measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
     scale = {"fp32": 2.0, "bf16": 0.8, "int8": 1.0}
     monkeypatch.setattr(LatencyMeter, "_time", lambda self, model: measure(model) * scale[self.form])
-    monkeypatch.setattr(prune_stage, "reduced_float_forms", lambda runtime: ["bf16"])
+    monkeypatch.setattr(latency, "reduced_float_forms", lambda runtime: ["bf16"])
     start = 0.8 * measure(load_artifact(student_dir).model)
     m = prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.5 * start, epochs=1,
               teacher=str(teacher_dir), runtime="openvino", out=tmp_path / "p", device="cpu")
-    assert m["latency_budget"]["form"] == "bf16" and m["latency_budget"]["latency_ms"] <= 0.5 * start
-    monkeypatch.setattr(prune_stage, "reduced_float_forms", lambda runtime: [])
+    b = m["latency_budget"]
+    assert b["form"] == b["form_before"] == "bf16" and b["forms_measured"] == ["fp32", "bf16", "int8"]
+    assert b["latency_ms"] <= 0.5 * start
+    monkeypatch.setattr(latency, "reduced_float_forms", lambda runtime: [])
     with pytest.raises(CompressorError, match="does not run bf16 natively"):
         prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.5 * start, form="bf16",
               runtime="openvino", out=tmp_path / "q", device="cpu")
@@ -223,3 +224,19 @@ def test_taylor_importance_is_the_loss_a_channel_costs_comparable_between_layers
     assert scores["blocks.1.0"][3] == 0 and (scores["blocks.1.0"] >= 0).all()
     assert scores["blocks.1.0"].argmin() == 3
     assert scores["blocks.0.0"].sum() != pytest.approx(scores["blocks.2.0"].sum())  # loss units, not shares
+
+
+def test_pruning_stops_in_one_line_where_narrower_is_no_faster():
+    """Where the time left is not in the convolutions' width (a runtime's fixed costs), no slice saves
+    time: none is taken, and the run stops in one line instead of cutting the network to nothing."""
+    base = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    floor = 0.8 * base(student())
+
+    def measure(model: nn.Module) -> float:
+        return max(floor, base(model))
+
+    model = student()
+    with pytest.raises(CompressorError, match="no longer makes the network faster") as e:
+        cut_to_latency(model, SHAPE, measure, 0.5 * base(student()), round_to=8)
+    assert "\n" not in str(e.value)
+    assert base(model) >= 0.6 * base(student())  # stopped near the floor, not cut down to the narrowest

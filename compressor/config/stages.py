@@ -174,8 +174,8 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
     form: Literal["auto", "fp32", "bf16", "fp16", "int8"] = option(
         "auto", "--target-latency: the form measured: fp32; bf16 or fp16 (the float32 file run in that precision, "
                 "where the runtime runs it natively on this CPU: OpenVINO on bf16/fp16 CPUs); int8 (the export's "
-                "int8 form fastest on this runtime for the unpruned model); or auto: the fastest of those (the form "
-                "the export would ship).")
+                "int8 form fastest on this runtime for the unpruned model); or auto: every one of those, each network "
+                "counted in its fastest (the form the export would ship).")
     allocation: Literal["latency", "uniform"] = option(
         "latency", "--target-latency: latency (channels ranked by importance per millisecond they save, measured "
                    "per group) or uniform (the same fraction of every group, found by bisection).")

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import torch
 
-from compressor import CompressorError
 from compressor.artifacts import load_artifact, read_json, recorded_model_sizes, state_dict_for_saving
 from compressor.config import PruneConfig
 from compressor.console import log
-from compressor.deploy.runtimes import cpu_flags, onnx_latency, reduced_float_forms
+from compressor.deploy.runtimes import cpu_flags, onnx_latency
 from compressor.distill import build_distiller
 from compressor.distill.registry import extra_epochs
-from compressor.latency import (LatencyMeter, cut_to_latency, fastest_int8_form, magnitude_share, step_targets,
-                                TAYLOR_BATCHES, taylor_importance, widths)
+from compressor.latency import (TAYLOR_BATCHES, cut_to_latency, deploy_meter, magnitude_share, step_targets,
+                                taylor_importance, widths)
 from compressor.models import count_params, remove_channels
 from compressor.sparsity import GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers
 from compressor.stages.common import load_bundle, test_accuracy
@@ -109,18 +108,13 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     and the last fine-tuning's result and cost."""
     cfg = run.cfg
     cache = Path(cfg.out).expanduser().absolute().parent / "cache" / "latency.json"
-    # auto: every form the export measures on this runtime and CPU (float32, the reduced floats the runtime
-    # runs natively, int8 in its fastest form); the fastest is the one the export would ship
-    forms = ["fp32", *reduced_float_forms(cfg.runtime), "int8"] if cfg.form == "auto" else [cfg.form]
-    if cfg.form in ("bf16", "fp16") and cfg.form not in reduced_float_forms(cfg.runtime):
-        raise CompressorError(f"--form {cfg.form}: {cfg.runtime} does not run {cfg.form} natively on this CPU")
-    meters = {f: LatencyMeter(shape, cfg.runtime, f, cfg.latency_batch, cache) for f in forms}
-    today = {f: fastest_int8_form(m, model)[1] if f == "int8" else m.measure(model) for f, m in meters.items()}
-    form = min(today, key=today.get)
-    meter, original = meters[form], widths(model)
+    meter = deploy_meter(model, shape, cfg.runtime, cfg.form, cfg.latency_batch, cache)
+    forms = list(meter.meters)
+    original = widths(model)
     fp32_ort_before = onnx_latency(model, shape, run.writer.dir)
-    start = meter.measure(model)
-    log(f"prune: {start:.3f} ms at batch {cfg.latency_batch} on {cfg.runtime} ({form}, {cfg.allocation} allocation); "
+    start, form = meter.measure(model), meter.fastest(model)
+    log(f"prune: {start:.3f} ms at batch {cfg.latency_batch} on {cfg.runtime} ({form}"
+        f"{'' if len(forms) == 1 else ', the fastest of ' + ', '.join(forms)}; {cfg.allocation} allocation); "
         f"target {cfg.target_latency_ms:g} ms")
     scores = magnitude_share
     if cfg.importance == "taylor":  # a fixed sample of the training split (every class), the same each round
@@ -136,16 +130,18 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
                                  loop=f"step{k}")
         history += [{**row, "epoch": len(history) + i + 1, "step": k} for i, row in enumerate(result.history)]
         now = meter.measure(model)
-        steps.append({"step": k, "target_ms": round(goal, 4), "latency_ms": now, "rounds": len(cuts),
+        steps.append({"step": k, "target_ms": round(goal, 4), "latency_ms": now, "form": meter.fastest(model),
+                      "rounds": len(cuts),
                       "accuracy_cut": acc_cut, "accuracy": test_accuracy(model, bundle, run.device),
                       "widths": {n: w for n, w in widths(model).items() if w != original[n]}})
         log(f"prune: step {k}: {now:.3f} ms (target {goal:.3f}), test accuracy {acc_cut:.4f} after the cut, "
             f"{steps[-1]['accuracy']:.4f} after fine-tuning")
     result.history = history
     budget = {"target_ms": cfg.target_latency_ms, "latency_ms": steps[-1]["latency_ms"], "latency_ms_before": start,
-              "runtime": cfg.runtime, "form": form, "batch": cfg.latency_batch, "allocation": cfg.allocation,
+              "runtime": cfg.runtime, "form": steps[-1]["form"], "form_before": form, "forms_measured": forms,
+              "batch": cfg.latency_batch, "allocation": cfg.allocation,
               "importance": cfg.importance if cfg.allocation == "latency" else None,
-              "int8_form": meter.int8_form.label() if form == "int8" else None,
+              "int8_form": meter.meters["int8"].int8_form.label() if "int8" in forms else None,
               "threads": torch.get_num_threads(), "cpu_flags": " ".join(cpu_flags()),
               "networks_timed": meter.timings, "steps": steps}
     removed = {n: f"{original[n] - w}/{original[n]}" for n, w in widths(model).items() if w != original[n]}
