@@ -89,7 +89,9 @@ def main() -> None:
         today, form = (json.loads(budget_file.read_text())[k] for k in ("unpruned_ms", "form"))
     else:  # as the prune measures: the fastest of the forms the export measures
         art = load_artifact(a.model)
-        meter = deploy_meter(art.model, art.spec.input_shape, a.runtime, batch=a.batch)
+        # the prunes' cache: they read this timing of the unpruned model, the reference they time against
+        meter = deploy_meter(art.model, art.spec.input_shape, a.runtime, batch=a.batch,
+                             cache=work / "cache" / "latency.json")
         today, form = meter.measure(art.model), meter.fastest(art.model)
         budget_file.write_text(json.dumps({"unpruned_ms": today, "form": form, "batch": a.batch}))
     target = round(a.fraction * today, 3)

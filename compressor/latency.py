@@ -20,7 +20,9 @@ bisection: the ratio pruning the first is measured against.
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,6 +41,7 @@ from compressor.sparsity import channel_groups, filter_norms, plan_structured, w
 
 SLICE = 0.125  # a slice: this fraction of a group's channels (at least --round-to), the unit one round removes
 MAX_ROUNDS = 32  # lookup-table rounds toward one step's target before giving up on it
+PAIRS = 3  # alternating rounds of the reference and a candidate, per timing (the median ratio is kept)
 TAYLOR_BATCHES = 8  # training batches (64 images) the Taylor importance is estimated on, each round
 
 
@@ -50,7 +53,13 @@ def widths(model: nn.Module) -> dict[str, int]:
 @dataclass
 class LatencyMeter:
     """Times a network as the export would ship it; `measure(model) -> ms`. `cache`: a JSON file of
-    earlier timings (None: none kept)."""
+    earlier timings (None: none kept).
+
+    The first network measured is the reference (the unpruned model), timed on its own; every other
+    is timed against it, the two files alternating in PAIRS rounds of fresh sessions, and reported
+    as the reference's time x the median ratio. A shared machine's speed drifts (on a 2-core cloud VM
+    the same file measured 1x or 2.5x minutes apart), and a drift that lasts longer than a pair cancels
+    in the ratio, so timings taken at different times (a lookup table, the cache) stay comparable."""
 
     input_shape: list[int]
     runtime: str = "onnxruntime"
@@ -62,18 +71,26 @@ class LatencyMeter:
     timings: int = 0  # networks actually timed (not read from the cache)
     _table: dict = field(default_factory=dict)
     _machine: dict = field(default_factory=dict)  # threads and CPU flags: read once, part of every key
+    _reference: nn.Module | None = None  # the first network measured
+    _files: dict = field(default_factory=dict)  # the reference's file per setting (key -> path)
 
     def __post_init__(self) -> None:
         if self.cache is not None and self.cache.is_file():
             self._table = read_json(self.cache)
         self._machine = {"threads": self.threads or torch.get_num_threads(), "cpu": cpu_flags()}
+        self._dir = Path(tempfile.mkdtemp(prefix="compressor-latency-"))
+        weakref.finalize(self, shutil.rmtree, self._dir, True)
 
     def key(self, model: nn.Module) -> str:
+        reference = None if self._reference is None else widths(self._reference)
         return json_digest({"architecture": type(model).__name__, "widths": widths(model), "input": self.input_shape,
                             "runtime": self.runtime, "form": self.form, "batch": self.batch,
-                            "int8_form": self.int8_form.label() if self.form == "int8" else None, **self._machine})
+                            "int8_form": self.int8_form.label() if self.form == "int8" else None,
+                            "against": reference, **self._machine})
 
     def measure(self, model: nn.Module) -> float:
+        if self._reference is None:
+            self._reference = copy.deepcopy(model).cpu().eval()
         key = self.key(model)
         if key not in self._table:
             self._table[key] = self._time(model)
@@ -84,23 +101,37 @@ class LatencyMeter:
         return self._table[key]
 
     def _time(self, model: nn.Module) -> float:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "probe.onnx"
-            export_onnx(copy.deepcopy(model).cpu().eval(), path, self.input_shape)
-            if self.form == "int8":  # random calibration: only the speed counts
-                rng = np.random.default_rng(0)
-                calibration = [rng.standard_normal((8, *self.input_shape)).astype(np.float32) for _ in range(2)]
-                if self.int8_form.quantizer == "nncf":
-                    int8 = Path(tmp) / "probe.int8.xml"
-                    quantize_nncf(path, int8, calibration)
-                else:
-                    int8 = Path(tmp) / "probe.int8.onnx"
-                    quantize_preprocessed(preprocess(path, Path(tmp)), int8, calibration, self.int8_form, "minmax")
-                path = int8
-            # a reduced float form (OpenVINO's bf16, fp16): the float32 file run in that precision, as the export does
-            precision = self.form if self.form in OPENVINO_PRECISION else "fp32"
-            sess = session(path, threads=self.threads, runtime=self.runtime, precision=precision)
-            return latency_ms(sess, self.input_shape, self.batch, runs=15, budget_s=1.0)
+        reference_key = self.key(self._reference)
+        if reference_key not in self._files:
+            self._files[reference_key] = self._file(self._reference, self._dir / f"reference-{len(self._files)}")
+        if self.key(model) == reference_key:
+            return self._latency(self._files[reference_key])
+        reference_ms = self.measure(self._reference)
+        with tempfile.TemporaryDirectory(dir=self._dir) as tmp:
+            path = self._file(model, Path(tmp))
+            ratios = [self._latency(path) / self._latency(self._files[reference_key]) for _ in range(PAIRS)]
+        return reference_ms * float(np.median(ratios))
+
+    def _file(self, model: nn.Module, where: Path) -> Path:
+        """`model` as the export would write it for this form, into the folder `where`."""
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / "probe.onnx"
+        export_onnx(copy.deepcopy(model).cpu().eval(), path, self.input_shape)
+        if self.form != "int8":
+            return path
+        rng = np.random.default_rng(0)  # random calibration: only the speed counts
+        calibration = [rng.standard_normal((8, *self.input_shape)).astype(np.float32) for _ in range(2)]
+        if self.int8_form.quantizer == "nncf":
+            quantize_nncf(path, where / "probe.int8.xml", calibration)
+            return where / "probe.int8.xml"
+        quantize_preprocessed(preprocess(path, where), where / "probe.int8.onnx", calibration, self.int8_form, "minmax")
+        return where / "probe.int8.onnx"
+
+    def _latency(self, path: Path) -> float:
+        # a reduced float form (OpenVINO's bf16, fp16): the float32 file run in that precision, as the export does
+        precision = self.form if self.form in OPENVINO_PRECISION else "fp32"
+        sess = session(path, threads=self.threads, runtime=self.runtime, precision=precision)
+        return latency_ms(sess, self.input_shape, self.batch, runs=10, budget_s=0.5)
 
 
 INT8_FORMS = tuple(Int8Form(stem, act, True) for stem in ("int8", "fp32") for act in ("u8", "s8"))

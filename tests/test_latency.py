@@ -8,8 +8,8 @@ import torch.nn as nn
 
 from compressor import CompressorError
 from compressor.artifacts import load_artifact
-from compressor.latency import LatencyMeter, cut_to_latency, latency_round, step_targets, widths
-from compressor.models import create_model
+from compressor.latency import PAIRS, LatencyMeter, cut_to_latency, latency_round, step_targets, widths
+from compressor.models import create_model, remove_channels
 from compressor.stages import prune
 
 from helpers import SYN, cli
@@ -240,3 +240,30 @@ def test_pruning_stops_in_one_line_where_narrower_is_no_faster():
         cut_to_latency(model, SHAPE, measure, 0.5 * base(student()), round_to=8)
     assert "\n" not in str(e.value)
     assert base(model) >= 0.6 * base(student())  # stopped near the floor, not cut down to the narrowest
+
+
+def test_timings_against_the_reference_survive_a_machine_that_drifts(monkeypatch):
+    """A shared machine's speed drifts between timings; each candidate is timed against the reference
+    (the first network measured) in alternating pairs, so the drift cancels: a network with half
+    the channels measures half the reference's time, whatever the machine's speed by then."""
+    calls = []
+
+    def fake_file(self, model, where):
+        return Path(str(sum(widths(model).values())))  # the file's "cost": the network's channels
+
+    def fake_latency(self, path):
+        calls.append(path)
+        slowdown = 2.0 ** (len(calls) // 2)  # the machine halves its speed every two timings
+        return float(path.name) * slowdown
+
+    monkeypatch.setattr(LatencyMeter, "_file", fake_file)
+    monkeypatch.setattr(LatencyMeter, "_latency", fake_latency)
+    meter = LatencyMeter(SHAPE)
+    reference = student()
+    full = sum(widths(reference).values())
+    assert meter.measure(reference) == full  # timed on its own, first
+    narrow = student()
+    plan = [{"layer": n, "removed": list(range(w // 2))} for n, w in widths(narrow).items()]
+    remove_channels(narrow, SHAPE, plan)
+    assert meter.measure(narrow) == pytest.approx(full / 2)
+    assert len(calls) == 1 + 2 * PAIRS
