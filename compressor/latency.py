@@ -265,7 +265,7 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
     slices of its least important channels (by `scores`; kernels work in blocks, so one slice can
     measure slower where two measure much faster), rank the cuts by importance per millisecond saved,
     and pick the cheapest, at most one per group, until their predicted saving covers `gap_ms` (at
-    least one). Returns the plan and its predicted saving; an empty plan when no group can narrow or no
+    least one; the last pick is the least important cut that alone covers what is left, where one does). Returns the plan and its predicted saving; an empty plan when no group can narrow or no
     cut measures faster (a cut that does not is never taken)."""
     now = measure(model)
     modules = dict(model.named_modules())
@@ -285,17 +285,20 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
             if saved <= 0:  # measured no faster: not worth a channel
                 continue
             importance = float(channel_importance[removed].sum())
-            ranked.append((importance / max(saved, 1e-3), saved, {"layer": name, "removed": removed,
-                                                                    "channels": conv.out_channels}))
+            ranked.append((importance / max(saved, 1e-3), saved, importance,
+                           {"layer": name, "removed": removed, "channels": conv.out_channels}))
     ranked.sort(key=lambda r: r[0])
     plan, predicted = [], 0.0
-    for _, saved, step in ranked:
-        if any(p["layer"] == step["layer"] for p in plan):
-            continue
+    while predicted < gap_ms:
+        free = [r for r in ranked if all(p["layer"] != r[3]["layer"] for p in plan)]  # one cut per group
+        if not free:
+            break
+        # where some cut alone covers what is left, the least important of those closes the gap (the
+        # cheapest per millisecond could be a cut far larger than needed); else the cheapest per ms
+        closing = [r for r in free if r[1] >= gap_ms - predicted]
+        _, saved, _, step = min(closing, key=lambda r: r[2]) if closing else free[0]
         plan.append(step)
         predicted += saved
-        if predicted >= gap_ms:
-            break
     return plan, predicted
 
 

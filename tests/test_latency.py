@@ -56,13 +56,13 @@ def test_importance_per_millisecond_decides_what_goes_first():
     costly = {"blocks.0.0": 1e-5, "blocks.1.0": 1e-4, "blocks.2.0": 1e-3}
     measure = fake_latency(costly)
     model = student(equal_norms=True)
-    plan, saved = latency_round(model, SHAPE, measure, gap_ms=1e-9, exclude=(), round_to=8)
-    assert [p["layer"] for p in plan] == ["blocks.2.0"] and saved > 0
+    plan, saved = latency_round(model, SHAPE, measure, gap_ms=1e9, exclude=(), round_to=8)  # no cut covers it
+    assert plan[0]["layer"] == "blocks.2.0" and saved > 0
     # half of blocks.1.0's filters weak: per millisecond saved, its slice is now the cheaper cut
     with torch.no_grad():
         w = model.blocks[1][0].weight
         w[: w.shape[0] // 2].mul_(0.01)
-    plan, _ = latency_round(model, SHAPE, measure, gap_ms=1e-9, exclude=(), round_to=8)
+    plan, _ = latency_round(model, SHAPE, measure, gap_ms=1e9, exclude=(), round_to=8)
     assert plan[0]["layer"] == "blocks.1.0"
 
 
@@ -203,6 +203,22 @@ def test_a_reduced_float_form_the_runtime_runs_is_measured_and_can_be_the_budget
     monkeypatch.setattr(latency, "latency_ms", lambda *a, **k: 1.0)
     LatencyMeter(SHAPE, "openvino", "bf16").measure(student())
     assert seen == [(".onnx", "openvino", "bf16")]
+
+
+def test_the_last_cut_is_the_least_important_that_closes_the_gap():
+    """Where some cut alone covers what is left of the gap, the least important of those is taken, not
+    the cheapest per millisecond (which can be a cut far larger than needed)."""
+    linear = fake_latency({"blocks.0.0": 1e-6, "blocks.1.0": 1e-6, "blocks.2.0": 5e-4})
+
+    def measure(model: nn.Module) -> float:  # blocks.1.0 saves its time only once at 32 channels or fewer
+        return linear(model) + (0.05 if widths(model)["blocks.1.0"] > 32 else 0.0)
+
+    model = student(equal_norms=True)
+    # per ms, blocks.1.0 down to 32 is the cheapest cut (half its channels for 0.05 ms), but one slice of
+    # blocks.2.0 (16 channels, 0.008 ms) covers a 0.006 ms gap at a quarter of the importance
+    plan, saved = latency_round(model, SHAPE, measure, gap_ms=0.006, exclude=(), round_to=8)
+    assert [(p["layer"], len(p["removed"])) for p in plan] == [("blocks.2.0", 16)]
+    assert saved == pytest.approx(0.008)
 
 
 def test_taylor_importance_is_the_loss_a_channel_costs_comparable_between_layers():
