@@ -265,8 +265,9 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
     slices of its least important channels (by `scores`; kernels work in blocks, so one slice can
     measure slower where two measure much faster), rank the cuts by importance per millisecond saved,
     and pick the cheapest, at most one per group, until their predicted saving covers `gap_ms` (at
-    least one; the last pick is the least important cut that alone covers what is left, where one does). Returns the plan and its predicted saving; an empty plan when no group can narrow or no
-    cut measures faster (a cut that does not is never taken)."""
+    least one; the last pick is the least important cut that alone covers what is left, where one
+    does). Returns the plan and its predicted saving; an empty plan when no group can narrow or no cut
+    measures faster (a cut that does not is never taken)."""
     now = measure(model)
     modules = dict(model.named_modules())
     _, roots = channel_groups(model, input_shape, exclude)
