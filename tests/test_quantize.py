@@ -173,7 +173,7 @@ def test_quantize_under_torchrun_writes_one_artifact(teacher_dir, tmp_path):
     res = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stderr.count("quantize finetune epoch 1/1:") == 1, res.stderr[-3000:]
+    assert res.stderr.count("quantize finetune epoch 1/1: loss") == 1, res.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["q"]
     m = _metrics(tmp_path / "q")
     assert m["accuracy"] > 0.5 and load_artifact(tmp_path / "q").spec.quantization
