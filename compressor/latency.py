@@ -275,11 +275,10 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
     ranked = []
     for name in roots:
         conv = modules[name]
-        n = _slice(conv, round_to)
+        n, channel_importance = _slice(conv, round_to), importances[name]
         for k in SLICES:
             if n == 0 or conv.out_channels - k * n < round_to:
                 break
-            channel_importance = importances[name]
             removed = weakest(channel_importance, k * n)
             trial = _apply(copy.deepcopy(model), input_shape, [{"layer": name, "removed": removed}])
             saved = now - measure(trial)
