@@ -224,6 +224,21 @@ def show(metrics: dict, as_json: bool, title: str) -> None:
             form = values["deploy_form"]
             table.add(f"deploy ({rt})", f"{form}: {values['deploy_file']}, {values[f'latency_ms_{form}']:.2f} ms, "
                                         f"{values['deploy_speedup']:.2f}x fp32")
+    for target, values in (metrics.get("targets") or {}).items():  # phone targets: their own runtime, batch 1
+        for form in values["forms"]:
+            d = values[f"delegation_{form}"]
+            table.add(f"{form} acc ({target})", fmt(values[f"accuracy_{form}"], "{:.4f}"))
+            table.add(f"{form} ms at batch 1 ({target})", fmt(values[f"latency_ms_{form}_batch1"], "{:.3f}"))
+            table.add(f"{form} delegated ({target})", f"{d['delegated_ops']} of "
+                                                      f"{d['delegated_ops'] + d['not_delegated_ops']} operators")
+        for form in ("fp32", "int8"):
+            if values.get(f"error_{form}"):
+                table.add(f"{form} ({target})", f"not written: {values[f'error_{form}']}")
+        if not values.get("deploy_form"):
+            continue
+        form = values["deploy_form"]
+        table.add(f"deploy ({target})", f"{form}: {values['deploy_file']}, {values[f'latency_ms_{form}_batch1']:.3f} ms "
+                                        f"at batch 1, {values['deploy_speedup']:.2f}x fp32")
     if metrics.get("cpu_flags") is not None:
         table.add("CPU flags", " ".join(metrics["cpu_flags"]) or "-")
     stdout.print(table.rich())

@@ -10,6 +10,7 @@ from pydantic import field_validator, model_validator
 from compressor.config.base import Config, option
 from compressor.config.groups import Augmentation, DataFields, DistillOptions, Output, Runtime, SchemeName, TrainConfig
 from compressor.deploy.int8 import CALIBRATION_METHODS
+from compressor.deploy.phones import parse_targets
 
 
 class TeachConfig(DataFields, Augmentation, TrainConfig, Output):
@@ -279,6 +280,16 @@ class ExportConfig(DataFields, Runtime, Output):
                                                 "times as fast as fp32 at --latency-batch (on the first runtime measured: "
                                                 "onnxruntime unless --runtime openvino; this machine).", gt=0)
     latency_batch: int = option(64, "Batch size for the latency measurement.", ge=1)
+    target: str = option("onnx", "Where the model ships, comma-separated: onnx (always written), executorch (phones: "
+                                 "model.pte lowered to ExecuTorch's XNNPACK delegate, and with --int8 model.int8.pte "
+                                 "quantized by PyTorch's PT2E flow on the calibration images; each run here with "
+                                 "ExecuTorch's runtime at batch 1). executorch needs pip install 'compressor[executorch]'.",
+                         main=True)
+
+    @field_validator("target")
+    @classmethod
+    def _targets(cls, v: str) -> str:
+        return ",".join(parse_targets(v))
 
     @model_validator(mode="after")
     def _checks(self):
@@ -306,7 +317,7 @@ LINEAGE_SETTINGS = {"teach": ("model", "pretrained", "init", "epochs", "lr"), "s
                     "distill": ("student", "method", "scheme", "temperature", "alpha", "epochs", "train_size",
                                 "student_pretrained", "student_init", "omit_classes", "bias_shift", "assistant"),
                     "prune": ("sparsity", "target_latency_ms", "structured", "finetune_epochs", "method"),
-                    "quantize": ("method", "epochs"), "export": ("int8", "runtime", "max_drop")}
+                    "quantize": ("method", "epochs"), "export": ("int8", "runtime", "target", "max_drop")}
 
 
 def input_fields(cfg: Config) -> dict[str, Path]:

@@ -5,4 +5,5 @@
 - `int8`: the int8 forms and how each is made (calibration, onnxruntime's QDQ quantizer, NNCF);
 - `choice`: the int8 form chosen by measuring every candidate on every runtime;
 - `qat`: quantization-aware training's scheme (BatchNorm folding, fake-quantized layers).
+- `phones`: the phone targets (ExecuTorch programs lowered to XNNPACK, PT2E int8) and their runtime.
 """

@@ -15,9 +15,10 @@ from compressor.config import POST_TRAINING_INT8, ExportConfig
 from compressor.console import log, warn
 from compressor.deploy import qat
 from compressor.deploy.choice import Int8Choice, allowed_drop, choose_int8_form
-from compressor.deploy.graph import (convert_fp16, convs_wrapped_in_qdq, export_onnx, export_qdq, float_convs,
-                                     model_files, op_counts)
+from compressor.deploy.graph import (convert_fp16, convs_wrapped_in_qdq, error_line, export_onnx, export_qdq,
+                                     float_convs, model_files, op_counts)
 from compressor.deploy.int8 import LEARNED_FORM
+from compressor.deploy.phones import FILES, phone_session, quantize_pt2e, write_phone
 from compressor.deploy.runtimes import (OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S,
                                         OpenVINOSession, cpu_flags, latency_ms, openvino_available, predict_batches,
                                         reduced_float_forms, save_openvino_ir, session)
@@ -134,6 +135,21 @@ def export(run: StageRun) -> dict:
                       key=lambda rt: per_runtime[rt]["latency_ms_int8"])
         metrics["fastest_runtime_int8"] = fastest
         failure = _int8_metrics(cfg, variants["int8"], choices[runtimes[0]].fp32_nodes, metrics, learned)
+    targets = cfg.target.split(",")[1:]  # the phone targets, measured beside the ONNX files
+    if targets:
+        if learned:
+            raise CompressorError(f"--target {','.join(targets)}: {cfg.model_dir} was quantized by compress quantize, "
+                                  "whose learned ranges the phone files do not carry yet; export the model it was "
+                                  "quantized from (their int8 files are calibrated)")
+        calib = [xb.numpy() for xb, _ in bundle.loader("train", 64, seed=cfg.seed,  # the ONNX int8 file's images
+                                                       limit=64 * cfg.calibration_batches)] if cfg.int8 else []
+        metrics["targets"] = {t: _phone(t, model, shape, writer, threads, test, labels, x8, ref, calib, limit)
+                              for t in targets}
+        lost = [f"int8 on {name} loses {t['accuracy_drop_points']:.2f} accuracy points (fp32 "
+                f"{t['accuracy_fp32']:.4f}, int8 {t['accuracy_int8']:.4f}), more than the {limit:g}-point budget; "
+                f"ship its deploy form {t['deploy_form']} ({t['deploy_file']})"
+                for name, t in metrics["targets"].items() if (t.get("accuracy_drop_points") or 0) > limit]
+        failure = "; ".join([failure] * bool(failure) + lost) or None
     metrics.update({"status": "failed" if failure else "ok", "failure": failure, "max_drop": cfg.max_drop,
                     "min_speedup": cfg.min_speedup, "accuracy_budget_points": limit})
     return metrics
@@ -371,6 +387,59 @@ def _remedy(learned: bool) -> str:
         return "fine-tune it longer (compress quantize --epochs)"
     return ("run compress quantize on the model (int8 fine-tuning, distilled from it, recovers what calibration loses) "
             "and export that; or try --calibration-method percentile or more --calibration-batches")
+
+
+def _phone(target: str, model, shape, writer, threads: int, test, labels, x8, ref, calib: list,
+           limit: float) -> dict:
+    """A phone target's files (`phones.FILES`): fp32, and int8 by PT2E on the calibration images where
+    `calib` is given, each run here by the target's runtime: test accuracy, agreement with PyTorch,
+    latency at batch 1, sizes, what the XNNPACK delegate took; the deploy form: the fastest at batch 1
+    within `limit` points of fp32."""
+    with torch.no_grad():
+        torch_pred = np.concatenate([model(x).argmax(1).numpy() for x, _ in test])
+    r: dict = {"batch": 1}
+    files = {kind: writer.path(name) for kind, name in FILES[target].items() if kind == "fp32" or calib}
+    for kind, path in list(files.items()):
+        try:
+            program, quantizer = (model, None) if kind == "fp32" else quantize_pt2e(target, model, shape, calib)
+            d = write_phone(target, program, path, shape, quantizer)
+            sess = phone_session(target, path, threads, shape)
+        except Exception as e:  # noqa: BLE001 - a converter or runtime that refuses this model: recorded, never the end
+            r[f"error_{kind}"] = error_line(e) if not isinstance(e, CompressorError) else str(e)
+            warn(f"export: {kind} on {target} not written: {r[f'error_{kind}']}")
+            path.unlink(missing_ok=True)
+            del files[kind]
+            continue
+        r[f"delegation_{kind}"] = d
+        logits, _ = predict_batches(sess, test, f"export: {kind} on {target}")
+        pred = logits.argmax(1)
+        r.update({f"accuracy_{kind}": float((pred == labels).mean()),
+                  f"agreement_torch_{kind}": float((pred == torch_pred).mean()),
+                  f"max_abs_diff_{kind}_batch1": _max_diff(sess, x8.numpy(), ref, batch=len(x8)),
+                  f"latency_ms_{kind}_batch1": latency_ms(sess, shape, 1, runs=100, budget_s=VERIFY_BUDGET_S),
+                  f"size_bytes_{kind}": path.stat().st_size, f"zipped_bytes_{kind}": zipped_size(path)})
+        log(f"export: {kind} on {target}: accuracy {r[f'accuracy_{kind}']:.4f}, agreement with PyTorch "
+            f"{r[f'agreement_torch_{kind}']:.4f}, latency {r[f'latency_ms_{kind}_batch1']:.3f} ms at batch 1, "
+            f"{r[f'size_bytes_{kind}']:,} bytes; XNNPACK took {d['delegated_ops']} of "
+            f"{d['delegated_ops'] + d['not_delegated_ops']} operators ({d['partitions']} partitions)")
+    r["forms"] = list(files)
+    if "fp32" not in files:  # nothing to measure the int8 file against: not shipped on this target
+        for path in files.values():
+            path.unlink(missing_ok=True)
+        r["forms"] = []
+        return r
+    if "int8" in files:
+        r["accuracy_drop_points"] = round(100 * (r["accuracy_fp32"] - r["accuracy_int8"]), 4)
+    within = [k for k in r["forms"] if 100 * (r["accuracy_fp32"] - r[f"accuracy_{k}"]) <= limit]
+    best = min(within, key=lambda k: r[f"latency_ms_{k}_batch1"])
+    r.update({"deploy_form": best, "deploy_file": files[best].name,
+              "deploy_speedup": round(r["latency_ms_fp32_batch1"] / r[f"latency_ms_{best}_batch1"], 3)})
+    log(f"export: deploy form on {target}: {best}: {files[best].name} ({r[f'latency_ms_{best}_batch1']:.3f} ms at "
+        f"batch 1, {r['deploy_speedup']:.2f}x fp32's speed; accuracy {r[f'accuracy_{best}']:.4f})")
+    if "int8" in files and r["latency_ms_int8_batch1"] >= r["latency_ms_fp32_batch1"]:
+        warn(f"int8 on {target} is not faster than fp32 ({r['latency_ms_int8_batch1']:.3f} vs "
+             f"{r['latency_ms_fp32_batch1']:.3f} ms at batch 1); ship {best} ({files[best].name})")
+    return r
 
 
 def _max_diff(sess, x: np.ndarray, ref: np.ndarray, batch: int) -> float:

@@ -142,12 +142,24 @@ RuntimeFigures = create_model(
     **{_per_form_field(k, f): (Optional[t], None) for k, t in PER_FORM.items() for f in FORMS})
 
 
+class TargetFigures(RuntimeFigures):
+    """One phone target's figures (metrics.json's `targets.<name>`): its files run by its own runtime
+    at batch 1 (`latency_ms_<form>_batch1`), and what its delegate took of each graph."""
+
+    batch: int
+    agreement_torch_fp32: Optional[float] = None  # test predictions equal to PyTorch's
+    agreement_torch_int8: Optional[float] = None
+    delegation_fp32: Optional[dict[str, Any]] = None  # delegated / not delegated operators, partitions, per op
+    delegation_int8: Optional[dict[str, Any]] = None
+
+
 class ExportMetrics(Metrics, RuntimeFigures):
     accuracy_torch: Optional[float] = None  # the PyTorch model's recorded test accuracy
     latency_batch: int
     threads: int
     runtime: str  # the first runtime: its figures are also at the top level
     runtimes: dict[str, RuntimeFigures]
+    targets: Optional[dict[str, TargetFigures]] = None  # --target: the phone targets' files, measured here
     cpu_flags: list[str]
     sparsity_note: Optional[str] = None
     fastest_runtime_int8: Optional[str] = None
