@@ -1,5 +1,5 @@
-"""export --target executorch: phone files (.pte) written from the PyTorch model and run here by
-their own runtime; one line where the extra is missing."""
+"""export --target executorch,litert: phone files (.pte, .tflite) written from the PyTorch model and
+run here by their own runtimes; one line where the extra is missing."""
 
 import json
 
@@ -20,7 +20,9 @@ def test_a_target_not_installed_or_unknown_is_one_line(student_dir, tmp_path, mo
     with pytest.raises(CompressorError, match=r"pip install 'compressor\[executorch\]'") as e:
         export(student_dir, data=SYN, out=tmp_path / "e", target="onnx,executorch")
     assert "\n" not in str(e.value) and not (tmp_path / "e").exists()
-    with pytest.raises(CompressorError, match="comma-separated list of onnx, executorch"):
+    with pytest.raises(CompressorError, match=r"pip install 'compressor\[litert\]'"):
+        export(student_dir, data=SYN, out=tmp_path / "e", target="litert")
+    with pytest.raises(CompressorError, match="comma-separated list of onnx, executorch, litert"):
         export(student_dir, data=SYN, out=tmp_path / "e", target="onnx,tflite")
 
 
@@ -28,11 +30,11 @@ def _layers(model) -> int:
     return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
 
 
-RUNTIME_MODULE = {"executorch": "executorch"}
-WEIGHTED_OP = {"executorch": "aten_convolution_default"}
+RUNTIME_MODULE = {"executorch": "executorch", "litert": "litert_torch"}
+WEIGHTED_OP = {"executorch": "aten_convolution_default", "litert": "CONV_2D"}
 
 
-@pytest.mark.parametrize("target", ["executorch"])
+@pytest.mark.parametrize("target", ["executorch", "litert"])
 def test_phone_files_run_here_agree_with_pytorch_and_int8_runs_in_xnnpack(student_dir, tmp_path, target):
     pytest.importorskip(RUNTIME_MODULE[target], reason=f"the {target} extra: pip install 'compressor[{target}]'")
     out = tmp_path / "phone"
@@ -57,11 +59,22 @@ def test_phone_files_run_here_agree_with_pytorch_and_int8_runs_in_xnnpack(studen
     # standard files: the runtime's own Python API loads and runs them, one image at a time
     spec = load_artifact(student_dir).spec
     x = np.zeros((1, *spec.input_shape), dtype=np.float32)
-    import torch
-    from executorch.runtime import Runtime
+    if target == "executorch":
+        import torch
+        from executorch.runtime import Runtime
 
-    program = Runtime.get().load_program(out / files["int8"])
-    logits = program.load_method("forward").execute([torch.from_numpy(x)])[0].numpy()
+        program = Runtime.get().load_program(out / files["int8"])
+        logits = program.load_method("forward").execute([torch.from_numpy(x)])[0].numpy()
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(out / files["int8"]))
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]
+        assert inp["dtype"] == np.int8  # full-integer: int8 in, int8 out
+        it.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=np.int8))
+        it.invoke()
+        logits = it.get_tensor(it.get_output_details()[0]["index"])
     assert tuple(logits.shape) == (1, spec.num_classes)
 
 

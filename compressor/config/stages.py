@@ -280,10 +280,12 @@ class ExportConfig(DataFields, Runtime, Output):
                                                 "times as fast as fp32 at --latency-batch (on the first runtime measured: "
                                                 "onnxruntime unless --runtime openvino; this machine).", gt=0)
     latency_batch: int = option(64, "Batch size for the latency measurement.", ge=1)
-    target: str = option("onnx", "Where the model ships, comma-separated: onnx (always written), executorch (phones: "
-                                 "model.pte lowered to ExecuTorch's XNNPACK delegate, and with --int8 model.int8.pte "
-                                 "quantized by PyTorch's PT2E flow on the calibration images; each run here with "
-                                 "ExecuTorch's runtime at batch 1). executorch needs pip install 'compressor[executorch]'.",
+    target: str = option("onnx", "Where the model ships, comma-separated: onnx (always written); executorch (phones: "
+                                 "model.pte lowered to ExecuTorch's XNNPACK delegate); litert (phones: model.tflite by "
+                                 "litert-torch). With --int8 also model.int8.pte / model.int8.tflite (full-integer), "
+                                 "quantized by PyTorch's PT2E flow on the calibration images. Each file is run here by "
+                                 "its own runtime at batch 1. Each needs its extra: pip install "
+                                 "'compressor[executorch]' / 'compressor[litert]'.",
                          main=True)
 
     @field_validator("target")

@@ -1,7 +1,12 @@
 """The phone targets, written from the PyTorch model and run here by their own runtimes (XNNPACK, the
-CPU kernel library they use on phones, runs on x86 as on Arm), so what ships to a phone is measured
-before it gets there. ExecuTorch: programs (.pte) lowered to the XNNPACK delegate; int8 by PyTorch's
-PT2E flow with XNNPACK's quantizer; run by ExecuTorch's runtime.
+CPU kernel library both use on phones, runs on x86 as on Arm), so what ships to a phone is measured
+before it gets there:
+
+- ExecuTorch: programs (.pte) lowered to the XNNPACK delegate; int8 by PyTorch's PT2E flow with
+  XNNPACK's quantizer; run by ExecuTorch's runtime;
+- LiteRT (formerly TensorFlow Lite): .tflite files converted by litert-torch; int8 full-integer (int8
+  input and output too) by PT2E with litert-torch's quantizer; run by LiteRT's interpreter with its
+  XNNPACK delegate.
 
 The int8 files are calibrated on the same images as the ONNX int8 file. A phone file takes a batch of
 one image (a phone classifies one at a time; the runtimes plan their memory for that static shape):
@@ -10,6 +15,7 @@ accuracy is measured one image at a time, latency at batch 1.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import io
@@ -23,10 +29,11 @@ import torch.nn as nn
 from compressor import CompressorError
 from compressor.deploy.runtimes import Session
 
-TARGETS = ("onnx", "executorch")
+TARGETS = ("onnx", "executorch", "litert")
 PHONE_TARGETS = TARGETS[1:]
-MODULE = {"executorch": "executorch"}  # what each needs importable (its pip extra has the target's name)
-FILES = {"executorch": {"fp32": "model.pte", "int8": "model.int8.pte"}}
+MODULE = {"executorch": "executorch", "litert": "litert_torch"}  # what each needs importable; its pip extra
+FILES = {"executorch": {"fp32": "model.pte", "int8": "model.int8.pte"},
+         "litert": {"fp32": "model.tflite", "int8": "model.int8.tflite"}}
 
 
 def target_available(target: str) -> bool:
@@ -39,7 +46,7 @@ def missing_line(target: str) -> str:
 
 
 def parse_targets(value: str) -> list[str]:
-    """`--target onnx,executorch`: the known targets named, onnx always first (every other is
+    """`--target onnx,executorch,litert`: the known targets named, onnx always first (every other is
     measured beside it); one line for a name that is none of them or a target not installed."""
     names = [t.strip() for t in value.split(",") if t.strip()]
     unknown = [t for t in names if t not in TARGETS]
@@ -71,41 +78,72 @@ def _example(shape: list[int]) -> tuple[torch.Tensor]:
 
 def _quantizer(target: str):
     """The target's PT2E quantizer: symmetric int8 weights per output channel, int8 activations per tensor."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                          get_symmetric_quantization_config)
+    if target == "executorch":
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                              get_symmetric_quantization_config)
 
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    from litert_torch.quantize import pt2e_quantizer
+
+    return pt2e_quantizer.PT2EQuantizer().set_global(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
 
 
 def quantize_pt2e(target: str, model: nn.Module, shape: list[int], calibration: list[np.ndarray]):
     """The model in `target`'s int8 scheme by PyTorch's PT2E flow, ranges observed on the calibration
     batches (fed one image at a time: the file's shape); returns (quantized model, quantizer)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = _quantizer(target)
     with _quiet():
-        prepared = prepare_pt2e(torch.export.export(model, _example(shape)).module(), quantizer)
+        graph = torch.export.export(model, _example(shape)).module()
+        if target == "litert":
+            _one_partition_per_call(graph)
+        prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for batch in calibration:
             for x in torch.from_numpy(batch).split(1):
                 prepared(x)
-    with _quiet():
-        return convert_pt2e(prepared), quantizer
+    with _quiet():  # litert-torch's converter folds the quantize ops itself
+        converted = convert_pt2e(prepared, **({"fold_quantize": False} if target == "litert" else {}))
+    return move_exported_model_to_eval(converted), quantizer
+
+
+def _one_partition_per_call(graph) -> None:
+    """Name each call of a module called more than once (ConvNet's one MaxPool2d after every block) as
+    its own source, as torch.export's `@N` keys do: litert-torch's quantizer annotates a pooling
+    "partition" as one call, and with every call of the module in one partition it wires one call's
+    observer to another's input (prepare_pt2e then fails: "'relu_1' not in obs_or_fq_map")."""
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            key, (fqn, cls) = list(stack.items())[-1]
+            if "@" in key:
+                stack[key] = (f"{fqn}@{key.rsplit('@', 1)[1]}", cls)
 
 
 def write_phone(target: str, model: nn.Module, path: Path, shape: list[int], quantizer=None) -> dict:
-    """`model` (in eval mode; for int8 from `quantize_pt2e`) written as `target`'s file at `path`;
-    returns how much of it the XNNPACK delegate takes (see `delegation`). `quantizer`: the one
-    `quantize_pt2e` used (a converter that needs it to write int8 gets it)."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
+    """`model` (in eval mode; from `quantize_pt2e` with its `quantizer` for int8) written as `target`'s
+    file at `path`; returns how much of it the XNNPACK delegate takes (see `delegation`)."""
     with _quiet(), torch.no_grad():
-        edge = to_edge_transform_and_lower(torch.export.export(model, _example(shape)),
-                                           partitioner=[XnnpackPartitioner()])
-        summary = delegation(edge.exported_program().graph_module)
-        Path(path).write_bytes(edge.to_executorch().buffer)
-    return summary
+        if target == "executorch":
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+
+            edge = to_edge_transform_and_lower(torch.export.export(model, _example(shape)),
+                                               partitioner=[XnnpackPartitioner()])
+            summary = delegation(edge.exported_program().graph_module)
+            Path(path).write_bytes(edge.to_executorch().buffer)
+            return summary
+        import litert_torch
+
+        kw = {}
+        if quantizer is not None:
+            from litert_torch.quantize.quant_config import QuantConfig
+
+            kw["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
+        litert_torch.convert(model, _example(shape), **kw).export(str(path))
+    return litert_delegation(Path(path))
 
 
 def delegation(graph_module) -> dict:
@@ -124,6 +162,49 @@ def delegation(graph_module) -> dict:
     int8_weights = ops.get("quantized_decomposed_dequantize_per_channel_default", {}).get("delegated", 0)
     return {"delegated_ops": int(info.num_delegated_nodes), "not_delegated_ops": int(info.num_non_delegated_nodes),
             "partitions": int(info.num_delegated_subgraphs), "int8_weight_layers": int8_weights, "ops": ops}
+
+
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def _interpreter(path: Path, threads: int | None):
+    """LiteRT's interpreter on `path` with its default delegate (XNNPACK), tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with _quiet():
+        it = Interpreter(model_path=str(path), num_threads=threads or None)
+        it.allocate_tensors()
+    return it
+
+
+def litert_delegation(path: Path) -> dict:
+    """What LiteRT's XNNPACK delegate takes of a .tflite file: its operators, those the delegate does
+    not take (left to LiteRT's own kernels), the delegate's partitions, per operator type, and
+    `int8_weight_layers`: the convolutions and fully connected layers whose weights are int8. The
+    interpreter lists the file's operators and one DELEGATE node per partition; a partition's
+    operators are those between its node's inputs and outputs."""
+    it = _interpreter(path, 1)
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    file_ops = [i for i, op in enumerate(ops) if op["op_name"] != "DELEGATE"]
+    producer = {t: i for i in file_ops for t in ops[i]["outputs"]}
+    delegated: set[int] = set()
+    partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
+    for node in partitions:
+        inputs, todo = set(node["inputs"]), list(node["outputs"])
+        while todo:
+            t = todo.pop()
+            if t in inputs or t not in producer or producer[t] in delegated:
+                continue
+            delegated.add(producer[t])
+            todo.extend(ops[producer[t]]["inputs"])
+    counts = collections.Counter(ops[i]["op_name"] for i in file_ops)
+    kept = collections.Counter(ops[i]["op_name"] for i in file_ops if i not in delegated)
+    int8_weights = sum(ops[i]["op_name"] in WEIGHTED_OPS and len(ops[i]["inputs"]) > 1
+                       and tensors[ops[i]["inputs"][1]]["dtype"] == np.int8 for i in file_ops)
+    return {"delegated_ops": len(delegated), "not_delegated_ops": len(file_ops) - len(delegated),
+            "partitions": len(partitions), "int8_weight_layers": int(int8_weights),
+            "ops": {name: {"delegated": n - kept[name], "not_delegated": kept[name]} for name, n in sorted(counts.items())}}
 
 
 def set_threads(threads: int | None) -> None:
@@ -167,5 +248,41 @@ class ExecuTorchSession(Session):
         return self.shape
 
 
+class LiteRTSession(Session):
+    """A .tflite file run by LiteRT's interpreter with its XNNPACK delegate, `threads` threads. A
+    full-integer file's int8 input is quantized and its int8 output dequantized with the file's own
+    scale and zero point (what an app does around it). Batch 1: a larger batch runs image by image."""
+
+    runtime = "litert"
+
+    def __init__(self, path: Path, threads: int | None = None, shape: list[int] | None = None) -> None:
+        self.path = Path(path)
+        try:
+            self.it = _interpreter(self.path, threads)
+        except Exception as e:  # noqa: BLE001 - a file the interpreter cannot read: one line
+            raise CompressorError(f"litert cannot load {path}: {_first_line(e)}") from None
+        self.inp, self.out = self.it.get_input_details()[0], self.it.get_output_details()[0]
+        self.shape = list(shape) if shape else [int(d) for d in self.inp["shape"][1:]]
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.inp["dtype"] == np.int8:
+            scale, zero = self.inp["quantization"]
+            x = np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
+        self.it.set_tensor(self.inp["index"], x)
+        self.it.invoke()
+        y = self.it.get_tensor(self.out["index"])
+        if self.out["dtype"] == np.int8:
+            scale, zero = self.out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.concatenate([self._run(x[i:i + 1]) for i in range(len(x))])
+
+    def input_shape(self) -> list[int]:
+        return self.shape
+
+
 def phone_session(target: str, path: Path, threads: int | None, shape: list[int]) -> Session:
-    return {"executorch": ExecuTorchSession}[target](path, threads, shape)
+    return (ExecuTorchSession if target == "executorch" else LiteRTSession)(path, threads, shape)
