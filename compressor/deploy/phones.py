@@ -222,9 +222,25 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-class ExecuTorchSession(Session):
+class _OneImageSession(Session):
+    """A phone file, whose batch is 1: a larger batch runs one image at a time through `_run`."""
+
+    shape: list[int]
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.concatenate([self._run(x[i:i + 1]) for i in range(len(x))])
+
+    def input_shape(self) -> list[int]:
+        return self.shape
+
+
+class ExecuTorchSession(_OneImageSession):
     """A .pte program run by ExecuTorch's runtime (the C++ runtime a phone runs, with its XNNPACK
-    kernels). The program's batch is 1: a larger batch runs one image at a time."""
+    kernels)."""
 
     runtime = "executorch"
 
@@ -240,18 +256,14 @@ class ExecuTorchSession(Session):
             raise CompressorError(f"executorch cannot load {path}: {_first_line(e)}") from None
         self.shape = list(shape) if shape else list(self.method.metadata.input_tensor_meta(0).sizes()[1:])
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        return np.concatenate([self.method.execute([row])[0].numpy() for row in t.split(1)])
-
-    def input_shape(self) -> list[int]:
-        return self.shape
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.method.execute([torch.from_numpy(x)])[0].numpy()
 
 
-class LiteRTSession(Session):
+class LiteRTSession(_OneImageSession):
     """A .tflite file run by LiteRT's interpreter with its XNNPACK delegate, `threads` threads. A
     full-integer file's int8 input is quantized and its int8 output dequantized with the file's own
-    scale and zero point (what an app does around it). Batch 1: a larger batch runs image by image."""
+    scale and zero point (what an app does around it)."""
 
     runtime = "litert"
 
@@ -275,13 +287,6 @@ class LiteRTSession(Session):
             scale, zero = self.out["quantization"]
             y = (y.astype(np.float32) - zero) * scale
         return y.astype(np.float32)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return np.concatenate([self._run(x[i:i + 1]) for i in range(len(x))])
-
-    def input_shape(self) -> list[int]:
-        return self.shape
 
 
 def phone_session(target: str, path: Path, threads: int | None, shape: list[int]) -> Session:

@@ -143,8 +143,10 @@ def export(run: StageRun) -> dict:
                                   "quantized from (their int8 files are calibrated)")
         calib = [xb.numpy() for xb, _ in bundle.loader("train", 64, seed=cfg.seed,  # the ONNX int8 file's images
                                                        limit=64 * cfg.calibration_batches)] if cfg.int8 else []
-        metrics["targets"] = {t: _phone(t, model, shape, writer, threads, test, labels, x8, ref, calib, limit)
-                              for t in targets}
+        with torch.no_grad():
+            torch_pred = np.concatenate([model(x).argmax(1).numpy() for x, _ in test])
+        metrics["targets"] = {t: _phone(t, model, shape, writer, threads, test, labels, torch_pred, x8, ref, calib,
+                                        limit) for t in targets}
         lost = [f"int8 on {name} loses {t['accuracy_drop_points']:.2f} accuracy points (fp32 "
                 f"{t['accuracy_fp32']:.4f}, int8 {t['accuracy_int8']:.4f}), more than the {limit:g}-point budget; "
                 f"ship its deploy form {t['deploy_form']} ({t['deploy_file']})"
@@ -389,14 +391,12 @@ def _remedy(learned: bool) -> str:
             "and export that; or try --calibration-method percentile or more --calibration-batches")
 
 
-def _phone(target: str, model, shape, writer, threads: int, test, labels, x8, ref, calib: list,
+def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_pred, x8, ref, calib: list,
            limit: float) -> dict:
     """A phone target's files (`phones.FILES`): fp32, and int8 by PT2E on the calibration images where
     `calib` is given, each run here by the target's runtime: test accuracy, agreement with PyTorch,
     latency at batch 1, sizes, what the XNNPACK delegate took; the deploy form: the fastest at batch 1
     within `limit` points of fp32."""
-    with torch.no_grad():
-        torch_pred = np.concatenate([model(x).argmax(1).numpy() for x, _ in test])
     r: dict = {"batch": 1}
     files = {kind: writer.path(name) for kind, name in FILES[target].items() if kind == "fp32" or calib}
     for kind, path in list(files.items()):
