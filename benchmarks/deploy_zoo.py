@@ -3,6 +3,7 @@ reduced-float and int8 forms, and the deploy form it chooses.
 
     python benchmarks/deploy_zoo.py                       # the five families, about an hour on 2 cores
     python benchmarks/deploy_zoo.py --models resnet18     # one
+    python benchmarks/deploy_zoo.py --models mobilenetv3_small_100 --target onnx,executorch,litert  # and phones
 
 Each model is taught on --train-size Fashion-MNIST images at --image-size px for --epochs epochs
 (`compress teach`; cached under --work and reused when present), then exported with the default flags
@@ -10,7 +11,8 @@ but --int8 and --runtime all:
 
     compress export WORK/MODEL/teach --data fashion-mnist --image-size 32 --int8 --runtime all --out WORK/MODEL/export
 
-The table gives, per runtime and form, the test accuracy, the latency at batch 1 and 64 (medians,
+With --target the export also writes and runs the phone files (ExecuTorch .pte, LiteRT .tflite; their
+extras installed), measured at batch 1 only, as a phone runs them. The table gives, per runtime and form, the test accuracy, the latency at batch 1 and 64 (medians,
 warm-up excluded, this machine's threads), and the deploy form; the header names the CPU's flags and
 the runtimes' versions. Results differ between machines (other kernels, other default precisions); on
 one machine the accuracies repeat. The rows are also written as CSV (--csv).
@@ -38,7 +40,8 @@ def teach(model: str, out: Path, a) -> None:
 
 def export(teacher: Path, out: Path, a) -> tuple[dict, int]:
     res = subprocess.run(["compress", "export", str(teacher), "--data", "fashion-mnist", "--image-size",
-                          str(a.image_size), "--int8", "--runtime", "all", "--quiet", "--out", str(out)],
+                          str(a.image_size), "--int8", "--runtime", "all", "--target", a.target, "--quiet",
+                          "--out", str(out)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if not (out / "metrics.json").is_file():
         raise SystemExit(f"export of {teacher} wrote nothing: {res.stderr.strip().splitlines()[-1:]}")
@@ -72,7 +75,20 @@ def rows_of(model: str, m: dict, rc: int) -> list[dict]:
                          "vs_fp32_batch64": round(r[f"latency_ms_{form}"] / r["latency_ms_fp32"], 3),
                          "deploy": r.get("deploy_form") == form, "int8_form": _form(r) if form == "int8" else "",
                          "exit": rc})
+    for target, r in m.get("targets", {}).items():  # phone files: batch 1 only
+        for form in r.get("forms", []):
+            rows.append({"model": model, "runtime": target, "form": form, "precision": form,
+                         "accuracy": r[f"accuracy_{form}"],
+                         "drop_points": round(100 * (r["accuracy_fp32"] - r[f"accuracy_{form}"]), 2),
+                         "ms_batch1": r[f"latency_ms_{form}_batch1"], "ms_batch64": "",
+                         "vs_fp32_batch1": round(r[f"latency_ms_{form}_batch1"] / r["latency_ms_fp32_batch1"], 3),
+                         "deploy": r.get("deploy_form") == form,
+                         "delegation": _delegated(r[f"delegation_{form}"]), "exit": rc})
     return rows
+
+
+def _delegated(d: dict) -> str:
+    return f"XNNPACK took {d['delegated_ops']} of {d['delegated_ops'] + d['not_delegated_ops']} operators"
 
 
 def _form(r: dict) -> str:
@@ -87,6 +103,7 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--target", default="onnx", help="export's --target: onnx, or onnx plus executorch and/or litert")
     ap.add_argument("--work", type=Path, default=Path("runs/deploy-zoo"), help="cache of the taught models and exports")
     ap.add_argument("--csv", type=Path, default=None, help="also write the rows here")
     a = ap.parse_args()
@@ -102,12 +119,13 @@ def main() -> None:
     print(machine_summary())
     print(f"\nFashion-MNIST, {a.train_size} training images, {a.epochs} epochs, {a.image_size} px; test split "
           f"(10,000 images); latency median ms, {m['threads']} threads\n")
-    print("| model | runtime | form | accuracy (drop, points) | ms at batch 1 | ms at batch 64 | × fp32 at 64 | deploy |")
+    print("| model | runtime | form | accuracy (drop, points) | ms at batch 1 | ms at batch 64 | × fp32 | deploy |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    for r in rows:  # × fp32 at batch 64; phone files at batch 1
+        b64, ratio = ((f"{r['ms_batch64']:.2f}", f"{r['vs_fp32_batch64']:.2f}") if r["ms_batch64"] != "" else
+                      ("—", f"{r['vs_fp32_batch1']:.2f} (batch 1)"))
         print(f"| {r['model']} | {r['runtime']} | {r['form']} | {r['accuracy']:.4f} ({r['drop_points']:+.2f}) | "
-              f"{r['ms_batch1']:.3f} | {r['ms_batch64']:.2f} | {r['vs_fp32_batch64']:.2f} | "
-              f"{'**deploy**' if r['deploy'] else ''} |")
+              f"{r['ms_batch1']:.3f} | {b64} | {ratio} | {'**deploy**' if r['deploy'] else ''} |")
     if a.csv:
         write_csv(a.csv, rows)
 

@@ -59,10 +59,18 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
         rows.append(row)
         for rt, values in list((m.get("runtimes") or {}).items())[1:]:  # export: the other runtimes' figures
             rows.append({**{k: None for k in row}, "stage": f"{d.name} ({rt})", "status": row["status"],
-                         "accuracy": values.get("accuracy_fp32"), "accuracy_int8": values.get("accuracy_int8"),
+                         "input_accuracy": row["input_accuracy"], "accuracy": values.get("accuracy_fp32"), "accuracy_int8": values.get("accuracy_int8"),
                          "latency_ms_fp32": values.get("latency_ms_fp32"),
                          "latency_ms_int8": values.get("latency_ms_int8"), "deploy_form": values.get("deploy_form")})
-        if m.get("runtimes") and len(m["runtimes"]) > 1:
+        for target, values in (m.get("targets") or {}).items():  # export --target: the phone files, batch 1
+            forms = values.get("forms", [])
+            rows.append({**{k: None for k in row}, "stage": f"{d.name} ({target})", "status": row["status"],
+                         "input_accuracy": row["input_accuracy"], "batch": 1, "deploy_form": values.get("deploy_form"),
+                         "accuracy": values.get("accuracy_fp32"), "accuracy_int8": values.get("accuracy_int8"),
+                         "latency_ms_fp32": values.get("latency_ms_fp32_batch1"),
+                         "latency_ms_int8": values.get("latency_ms_int8_batch1"),
+                         "zipped_bytes": values.get("zipped_bytes_int8" if "int8" in forms else "zipped_bytes_fp32")})
+        if (m.get("runtimes") and len(m["runtimes"]) > 1) or m.get("targets"):
             row["stage"] = f"{d.name} ({m.get('runtime', 'onnxruntime')})"
     return rows
 
@@ -72,7 +80,7 @@ def summary_table(rows: list[dict], title: str = "") -> Table:
     t = Table(["stage", "accuracy", "params", "zipped", "int8 acc", "int8 ms", "fp32 ms", "notes"], title=title, text_last=True,
               caption="accuracy: test split; zipped: model.safetensors, or the int8 ONNX for export, compressed with "
                       "zip (deflate); ms: CPU latency at batch 64 on onnxruntime (on the runtime in brackets where "
-                      "export measured several), median of repeated runs after warm-up; "
+                      "export measured several; phone runtimes at batch 1), median of repeated runs after warm-up; "
                       "alone: the student trained without the teacher; deploy: the form to ship on that runtime "
                       "(the fastest within the accuracy budget)")
     for r in rows:
@@ -85,6 +93,8 @@ def summary_table(rows: list[dict], title: str = "") -> Table:
             notes.append(f"sparsity {r['sparsity']:.3f}")
         if r.get("deploy_form"):
             notes.append(f"deploy {r['deploy_form']}")
+        if r.get("batch"):
+            notes.append(f"ms at batch {r['batch']}")
         if r.get("accuracy_calibrated") is not None:
             notes.append(f"int8 before fine-tuning {r['accuracy_calibrated']:.4f}")
         notes.extend(worse_notes(r))

@@ -10,6 +10,7 @@ import torch.nn as nn
 from compressor import CompressorError
 from compressor.artifacts import load_artifact
 from compressor.deploy import phones
+from compressor.report import summary_rows, summary_table
 from compressor.stages import export
 
 from helpers import SYN
@@ -56,6 +57,11 @@ def test_phone_files_run_here_agree_with_pytorch_and_int8_runs_in_xnnpack(studen
     assert t["size_bytes_int8"] < t["size_bytes_fp32"] / 2
     assert t["deploy_form"] in ("fp32", "int8") and t["deploy_file"] in files.values()
     assert json.loads((out / "metrics.json").read_text())["targets"][target]["forms"] == ["fp32", "int8"]
+    rows = {r["stage"]: r for r in summary_rows(tmp_path)}  # the run's summary: a row per phone target, at batch 1
+    assert list(rows) == ["phone (onnxruntime)", f"phone ({target})"]
+    assert rows[f"phone ({target})"]["accuracy_int8"] == t["accuracy_int8"] and rows[f"phone ({target})"]["batch"] == 1
+    assert rows[f"phone ({target})"]["latency_ms_int8"] == t["latency_ms_int8_batch1"]
+    assert "ms at batch 1" in summary_table(list(rows.values())).markdown()
     # standard files: the runtime's own Python API loads and runs them, one image at a time
     spec = load_artifact(student_dir).spec
     x = np.zeros((1, *spec.input_shape), dtype=np.float32)
