@@ -27,6 +27,8 @@ def test_every_command_has_help():
     for cmd in ("teach", "select", "distill", "prune", "export", "eval", "run", "report", "sweep"):
         out = invoke(cmd, "--help").output
         assert "--help" in out and "Usage" in out
+        text = " ".join(line.strip(" │") for line in out.splitlines())
+        assert "install 'compressor'" not in text  # an extra's name kept, not read as markup: 'compressor[mlflow]'
     narrow = CliRunner().invoke(app, ["export", "--help"], terminal_width=80)
     text = " ".join(line.strip(" │") for line in narrow.output.splitlines())
     # the docstring reflowed to the terminal's width: no line of it broken twice (a word alone on a line)

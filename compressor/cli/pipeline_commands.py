@@ -49,7 +49,7 @@ def run(
     out: RunOutOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted stage (Ctrl-C, SIGTERM, a crash) from its checkpoint instead of starting it over.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, even those whose inputs are unchanged and whose artifact verifies.")] = False,
-    mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="Also log every training stage to MLflow at this tracking URI (one MLflow run per training loop, experiment 'compressor'); needs pip install 'compressor[mlflow]'.")] = None,
+    mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="Also log every training stage to MLflow at this tracking URI (one MLflow run per training loop, experiment 'compressor'); needs pip install 'compressor\\[mlflow]'.")] = None,
     device: RecipeDeviceOpt = None,
     threads: ThreadsOpt = None,
     json_: JsonOpt = False,
