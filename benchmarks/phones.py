@@ -31,8 +31,9 @@ def rows_of(label: str, export: Path) -> list[dict]:
         if f"accuracy_{form}" in ort:
             rows.append({"model": label, "target": "onnxruntime", "form": form, "accuracy": ort[f"accuracy_{form}"],
                          "drop_points": round(100 * (ort["accuracy_fp32"] - ort[f"accuracy_{form}"]), 2),
-                         "ms_batch1": ort[f"latency_ms_{form}_batch1"], "size_bytes": m.get(f"size_bytes_{form}"),
-                         "zipped_bytes": m.get(f"zipped_bytes_{form}"),
+                         "agreement_torch": "", "ms_batch1": round(ort[f"latency_ms_{form}_batch1"], 3),
+                         "size_bytes": m.get(f"size_bytes_{form}"), "zipped_bytes": m.get(f"zipped_bytes_{form}"),
+                         "delegated": "", "int8_weight_layers": "",
                          "deploy": "deploy" if ort.get("deploy_form") == form else ""})
     for target, r in m.get("targets", {}).items():
         for form in r.get("forms", []):
@@ -40,7 +41,8 @@ def rows_of(label: str, export: Path) -> list[dict]:
             rows.append({"model": label, "target": target, "form": form, "accuracy": r[f"accuracy_{form}"],
                          "drop_points": round(100 * (ort.get("accuracy_fp32", r["accuracy_fp32"])
                                                      - r[f"accuracy_{form}"]), 2),
-                         "agreement_torch": r[f"agreement_torch_{form}"], "ms_batch1": r[f"latency_ms_{form}_batch1"],
+                         "agreement_torch": round(r[f"agreement_torch_{form}"], 4),
+                         "ms_batch1": round(r[f"latency_ms_{form}_batch1"], 3),
                          "size_bytes": r[f"size_bytes_{form}"], "zipped_bytes": r[f"zipped_bytes_{form}"],
                          "delegated": f"{d['delegated_ops']} of {d['delegated_ops'] + d['not_delegated_ops']}",
                          "int8_weight_layers": d.get("int8_weight_layers", ""),
@@ -63,7 +65,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['target']} | {r['form']} | {r['accuracy']:.4f} ({r['drop_points']:+.2f}) | "
-              f"{r['ms_batch1']:.3f} | {r['zipped_bytes']:,} | {r.get('delegated', '')} | {r['deploy']} |")
+              f"{r['ms_batch1']:.3f} | {r['zipped_bytes']:,} | {r['delegated']} | {r['deploy']} |")
     if a.csv:
         write_csv(a.csv, rows)
 

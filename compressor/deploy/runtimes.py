@@ -156,6 +156,7 @@ def machine_summary() -> str:
     """One line: the CPU's model, its flags that matter to the runtimes, threads, and runtime versions."""
     import os
     import platform
+    from importlib import metadata
 
     import onnxruntime
 
@@ -163,6 +164,11 @@ def machine_summary() -> str:
     versions = [f"onnxruntime {onnxruntime.__version__}"]
     if openvino_available():
         versions.append(f"OpenVINO {openvino_module().__version__.split('-')[0]}")
+    for name, dist in (("ExecuTorch", "executorch"), ("LiteRT", "ai-edge-litert")):  # the phone runtimes, where installed
+        try:
+            versions.append(f"{name} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
     return (f"CPU: {model}, {os.cpu_count()} cores; flags: {' '.join(cpu_flags()) or 'none of ' + ' '.join(CPU_FLAGS)}; "
             f"{', '.join(versions)}; torch {torch.__version__}")
 
