@@ -90,7 +90,8 @@ def test_an_int8_program_that_loses_more_than_the_budget_fails_the_export(studen
 
     real = phones.quantize_pt2e
     monkeypatch.setattr(export_stage, "quantize_pt2e",  # ranges from images 1000x too bright: int8 loses
-                        lambda target, model, shape, calib: real(target, model, shape, [x * 1000 for x in calib]))
+                        lambda target, model, shape, calib, floats=(): real(target, model, shape,
+                                                                            [x * 1000 for x in calib], floats))
     out = tmp_path / "bad"
     with pytest.raises(CompressorError, match="int8 on executorch loses"):
         export(student_dir, data=SYN, out=out, int8=True, target="onnx,executorch", runtime="onnxruntime",
@@ -105,7 +106,7 @@ def test_an_int8_program_the_converter_refuses_is_recorded_and_the_export_goes_o
     pytest.importorskip("executorch", reason="the executorch extra: pip install 'compressor[executorch]'")
     from compressor.stages import export_stage
 
-    def refuse(target, model, shape, calib):
+    def refuse(target, model, shape, calib, floats=()):
         raise RuntimeError("operator aten.frobnicate is not supported by this quantizer\nmore detail")
 
     monkeypatch.setattr(export_stage, "quantize_pt2e", refuse)
@@ -116,3 +117,34 @@ def test_an_int8_program_the_converter_refuses_is_recorded_and_the_export_goes_o
     assert m["status"] == "ok" and t["forms"] == ["fp32"] and "frobnicate" in t["error_int8"]
     assert "\n" not in t["error_int8"] and not (out / "model.int8.pte").exists() and (out / "model.pte").is_file()
     assert t["deploy_form"] == "fp32"
+
+
+def test_an_int8_program_over_the_budget_is_written_again_with_its_gates_in_float(student_dir, tmp_path, monkeypatch):
+    pytest.importorskip("executorch", reason="the executorch extra: pip install 'compressor[executorch]'")
+    from compressor.stages import export_stage
+
+    real = phones.quantize_pt2e
+
+    def quantize(target, model, shape, calib, floats=()):  # every layer int8: ranges 1000x too bright; gates float: right
+        return real(target, model, shape, calib if floats else [x * 1000 for x in calib], floats)
+
+    monkeypatch.setattr(export_stage, "quantize_pt2e", quantize)
+    monkeypatch.setattr(export_stage, "gate_types", lambda model: (nn.ReLU,))  # the test student has no gates
+    out = tmp_path / "gates"
+    m = export(student_dir, data=SYN, out=out, int8=True, target="onnx,executorch", runtime="onnxruntime",
+               calibration_batches=2, stem="int8", activations="u8", per_channel=True, device="cpu")
+    t, budget = m["targets"]["executorch"], m["accuracy_budget_points"]
+    assert m["status"] == "ok" and t["int8_form"] == "squeeze-excitation gates in float32"
+    first, second = t["int8_candidates"]
+    assert first["form"] == "all layers" and 100 * (t["accuracy_fp32"] - first["accuracy"]) > budget
+    assert second["accuracy"] == t["accuracy_int8"] and t["accuracy_drop_points"] <= budget
+    assert sorted(p.name for p in out.glob("*.pte")) == ["model.int8.pte", "model.pte"]  # the first try removed
+    assert t["deploy_form"] in ("fp32", "int8")
+
+
+def test_gates_are_found_in_the_families_that_have_them():
+    import timm
+
+    assert [t.__name__ for t in phones.gate_types(timm.create_model("mobilenetv3_small_050"))] == ["SqueezeExcite"]
+    assert [t.__name__ for t in phones.gate_types(timm.create_model("efficientnet_b0"))] == ["SqueezeExcite"]
+    assert phones.gate_types(timm.create_model("resnet18")) == ()

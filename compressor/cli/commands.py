@@ -231,6 +231,8 @@ def show(metrics: dict, as_json: bool, title: str) -> None:
             table.add(f"{form} ms at batch 1 ({target})", fmt(values[f"latency_ms_{form}_batch1"], "{:.3f}"))
             table.add(f"{form} delegated ({target})", f"{d['delegated_ops']} of "
                                                       f"{d['delegated_ops'] + d['not_delegated_ops']} operators")
+        if values.get("int8_form") and len(values.get("int8_candidates") or []) > 1:
+            table.add(f"int8 form ({target})", values["int8_form"])
         for form in ("fp32", "int8"):
             if values.get(f"error_{form}"):
                 table.add(f"{form} ({target})", f"not written: {values[f'error_{form}']}")

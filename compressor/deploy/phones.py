@@ -76,25 +76,42 @@ def _example(shape: list[int]) -> tuple[torch.Tensor]:
     return (torch.zeros(1, *shape),)
 
 
-def _quantizer(target: str):
-    """The target's PT2E quantizer: symmetric int8 weights per output channel, int8 activations per tensor."""
+GATES = ("SqueezeExcite", "SEModule", "EffectiveSEModule", "SqueezeExcitation")  # timm's and torchvision's
+
+
+def gate_types(model: nn.Module) -> tuple[type, ...]:
+    """The squeeze-and-excitation gate modules of `model` (MobileNetV3's, EfficientNet's): the layers
+    post-training int8 hurts most there, left in float32 by the int8 files' second form."""
+    return tuple(sorted({type(m) for m in model.modules() if type(m).__name__ in GATES}, key=lambda t: t.__name__))
+
+
+def _quantizer(target: str, float_types: tuple[type, ...] = ()):
+    """The target's PT2E quantizer: symmetric int8 weights per output channel, int8 activations per
+    tensor; the modules of `float_types` left in float32."""
     if target == "executorch":
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                               get_symmetric_quantization_config)
 
-        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    from litert_torch.quantize import pt2e_quantizer
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    else:
+        from litert_torch.quantize import pt2e_quantizer
 
-    return pt2e_quantizer.PT2EQuantizer().set_global(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+        quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    for t in float_types:
+        quantizer.set_module_type(t, None)  # both quantizers leave a module type set to None unannotated
+    return quantizer
 
 
-def quantize_pt2e(target: str, model: nn.Module, shape: list[int], calibration: list[np.ndarray]):
+def quantize_pt2e(target: str, model: nn.Module, shape: list[int], calibration: list[np.ndarray],
+                  float_types: tuple[type, ...] = ()):
     """The model in `target`'s int8 scheme by PyTorch's PT2E flow, ranges observed on the calibration
-    batches (fed one image at a time: the file's shape); returns (quantized model, quantizer)."""
+    batches (fed one image at a time: the file's shape), the modules of `float_types` left in float32;
+    returns (quantized model, quantizer)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = _quantizer(target)
+    quantizer = _quantizer(target, float_types)
     with _quiet():
         graph = torch.export.export(model, _example(shape)).module()
         if target == "litert":

@@ -18,7 +18,7 @@ from compressor.deploy.choice import Int8Choice, allowed_drop, choose_int8_form
 from compressor.deploy.graph import (convert_fp16, convs_wrapped_in_qdq, error_line, export_onnx, export_qdq,
                                      float_convs, model_files, op_counts)
 from compressor.deploy.int8 import LEARNED_FORM
-from compressor.deploy.phones import FILES, phone_session, quantize_pt2e, write_phone
+from compressor.deploy.phones import FILES, gate_types, phone_session, quantize_pt2e, write_phone
 from compressor.deploy.runtimes import (OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S,
                                         OpenVINOSession, cpu_flags, latency_ms, openvino_available, predict_batches,
                                         reduced_float_forms, save_openvino_ir, session)
@@ -391,34 +391,70 @@ def _remedy(learned: bool) -> str:
             "and export that; or try --calibration-method percentile or more --calibration-batches")
 
 
+PHONE_INT8_FORMS = ("all layers", "squeeze-excitation gates in float32")  # the second only for models with gates
+
+
 def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_pred, x8, ref, calib: list,
            limit: float) -> dict:
     """A phone target's files (`phones.FILES`): fp32, and int8 by PT2E on the calibration images where
     `calib` is given, each run here by the target's runtime: test accuracy, agreement with PyTorch,
     latency at batch 1, sizes, what the XNNPACK delegate took; the deploy form: the fastest at batch 1
-    within `limit` points of fp32."""
+    within `limit` points of fp32. An int8 file that loses more than `limit` (or that the converter
+    refuses) is written again with the model's squeeze-and-excitation gates left in float32, where it
+    has any, and the first within the budget (else the more accurate) is kept: `int8_form`, with every
+    try in `int8_candidates`."""
     r: dict = {"batch": 1}
     files = {kind: writer.path(name) for kind, name in FILES[target].items() if kind == "fp32" or calib}
+    gates = gate_types(model)
     for kind, path in list(files.items()):
-        try:
-            program, quantizer = (model, None) if kind == "fp32" else quantize_pt2e(target, model, shape, calib)
-            d = write_phone(target, program, path, shape, quantizer)
-            sess = phone_session(target, path, threads, shape)
-        except Exception as e:  # noqa: BLE001 - a converter or runtime that refuses this model: recorded, never the end
-            r[f"error_{kind}"] = error_line(e) if not isinstance(e, CompressorError) else str(e)
-            warn(f"export: {kind} on {target} not written: {r[f'error_{kind}']}")
-            path.unlink(missing_ok=True)
+        if kind == "int8" and "fp32" not in files:  # nothing to measure it against: not shipped on this target
             del files[kind]
             continue
-        r[f"delegation_{kind}"] = d
-        logits, _ = predict_batches(sess, test, f"export: {kind} on {target}")
-        pred = logits.argmax(1)
-        r.update({f"accuracy_{kind}": float((pred == labels).mean()),
-                  f"agreement_torch_{kind}": float((pred == torch_pred).mean()),
-                  f"max_abs_diff_{kind}_batch1": _max_diff(sess, x8.numpy(), ref, batch=len(x8)),
-                  f"latency_ms_{kind}_batch1": latency_ms(sess, shape, 1, runs=100, budget_s=VERIFY_BUDGET_S),
-                  f"size_bytes_{kind}": path.stat().st_size, f"zipped_bytes_{kind}": zipped_size(path)})
-        log(f"export: {kind} on {target}: accuracy {r[f'accuracy_{kind}']:.4f}, agreement with PyTorch "
+        forms = [(None, ())] if kind == "fp32" else list(zip(PHONE_INT8_FORMS, [(), gates]))[:1 + bool(gates)]
+        tried: list = []  # (figures or error, the file's path) per form tried
+        for i, (form, floats) in enumerate(forms):
+            where = path if i == 0 else path.with_name(f"{path.stem}.{i}{path.suffix}")  # kept apart until chosen
+            try:
+                program, quantizer = (model, None) if kind == "fp32" else quantize_pt2e(target, model, shape, calib,
+                                                                                       floats)
+                figures = _phone_file(target, kind, program, quantizer, where, threads, shape, test, labels,
+                                      torch_pred, x8, ref)
+            except Exception as e:  # noqa: BLE001 - a converter or runtime that refuses this model: recorded, never the end
+                where.unlink(missing_ok=True)
+                tried.append(({"form": form, "error": error_line(e) if not isinstance(e, CompressorError) else str(e)},
+                              where))
+                continue
+            tried.append(({"form": form, **figures}, where))
+            if kind == "fp32" or 100 * (r["accuracy_fp32"] - figures["accuracy"]) <= limit:
+                break
+            if i + 1 < len(forms):
+                log(f"export: int8 on {target} loses {100 * (r['accuracy_fp32'] - figures['accuracy']):.2f} points; "
+                    f"trying {forms[i + 1][0]}")
+        done = [(t, w) for t, w in tried if "error" not in t]
+        if not done:
+            r[f"error_{kind}"] = tried[0][0]["error"]
+            warn(f"export: {kind} on {target} not written: {r[f'error_{kind}']}")
+            del files[kind]
+            continue
+        chosen, where = next(((t, w) for t, w in done if kind == "fp32"
+                              or 100 * (r["accuracy_fp32"] - t["accuracy"]) <= limit),
+                             max(done, key=lambda tw: tw[0]["accuracy"]))
+        for _, w in done:
+            if w != where:
+                w.unlink(missing_ok=True)
+        os.replace(where, path)
+        if kind == "int8":
+            r["int8_form"] = chosen["form"]
+            r["int8_candidates"] = [{k: v for k, v in t.items() if k in ("form", "error", "accuracy", "latency_ms_batch1")}
+                                    for t, _ in tried]
+        d = chosen["delegation"]
+        r.update({f"accuracy_{kind}": chosen["accuracy"], f"agreement_torch_{kind}": chosen["agreement_torch"],
+                  f"max_abs_diff_{kind}_batch1": chosen["max_abs_diff_batch1"],
+                  f"latency_ms_{kind}_batch1": chosen["latency_ms_batch1"], f"size_bytes_{kind}": chosen["size_bytes"],
+                  f"zipped_bytes_{kind}": chosen["zipped_bytes"], f"delegation_{kind}": d})
+        named = f" ({chosen['form']})" if len(forms) > 1 else ""
+        log(f"export: {kind} on {target}{named}: "
+            f"accuracy {r[f'accuracy_{kind}']:.4f}, agreement with PyTorch "
             f"{r[f'agreement_torch_{kind}']:.4f}, latency {r[f'latency_ms_{kind}_batch1']:.3f} ms at batch 1, "
             f"{r[f'size_bytes_{kind}']:,} bytes; XNNPACK took {d['delegated_ops']} of "
             f"{d['delegated_ops'] + d['not_delegated_ops']} operators ({d['partitions']} partitions)")
@@ -440,6 +476,20 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
         warn(f"int8 on {target} is not faster than fp32 ({r['latency_ms_int8_batch1']:.3f} vs "
              f"{r['latency_ms_fp32_batch1']:.3f} ms at batch 1); ship {best} ({files[best].name})")
     return r
+
+
+def _phone_file(target: str, kind: str, program, quantizer, path, threads: int, shape, test, labels, torch_pred, x8,
+                ref) -> dict:
+    """`program` written as `target`'s file at `path` and run by its runtime: its figures (keys without
+    the form's suffix) and `delegation`, what XNNPACK took."""
+    d = write_phone(target, program, path, shape, quantizer)
+    sess = phone_session(target, path, threads, shape)
+    logits, _ = predict_batches(sess, test, f"export: {kind} on {target}")
+    pred = logits.argmax(1)
+    return {"accuracy": float((pred == labels).mean()), "agreement_torch": float((pred == torch_pred).mean()),
+            "max_abs_diff_batch1": _max_diff(sess, x8.numpy(), ref, batch=len(x8)),
+            "latency_ms_batch1": latency_ms(sess, shape, 1, runs=100, budget_s=VERIFY_BUDGET_S),
+            "size_bytes": path.stat().st_size, "zipped_bytes": zipped_size(path), "delegation": d}
 
 
 def _max_diff(sess, x: np.ndarray, ref: np.ndarray, batch: int) -> float:

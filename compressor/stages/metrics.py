@@ -151,6 +151,7 @@ class TargetFigures(RuntimeFigures):
     agreement_torch_int8: Optional[float] = None
     delegation_fp32: Optional[dict[str, Any]] = None  # delegated / not delegated operators, partitions, per op
     delegation_int8: Optional[dict[str, Any]] = None
+    int8_form: Optional[str] = None  # which int8 file was kept: all layers, or the gates left in float32
 
 
 class ExportMetrics(Metrics, RuntimeFigures):
