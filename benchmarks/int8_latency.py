@@ -1,6 +1,10 @@
 """Compare the batch latency of ONNX models fairly: measured in alternating rounds in one process.
 
     python benchmarks/int8_latency.py runs/dense-export/model.int8.onnx runs/structured-full/export/model.int8.onnx
+    python benchmarks/int8_latency.py EXPORT/model.pte EXPORT/model.int8.pte EXPORT/model.tflite EXPORT/model.int8.tflite --batch 1
+
+Phone files (.pte by ExecuTorch's runtime, .tflite by LiteRT's interpreter; their extras installed) take
+one image, so they are timed at --batch 1.
 
 Each round loads and measures every model in turn (median of --runs forward passes after warm-up),
 one onnxruntime session alive at a time; the result is the median over --rounds rounds, and each
@@ -14,10 +18,23 @@ import statistics
 
 from compressor.deploy.runtimes import latency_ms, session
 
+PHONE = {".pte": "executorch", ".tflite": "litert"}
+
+
+def _open(path: str, threads: int | None, runtime: str | None):
+    from pathlib import Path
+
+    target = PHONE.get(Path(path).suffix)
+    if target is None:
+        return session(path, threads=threads, runtime=runtime)
+    from compressor.deploy.phones import phone_session
+
+    return phone_session(target, Path(path), threads, None)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", help="ONNX files; the first is the reference")
+    ap.add_argument("models", nargs="+", help="ONNX, OpenVINO IR or phone files; the first is the reference")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--runs", type=int, default=30)
@@ -25,11 +42,13 @@ def main() -> None:
     ap.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
                     help="the runtime that runs every file (default: onnxruntime for .onnx, OpenVINO for .xml)")
     a = ap.parse_args()
-    shape = session(a.models[0], runtime=a.runtime).input_shape()
+    if a.batch != 1 and any(m.endswith(tuple(PHONE)) for m in a.models):
+        raise SystemExit("phone files (.pte, .tflite) take one image: pass --batch 1")
+    shape = _open(a.models[0], None, a.runtime).input_shape()
     times = [[] for _ in a.models]
     for _ in range(a.rounds):
         for i, m in enumerate(a.models):
-            s = session(m, threads=a.threads, runtime=a.runtime)  # one live session at a time: idle threads
+            s = _open(m, a.threads, a.runtime)  # one live session at a time: idle threads
             times[i].append(latency_ms(s, shape, a.batch, runs=a.runs))  # spin and would slow the others
             del s
     print(f"| model | median ms at batch {a.batch} | ratio to the first (median over {a.rounds} rounds) | "

@@ -33,7 +33,7 @@ def rows_of(label: str, export: Path) -> list[dict]:
                          "drop_points": round(100 * (ort["accuracy_fp32"] - ort[f"accuracy_{form}"]), 2),
                          "agreement_torch": "", "ms_batch1": round(ort[f"latency_ms_{form}_batch1"], 3),
                          "size_bytes": m.get(f"size_bytes_{form}"), "zipped_bytes": m.get(f"zipped_bytes_{form}"),
-                         "delegated": "", "int8_weight_layers": "",
+                         "delegated": "", "int8_weight_layers": "", "int8_form": "",
                          "deploy": "deploy" if ort.get("deploy_form") == form else ""})
     for target, r in m.get("targets", {}).items():
         for form in r.get("forms", []):
@@ -46,6 +46,7 @@ def rows_of(label: str, export: Path) -> list[dict]:
                          "size_bytes": r[f"size_bytes_{form}"], "zipped_bytes": r[f"zipped_bytes_{form}"],
                          "delegated": f"{d['delegated_ops']} of {d['delegated_ops'] + d['not_delegated_ops']}",
                          "int8_weight_layers": d.get("int8_weight_layers", ""),
+                         "int8_form": r.get("int8_form", "") if form == "int8" else "",
                          "deploy": "deploy" if r.get("deploy_form") == form else ""})
     return [{**r, "command": command} for r in rows]
 
