@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from compressor.deploy.phones import delegated_share
+
 FAMILIES = ("resnet18", "regnetx_002", "mobilenetv2_050", "mobilenetv3_small_100", "efficientnet_b0")
 
 
@@ -83,12 +85,9 @@ def rows_of(model: str, m: dict, rc: int) -> list[dict]:
                          "ms_batch1": r[f"latency_ms_{form}_batch1"], "ms_batch64": "",
                          "vs_fp32_batch1": round(r[f"latency_ms_{form}_batch1"] / r["latency_ms_fp32_batch1"], 3),
                          "deploy": r.get("deploy_form") == form,
-                         "delegation": _delegated(r[f"delegation_{form}"]), "exit": rc})
+                         "delegation": f"XNNPACK took {delegated_share(r[f'delegation_{form}'])} operators",
+                         "exit": rc})
     return rows
-
-
-def _delegated(d: dict) -> str:
-    return f"XNNPACK took {d['delegated_ops']} of {d['delegated_ops'] + d['not_delegated_ops']} operators"
 
 
 def _form(r: dict) -> str:

@@ -16,19 +16,16 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from compressor.deploy.runtimes import latency_ms, session
+from pathlib import Path
 
-PHONE = {".pte": "executorch", ".tflite": "litert"}
+from compressor.deploy.phones import TARGET_OF_SUFFIX, phone_session
+from compressor.deploy.runtimes import latency_ms, session
 
 
 def _open(path: str, threads: int | None, runtime: str | None):
-    from pathlib import Path
-
-    target = PHONE.get(Path(path).suffix)
+    target = TARGET_OF_SUFFIX.get(Path(path).suffix)
     if target is None:
         return session(path, threads=threads, runtime=runtime)
-    from compressor.deploy.phones import phone_session
-
     return phone_session(target, Path(path), threads, None)
 
 
@@ -42,7 +39,7 @@ def main() -> None:
     ap.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
                     help="the runtime that runs every file (default: onnxruntime for .onnx, OpenVINO for .xml)")
     a = ap.parse_args()
-    if a.batch != 1 and any(m.endswith(tuple(PHONE)) for m in a.models):
+    if a.batch != 1 and any(Path(m).suffix in TARGET_OF_SUFFIX for m in a.models):
         raise SystemExit("phone files (.pte, .tflite) take one image: pass --batch 1")
     shape = _open(a.models[0], None, a.runtime).input_shape()
     times = [[] for _ in a.models]

@@ -16,6 +16,8 @@ import json
 import re
 from pathlib import Path
 
+from compressor.deploy.phones import delegated_share
+
 
 def _command(export: Path) -> str:
     card = (export / "README.md").read_text()
@@ -44,7 +46,7 @@ def rows_of(label: str, export: Path) -> list[dict]:
                          "agreement_torch": round(r[f"agreement_torch_{form}"], 4),
                          "ms_batch1": round(r[f"latency_ms_{form}_batch1"], 3),
                          "size_bytes": r[f"size_bytes_{form}"], "zipped_bytes": r[f"zipped_bytes_{form}"],
-                         "delegated": f"{d['delegated_ops']} of {d['delegated_ops'] + d['not_delegated_ops']}",
+                         "delegated": delegated_share(d),
                          "int8_weight_layers": d.get("int8_weight_layers", ""),
                          "int8_form": r.get("int8_form", "") if form == "int8" else "",
                          "deploy": "deploy" if r.get("deploy_form") == form else ""})

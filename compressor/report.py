@@ -59,7 +59,8 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
         rows.append(row)
         for rt, values in list((m.get("runtimes") or {}).items())[1:]:  # export: the other runtimes' figures
             rows.append({**{k: None for k in row}, "stage": f"{d.name} ({rt})", "status": row["status"],
-                         "input_accuracy": row["input_accuracy"], "accuracy": values.get("accuracy_fp32"), "accuracy_int8": values.get("accuracy_int8"),
+                         "input_accuracy": row["input_accuracy"], "accuracy": values.get("accuracy_fp32"),
+                         "accuracy_int8": values.get("accuracy_int8"),
                          "latency_ms_fp32": values.get("latency_ms_fp32"),
                          "latency_ms_int8": values.get("latency_ms_int8"), "deploy_form": values.get("deploy_form")})
         for target, values in (m.get("targets") or {}).items():  # export --target: the phone files, batch 1

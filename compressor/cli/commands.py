@@ -21,6 +21,7 @@ from compressor.config import (Augmentation, Config, DataFields, DistillOptions,
                                field_extra)
 from compressor.console import set_quiet
 from compressor.deploy.int8 import Int8Form
+from compressor.deploy.phones import delegated_share
 from compressor.tables import Table, fmt
 
 stdout = Console(highlight=False)
@@ -229,8 +230,7 @@ def show(metrics: dict, as_json: bool, title: str) -> None:
             d = values[f"delegation_{form}"]
             table.add(f"{form} acc ({target})", fmt(values[f"accuracy_{form}"], "{:.4f}"))
             table.add(f"{form} ms at batch 1 ({target})", fmt(values[f"latency_ms_{form}_batch1"], "{:.3f}"))
-            table.add(f"{form} delegated ({target})", f"{d['delegated_ops']} of "
-                                                      f"{d['delegated_ops'] + d['not_delegated_ops']} operators")
+            table.add(f"{form} delegated ({target})", f"{delegated_share(d)} operators")
         if values.get("int8_form") and len(values.get("int8_candidates") or []) > 1:
             table.add(f"int8 form ({target})", values["int8_form"])
         for form in ("fp32", "int8"):

@@ -34,6 +34,7 @@ PHONE_TARGETS = TARGETS[1:]
 MODULE = {"executorch": "executorch", "litert": "litert_torch"}  # what each needs importable; its pip extra
 FILES = {"executorch": {"fp32": "model.pte", "int8": "model.int8.pte"},
          "litert": {"fp32": "model.tflite", "int8": "model.int8.tflite"}}
+TARGET_OF_SUFFIX = {Path(files["fp32"]).suffix: target for target, files in FILES.items()}  # .pte, .tflite
 
 
 def target_available(target: str) -> bool:
@@ -179,6 +180,11 @@ def delegation(graph_module) -> dict:
     int8_weights = ops.get("quantized_decomposed_dequantize_per_channel_default", {}).get("delegated", 0)
     return {"delegated_ops": int(info.num_delegated_nodes), "not_delegated_ops": int(info.num_non_delegated_nodes),
             "partitions": int(info.num_delegated_subgraphs), "int8_weight_layers": int8_weights, "ops": ops}
+
+
+def delegated_share(d: dict) -> str:
+    """"N of M": the operators a delegation summary (`delegation`, `litert_delegation`) says XNNPACK took."""
+    return f"{d['delegated_ops']} of {d['delegated_ops'] + d['not_delegated_ops']}"
 
 
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")

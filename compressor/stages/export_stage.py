@@ -18,7 +18,7 @@ from compressor.deploy.choice import Int8Choice, allowed_drop, choose_int8_form
 from compressor.deploy.graph import (convert_fp16, convs_wrapped_in_qdq, error_line, export_onnx, export_qdq,
                                      float_convs, model_files, op_counts)
 from compressor.deploy.int8 import LEARNED_FORM
-from compressor.deploy.phones import FILES, gate_types, phone_session, quantize_pt2e, write_phone
+from compressor.deploy.phones import FILES, delegated_share, gate_types, phone_session, quantize_pt2e, write_phone
 from compressor.deploy.runtimes import (OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S,
                                         OpenVINOSession, cpu_flags, latency_ms, openvino_available, predict_batches,
                                         reduced_float_forms, save_openvino_ir, session)
@@ -406,6 +406,10 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
     r: dict = {"batch": 1}
     files = {kind: writer.path(name) for kind, name in FILES[target].items() if kind == "fp32" or calib}
     gates = gate_types(model)
+
+    def within_budget(accuracy: float) -> bool:  # against this target's fp32 file
+        return 100 * (r["accuracy_fp32"] - accuracy) <= limit
+
     for kind, path in list(files.items()):
         if kind == "int8" and "fp32" not in files:  # nothing to measure it against: not shipped on this target
             del files[kind]
@@ -425,7 +429,7 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
                               where))
                 continue
             tried.append(({"form": form, **figures}, where))
-            if kind == "fp32" or 100 * (r["accuracy_fp32"] - figures["accuracy"]) <= limit:
+            if kind == "fp32" or within_budget(figures["accuracy"]):
                 break
             if i + 1 < len(forms):
                 log(f"export: int8 on {target} loses {100 * (r['accuracy_fp32'] - figures['accuracy']):.2f} points; "
@@ -436,8 +440,7 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
             warn(f"export: {kind} on {target} not written: {r[f'error_{kind}']}")
             del files[kind]
             continue
-        chosen, where = next(((t, w) for t, w in done if kind == "fp32"
-                              or 100 * (r["accuracy_fp32"] - t["accuracy"]) <= limit),
+        chosen, where = next(((t, w) for t, w in done if kind == "fp32" or within_budget(t["accuracy"])),
                              max(done, key=lambda tw: tw[0]["accuracy"]))
         for _, w in done:
             if w != where:
@@ -456,8 +459,8 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
         log(f"export: {kind} on {target}{named}: "
             f"accuracy {r[f'accuracy_{kind}']:.4f}, agreement with PyTorch "
             f"{r[f'agreement_torch_{kind}']:.4f}, latency {r[f'latency_ms_{kind}_batch1']:.3f} ms at batch 1, "
-            f"{r[f'size_bytes_{kind}']:,} bytes; XNNPACK took {d['delegated_ops']} of "
-            f"{d['delegated_ops'] + d['not_delegated_ops']} operators ({d['partitions']} partitions)")
+            f"{r[f'size_bytes_{kind}']:,} bytes; XNNPACK took {delegated_share(d)} operators "
+            f"({d['partitions']} partitions)")
     r["forms"] = list(files)
     if "fp32" not in files:  # nothing to measure the int8 file against: not shipped on this target
         for path in files.values():
@@ -466,8 +469,7 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
         return r
     if "int8" in files:
         r["accuracy_drop_points"] = round(100 * (r["accuracy_fp32"] - r["accuracy_int8"]), 4)
-    within = [k for k in r["forms"] if 100 * (r["accuracy_fp32"] - r[f"accuracy_{k}"]) <= limit]
-    best = min(within, key=lambda k: r[f"latency_ms_{k}_batch1"])
+    best = min((k for k in r["forms"] if within_budget(r[f"accuracy_{k}"])), key=lambda k: r[f"latency_ms_{k}_batch1"])
     r.update({"deploy_form": best, "deploy_file": files[best].name,
               "deploy_speedup": round(r["latency_ms_fp32_batch1"] / r[f"latency_ms_{best}_batch1"], 3)})
     log(f"export: deploy form on {target}: {best}: {files[best].name} ({r[f'latency_ms_{best}_batch1']:.3f} ms at "
