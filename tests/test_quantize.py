@@ -105,6 +105,51 @@ def test_artifact_loads_strictly_and_exports_int8_that_agrees(quantized, tmp_pat
     assert ops.count("QLinearConv") == convs and "Conv" not in ops[1:], ops  # the float stem is the only Conv
 
 
+@pytest.mark.parametrize("target", ["executorch", "litert"])
+def test_phone_int8_files_of_a_quantized_artifact_use_its_learned_ranges(quantized, tmp_path, target):
+    """--target executorch/litert on a quantize artifact: no calibration; the int8 .pte/.tflite quantizes
+    the learned layers (each runs in XNNPACK's int8 kernels) on the learned ranges and scores within 0.1
+    point of the fake-quantized model; the fp32 file is its float weights."""
+    pytest.importorskip({"executorch": "executorch", "litert": "litert_torch"}[target])
+    from compressor.deploy import phones
+    from compressor.stages.export_stage import LEARNED_PHONE_FORM
+
+    m = export(quantized, data=SYN, out=tmp_path / "e", target=f"onnx,{target}", runtime="onnxruntime", device="cpu")
+    t = m["targets"][target]
+    assert t["int8_form"] == LEARNED_PHONE_FORM and "calibration_batches" not in m
+    assert abs(t["int8_vs_torch_points"]) <= 0.1 and t["agreement_torch_int8"] >= 0.99, t
+    assert t["agreement_torch_fp32"] == 1.0
+    layers = json.loads((quantized / "model.json").read_text())["quantization"]["quantized"]
+    assert t["delegation_int8"]["int8_weight_layers"] == len(layers)
+    assert (tmp_path / "e" / phones.FILES[target]["int8"]).is_file()
+
+
+def test_the_learned_phone_program_computes_what_the_fake_quantized_model_does(quantized, tmp_path):
+    """The PT2E program written to the phone files rounds exactly where and as the fake-quantized model
+    does (the learned scales and zero points, not calibrated ones); on MobileNetV3 (one int8 layer reading
+    another's output directly, squeeze-and-excitation, hard-swish) it lowers to XNNPACK with every learned
+    layer in int8."""
+    pytest.importorskip("executorch")
+    from compressor.deploy import phones
+
+    art = load_artifact(quantized)
+    model, shape = art.model.eval(), art.spec.input_shape
+    program, _ = phones.quantize_learned("executorch", model, shape)
+    torch.manual_seed(0)
+    x = torch.rand(16, *shape) * 3 - 1
+    with torch.no_grad():
+        assert torch.equal(torch.cat([program(xi) for xi in x.split(1)]), model(x))
+        with qat.float_mode(model):
+            assert not torch.allclose(torch.cat([program(xi) for xi in x.split(1)]), model(x), atol=1e-3)
+    mbv3 = create_model("mobilenetv3_small_050", num_classes=10, in_chans=1)
+    structure = qat.prepare(mbv3, [1, 32, 32])
+    qat.calibrate(mbv3, [torch.randn(8, 1, 32, 32)], "cpu")
+    qat.freeze_ranges(mbv3)
+    program, _ = phones.quantize_learned("executorch", mbv3.eval(), [1, 32, 32])
+    d = phones.write_phone("executorch", program, tmp_path / "m.pte", [1, 32, 32])
+    assert d["int8_weight_layers"] == len(structure["quantized"]), d
+
+
 def _has_openvino() -> bool:
     from compressor.deploy.runtimes import openvino_available
 

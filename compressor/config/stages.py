@@ -283,7 +283,8 @@ class ExportConfig(DataFields, Runtime, Output):
     target: str = option("onnx", "Where the model ships, comma-separated: onnx (always written); executorch (phones: "
                                  "model.pte lowered to ExecuTorch's XNNPACK delegate); litert (phones: model.tflite by "
                                  "litert-torch). With --int8 also model.int8.pte / model.int8.tflite (full-integer), "
-                                 "quantized by PyTorch's PT2E flow on the calibration images. Each file is run here by "
+                                 "quantized by PyTorch's PT2E flow on the calibration images (a compress quantize "
+                                 "artifact's: on its learned ranges). Each file is run here by "
                                  "its own runtime at batch 1. Each needs its extra: pip install "
                                  "'compressor[executorch]' / 'compressor[litert]'.",
                          main=True)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from compressor import CompressorError
+from compressor.deploy import qat
 from compressor.deploy.runtimes import Session
 
 TARGETS = ("onnx", "executorch", "litert")
@@ -125,6 +126,87 @@ def quantize_pt2e(target: str, model: nn.Module, shape: list[int], calibration: 
     with _quiet():  # litert-torch's converter folds the quantize ops itself
         converted = convert_pt2e(prepared, **({"fold_quantize": False} if target == "litert" else {}))
     return move_exported_model_to_eval(converted), quantizer
+
+
+LAYER_OPS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+
+
+def _layer_name(node) -> str | None:
+    """The module a graph node was traced from (its innermost nn_module_stack entry), without any `@N`."""
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0].split("@")[0] if stack else None
+
+
+def _learned_quantizer(layers: dict):
+    """A PT2E quantizer that quantizes exactly the layers `compress quantize` trained, with the ranges
+    it learned (no observer runs): each convolution's and linear layer's input and output per tensor
+    (the trained uint8 grid as int8: the same scale, the zero point minus 128), its weights per output
+    channel, symmetric, on the trained scales (-128..127, as trained); everything between stays float32,
+    as in training. Where one learned layer reads another's output directly, that tensor is quantized
+    once, on the writer's output range (training rounded it twice, to both ranges, which observed the
+    same tensor; XNNPACK's partitioner cannot lower a requantization between two int8 layers)."""
+    from torchao.quantization.pt2e.observer import ObserverBase
+    from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationAnnotation,
+                                                     QuantizationSpec, Quantizer)
+
+    class LearnedWeights(ObserverBase):
+        """Per-channel weight scales as learned (calculate_qparams returns them; it observes nothing)."""
+
+        def __init__(self, scale, dtype, quant_min, quant_max, qscheme, ch_axis=0, **_):
+            super().__init__(dtype=dtype)
+            self.quant_min, self.quant_max, self.qscheme, self.ch_axis = quant_min, quant_max, qscheme, ch_axis
+            self.register_buffer("scale", scale.detach().clone().float())
+
+        def forward(self, x):
+            return x
+
+        def calculate_qparams(self):
+            return self.scale, torch.zeros_like(self.scale, dtype=torch.int32)
+
+    def activations(fq):
+        return FixedQParamsQuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127,
+                                            qscheme=torch.per_tensor_affine, scale=float(fq.scale),
+                                            zero_point=int(fq.zero_point) - 128)
+
+    def weights(fq):
+        return QuantizationSpec(dtype=torch.int8, quant_min=fq.quant_min, quant_max=fq.quant_max,
+                                qscheme=torch.per_channel_symmetric, ch_axis=0,
+                                observer_or_fake_quant_ctr=LearnedWeights.with_args(scale=fq.scale))
+
+    def learned(node):
+        return layers.get(_layer_name(node)) if node.op == "call_function" and node.target in LAYER_OPS else None
+
+    class Learned(Quantizer):
+        def annotate(self, gm):
+            for node in gm.graph.nodes:
+                layer = learned(node)
+                if layer is None:
+                    continue
+                source = learned(node.args[0])  # another learned layer's output, read directly
+                read = source.output_quant if source is not None else layer.input_quant
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={node.args[0]: activations(read), node.args[1]: weights(layer.weight_quant)},
+                    output_qspec=activations(layer.output_quant), _annotated=True)
+            return gm
+
+        def validate(self, gm) -> None:
+            pass
+
+    return Learned()
+
+
+def quantize_learned(target: str, model: nn.Module, shape: list[int]):
+    """A `compress quantize` artifact's model (fake-quantized) as `target`'s int8 program by PT2E, its
+    ranges the learned ones (`_learned_quantizer`; no calibration); returns (quantized model, the
+    target's quantizer: what litert-torch's converter reads its scheme from)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    with _quiet():
+        graph = torch.export.export(qat.float_copy(model).eval(), _example(shape)).module()
+        prepared = prepare_pt2e(graph, _learned_quantizer(qat.learned_layers(model)))
+        converted = convert_pt2e(prepared, **({"fold_quantize": False} if target == "litert" else {}))
+    return move_exported_model_to_eval(converted), _quantizer(target)
 
 
 def _one_partition_per_call(graph) -> None:

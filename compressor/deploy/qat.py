@@ -208,6 +208,32 @@ def freeze_ranges(model: nn.Module) -> None:
         m.train(m.training)
 
 
+def float_copy(model: nn.Module) -> nn.Module:
+    """A copy of a quantized artifact's model with plain Conv2d/Linear layers (the same parameters,
+    BatchNorms still folded) in place of its fake-quantized ones: the float model a graph-capturing
+    converter (torch.export) reads, the learned ranges then set on its graph (`learned_layers`)."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    for name, q in list(twin.named_modules()):
+        if isinstance(q, QuantConv2d):
+            plain = nn.Conv2d(q.in_channels, q.out_channels, q.kernel_size, q.stride, q.padding, q.dilation, q.groups,
+                              q.bias is not None, q.padding_mode)
+        elif isinstance(q, QuantLinear):
+            plain = nn.Linear(q.in_features, q.out_features, q.bias is not None)
+        else:
+            continue
+        plain.weight, plain.bias = q.weight, q.bias
+        plain.train(q.training)
+        _swap(twin, name, plain)
+    return twin
+
+
+def learned_layers(model: nn.Module) -> dict[str, _Quantized]:
+    """The fake-quantized layers of `model` by module name (their quantizers hold the learned ranges)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, _Quantized)}
+
+
 @contextlib.contextmanager
 def float_mode(model: nn.Module):
     """The same weights without the int8 rounding (the float model a quantized artifact came to); a
@@ -223,10 +249,9 @@ def float_mode(model: nn.Module):
 
 def ranges(model: nn.Module) -> dict[str, dict]:
     """Each quantized layer's activation ranges (scale, zero point): what metrics.json shows."""
-    names = {m: n for n, m in model.named_modules()}
     out = {}
-    for m in quantized_modules(model):
-        out[names[m]] = {k: [float(q.scale.flatten()[0]), int(q.zero_point.flatten()[0])]
+    for name, m in learned_layers(model).items():
+        out[name] = {k: [float(q.scale.flatten()[0]), int(q.zero_point.flatten()[0])]
                          for k, q in (("input", m.input_quant), ("output", m.output_quant))}
     return out
 

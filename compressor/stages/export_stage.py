@@ -18,7 +18,8 @@ from compressor.deploy.choice import Int8Choice, allowed_drop, choose_int8_form
 from compressor.deploy.graph import (convert_fp16, convs_wrapped_in_qdq, error_line, export_onnx, export_qdq,
                                      float_convs, model_files, op_counts)
 from compressor.deploy.int8 import LEARNED_FORM
-from compressor.deploy.phones import FILES, delegated_share, gate_types, phone_session, quantize_pt2e, write_phone
+from compressor.deploy.phones import (FILES, delegated_share, gate_types, phone_session, quantize_learned,
+                                     quantize_pt2e, write_phone)
 from compressor.deploy.runtimes import (OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S,
                                         OpenVINOSession, cpu_flags, latency_ms, openvino_available, predict_batches,
                                         reduced_float_forms, save_openvino_ir, session)
@@ -137,16 +138,15 @@ def export(run: StageRun) -> dict:
         failure = _int8_metrics(cfg, variants["int8"], choices[runtimes[0]].fp32_nodes, metrics, learned)
     targets = cfg.target.split(",")[1:]  # the phone targets, measured beside the ONNX files
     if targets:
-        if learned:
-            raise CompressorError(f"--target {','.join(targets)}: {cfg.model_dir} was quantized by compress quantize, "
-                                  "whose learned ranges the phone files do not carry yet; export the model it was "
-                                  "quantized from (their int8 files are calibrated)")
         calib = [xb.numpy() for xb, _ in bundle.loader("train", 64, seed=cfg.seed,  # the ONNX int8 file's images
-                                                       limit=64 * cfg.calibration_batches)] if cfg.int8 else []
+                                                       limit=64 * cfg.calibration_batches)] if cfg.int8 and not learned else []
         with torch.no_grad():
-            torch_pred = np.concatenate([model(x).argmax(1).numpy() for x, _ in test])
-        metrics["targets"] = {t: _phone(t, model, shape, writer, threads, test, labels, torch_pred, x8, ref, calib,
-                                        limit) for t in targets}
+            torch_preds = {"int8": np.concatenate([model(x).argmax(1).numpy() for x, _ in test])}
+            with qat.float_mode(model):  # a quantized artifact's fp32 files: its weights without the rounding
+                torch_preds["fp32"] = np.concatenate([model(x).argmax(1).numpy() for x, _ in test]) if learned \
+                    else torch_preds["int8"]
+        metrics["targets"] = {t: _phone(t, model, shape, writer, threads, test, labels, torch_preds, x8,
+                                        {"fp32": ref, "int8": refs["int8"]}, calib, limit, learned) for t in targets}
         lost = [f"int8 on {name} loses {t['accuracy_drop_points']:.2f} accuracy points (fp32 "
                 f"{t['accuracy_fp32']:.4f}, int8 {t['accuracy_int8']:.4f}), more than the {limit:g}-point budget; "
                 f"ship its deploy form {t['deploy_form']} ({t['deploy_file']})"
@@ -392,20 +392,36 @@ def _remedy(learned: bool) -> str:
 
 
 PHONE_INT8_FORMS = ("all layers", "squeeze-excitation gates in float32")  # the second only for models with gates
+LEARNED_PHONE_FORM = "the layers and ranges compress quantize learned"
 
 
-def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_pred, x8, ref, calib: list,
-           limit: float) -> dict:
-    """A phone target's files (`phones.FILES`): fp32, and int8 by PT2E on the calibration images where
-    `calib` is given, each run here by the target's runtime: test accuracy, agreement with PyTorch,
-    latency at batch 1, sizes, what the XNNPACK delegate took; the deploy form: the fastest at batch 1
-    within `limit` points of fp32. An int8 file that loses more than `limit` (or that the converter
-    refuses) is written again with the model's squeeze-and-excitation gates left in float32, where it
-    has any, and the first within the budget (else the more accurate) is kept: `int8_form`, with every
-    try in `int8_candidates`."""
-    r: dict = {"batch": 1}
-    files = {kind: writer.path(name) for kind, name in FILES[target].items() if kind == "fp32" or calib}
+def _phone_programs(target: str, model, shape, calib: list, learned: bool) -> dict:
+    """The PyTorch programs a phone target's files are written from: fp32 (a quantized artifact's
+    without its rounding), and the int8 forms to try in order, each a function returning (quantized
+    program, quantizer): a quantized artifact's learned layers and ranges; else, on the calibration
+    images, every layer, then (for a model with squeeze-and-excitation gates) those gates in float32."""
+    if learned:
+        return {"fp32": qat.float_copy(model).eval(), "int8": [(LEARNED_PHONE_FORM,
+                                                                lambda: quantize_learned(target, model, shape))]}
     gates = gate_types(model)
+    forms = list(zip(PHONE_INT8_FORMS, [(), gates]))[:1 + bool(gates)]
+    return {"fp32": model, "int8": [(form, lambda floats=floats: quantize_pt2e(target, model, shape, calib, floats))
+                                    for form, floats in forms] if calib else []}
+
+
+def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_preds: dict, x8, refs: dict,
+           calib: list, limit: float, learned: bool) -> dict:
+    """A phone target's files (`phones.FILES`): fp32, and int8 (by PT2E on the calibration images where
+    `calib` is given; from the learned ranges for a quantized artifact), each run here by the target's
+    runtime: test accuracy, agreement with PyTorch (`torch_preds`, per kind: a quantized artifact's int8
+    file against the fake-quantized model), latency at batch 1, sizes, what the XNNPACK delegate took;
+    the deploy form: the fastest at batch 1 within `limit` points of fp32. An int8 file that loses more
+    than `limit` (or that the converter refuses) is written again with the model's squeeze-and-excitation
+    gates left in float32, where it has any, and the first within the budget (else the more accurate) is
+    kept: `int8_form`, with every try in `int8_candidates`."""
+    r: dict = {"batch": 1}
+    programs = _phone_programs(target, model, shape, calib, learned)
+    files = {kind: writer.path(name) for kind, name in FILES[target].items() if kind == "fp32" or programs["int8"]}
 
     def within_budget(accuracy: float) -> bool:  # against this target's fp32 file
         return 100 * (r["accuracy_fp32"] - accuracy) <= limit
@@ -414,15 +430,14 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
         if kind == "int8" and "fp32" not in files:  # nothing to measure it against: not shipped on this target
             del files[kind]
             continue
-        forms = [(None, ())] if kind == "fp32" else list(zip(PHONE_INT8_FORMS, [(), gates]))[:1 + bool(gates)]
+        forms = [(None, lambda: (programs["fp32"], None))] if kind == "fp32" else programs["int8"]
         tried: list = []  # (figures or error, the file's path) per form tried
-        for i, (form, floats) in enumerate(forms):
+        for i, (form, make) in enumerate(forms):
             where = path if i == 0 else path.with_name(f"{path.stem}.{i}{path.suffix}")  # kept apart until chosen
             try:
-                program, quantizer = (model, None) if kind == "fp32" else quantize_pt2e(target, model, shape, calib,
-                                                                                       floats)
+                program, quantizer = make()
                 figures = _phone_file(target, kind, program, quantizer, where, threads, shape, test, labels,
-                                      torch_pred, x8, ref)
+                                      torch_preds[kind], x8, refs[kind])
             except Exception as e:  # noqa: BLE001 - a converter or runtime that refuses this model: recorded, never the end
                 where.unlink(missing_ok=True)
                 tried.append(({"form": form, "error": error_line(e) if not isinstance(e, CompressorError) else str(e)},
@@ -469,6 +484,8 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
         return r
     if "int8" in files:
         r["accuracy_drop_points"] = round(100 * (r["accuracy_fp32"] - r["accuracy_int8"]), 4)
+        if learned:  # the int8 file against the fake-quantized PyTorch model it was written from
+            r["int8_vs_torch_points"] = round(100 * (r["accuracy_int8"] - float((torch_preds["int8"] == labels).mean())), 4)
     best = min((k for k in r["forms"] if within_budget(r[f"accuracy_{k}"])), key=lambda k: r[f"latency_ms_{k}_batch1"])
     r.update({"deploy_form": best, "deploy_file": files[best].name,
               "deploy_speedup": round(r["latency_ms_fp32_batch1"] / r[f"latency_ms_{best}_batch1"], 3)})
