@@ -29,6 +29,20 @@ def _open(path: str, threads: int | None, runtime: str | None):
     return phone_session(target, Path(path), threads, None)
 
 
+def interleaved(models: list, batch: int, rounds: int, runs: int, threads: int | None,
+                runtime: str | None) -> list[list[float]]:
+    """Each model's latency (ms at `batch`, median of `runs` passes) in each of `rounds` rounds, the
+    models measured in turn in every round."""
+    shape = _open(str(models[0]), None, runtime).input_shape()
+    times = [[] for _ in models]
+    for _ in range(rounds):
+        for i, m in enumerate(models):
+            s = _open(str(m), threads, runtime)  # one live session at a time: idle threads
+            times[i].append(latency_ms(s, shape, batch, runs=runs))  # spin and would slow the others
+            del s
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="ONNX, OpenVINO IR or phone files; the first is the reference")
@@ -41,13 +55,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.batch != 1 and any(Path(m).suffix in TARGET_OF_SUFFIX for m in a.models):
         raise SystemExit("phone files (.pte, .tflite) take one image: pass --batch 1")
-    shape = _open(a.models[0], None, a.runtime).input_shape()
-    times = [[] for _ in a.models]
-    for _ in range(a.rounds):
-        for i, m in enumerate(a.models):
-            s = _open(m, a.threads, a.runtime)  # one live session at a time: idle threads
-            times[i].append(latency_ms(s, shape, a.batch, runs=a.runs))  # spin and would slow the others
-            del s
+    times = interleaved(a.models, a.batch, a.rounds, a.runs, a.threads, a.runtime)
     print(f"| model | median ms at batch {a.batch} | ratio to the first (median over {a.rounds} rounds) | "
           "ratio range |")
     print("|---|---|---|---|")

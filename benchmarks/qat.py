@@ -49,24 +49,33 @@ def export(src: Path, out: Path, a, *extra) -> dict:
     return metrics(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_zoo_arguments(ap: argparse.ArgumentParser) -> None:
+    """The deploy zoo's models as this benchmark teaches and quantizes them (`zoo_dir` finds them)."""
     ap.add_argument("--models", nargs="+", default=["efficientnet_b0", "mobilenetv3_small_100"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--qat-epochs", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--train-size", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=3, help="the teachers' epochs (as deploy_zoo.py)")
     ap.add_argument("--lr", type=float, default=0.05, help="the teachers' learning rate (as deploy_zoo.py)")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--work", type=Path, default=Path("runs/deploy-zoo"))
     ap.add_argument("--csv", type=Path, default=None)
+
+
+def zoo_dir(a, model: str) -> Path:
+    return a.work / f"{model}-{a.image_size}px-{a.train_size}-e{a.epochs}-lr{a.lr}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_zoo_arguments(ap)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     a = ap.parse_args()
     from compressor.deploy.runtimes import machine_summary
 
     rows = []
     for model in a.models:
-        base = a.work / f"{model}-{a.image_size}px-{a.train_size}-e{a.epochs}-lr{a.lr}"
+        base = zoo_dir(a, model)
         teach(model, base / "teach", a)
         runs = {"post-training": [export(base / "teach", base / "export", a, "--int8")]}
         for variant in a.variants:

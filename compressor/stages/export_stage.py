@@ -138,8 +138,7 @@ def export(run: StageRun) -> dict:
         failure = _int8_metrics(cfg, variants["int8"], choices[runtimes[0]].fp32_nodes, metrics, learned)
     targets = cfg.target.split(",")[1:]  # the phone targets, measured beside the ONNX files
     if targets:
-        calib = [xb.numpy() for xb, _ in bundle.loader("train", 64, seed=cfg.seed,  # the ONNX int8 file's images
-                                                       limit=64 * cfg.calibration_batches)] if cfg.int8 and not learned else []
+        calib = [x for x, _ in calibration_images(cfg, bundle)] if cfg.int8 and not learned else []  # the ONNX file's
         with torch.no_grad():
             torch_preds = {"int8": np.concatenate([model(x).argmax(1).numpy() for x, _ in test])}
             with qat.float_mode(model):  # a quantized artifact's fp32 files: its weights without the rounding
@@ -249,6 +248,13 @@ def _write_learned(model, shape, outputs: dict) -> dict[str, Int8Choice]:
     return {rt: Int8Choice(LEARNED_FORM, path, kept, []) for rt, path in outputs.items()}
 
 
+def calibration_images(cfg, bundle) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The images post-training int8 is calibrated on, standing for the training split (a sample of
+    every class): `calibration_batches` batches of 64 in the order `seed` gives, with their labels."""
+    return [(xb.numpy(), yb.numpy()) for xb, yb in bundle.loader("train", 64, seed=cfg.seed,
+                                                                 limit=64 * cfg.calibration_batches)]
+
+
 def layers_writer(model, shape, calibration):
     """A function writing the post-training form of compress quantize's scheme (LAYERS_FORM) to a path:
     BatchNorm folded, ranges from the calibration images, no fine-tuning."""
@@ -278,8 +284,7 @@ def _write_variants(cfg, model, shape, bundle, writer, runtimes: list[str], thre
         metrics["per_channel"] = True
         log(f"export: int8 form {LEARNED_FORM.label()}")
     elif cfg.int8:
-        calib = [(xb.numpy(), yb.numpy())  # the images standing for the training split (a sample of every class)
-                 for xb, yb in bundle.loader("train", 64, seed=cfg.seed, limit=64 * cfg.calibration_batches)]
+        calib = calibration_images(cfg, bundle)
         # onnxruntime's form is model.int8.onnx, OpenVINO's its IR model.int8.xml (+ .bin)
         outputs = {rt: writer.path("model.int8.onnx" if rt == "onnxruntime" else "model.int8.xml") for rt in runtimes}
         variants["int8"] = outputs[runtimes[0]]
@@ -415,8 +420,8 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
     `calib` is given; from the learned ranges for a quantized artifact), each run here by the target's
     runtime: test accuracy, agreement with PyTorch (`torch_preds`, per kind: a quantized artifact's int8
     file against the fake-quantized model), latency at batch 1, sizes, what the XNNPACK delegate took;
-    the deploy form: the fastest at batch 1 within `limit` points of fp32. An int8 file that loses more
-    than `limit` (or that the converter refuses) is written again with the model's squeeze-and-excitation
+    the deploy form: the fastest at batch 1 within `limit` points of fp32. A post-training int8 file that
+    loses more than `limit` (or that the converter refuses) is written again with the model's squeeze-and-excitation
     gates left in float32, where it has any, and the first within the budget (else the more accurate) is
     kept: `int8_form`, with every try in `int8_candidates`."""
     r: dict = {"batch": 1}
@@ -485,7 +490,8 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
     if "int8" in files:
         r["accuracy_drop_points"] = round(100 * (r["accuracy_fp32"] - r["accuracy_int8"]), 4)
         if learned:  # the int8 file against the fake-quantized PyTorch model it was written from
-            r["int8_vs_torch_points"] = round(100 * (r["accuracy_int8"] - float((torch_preds["int8"] == labels).mean())), 4)
+            torch_accuracy = float((torch_preds["int8"] == labels).mean())
+            r["int8_vs_torch_points"] = round(100 * (r["accuracy_int8"] - torch_accuracy), 4)
     best = min((k for k in r["forms"] if within_budget(r[f"accuracy_{k}"])), key=lambda k: r[f"latency_ms_{k}_batch1"])
     r.update({"deploy_form": best, "deploy_file": files[best].name,
               "deploy_speedup": round(r["latency_ms_fp32_batch1"] / r[f"latency_ms_{best}_batch1"], 3)})
