@@ -56,8 +56,8 @@ def main() -> None:
         if not (qat / "model.int8.onnx").is_file():
             raise SystemExit(f"{qat}: no QAT export; run benchmarks/qat.py --models {model} --seeds 0 first")
         art = load_artifact(base / "teach")
-        cfg = ExportConfig(model_dir=base / "teach", data="fashion-mnist", image_size=a.image_size,
-                           train_size=a.train_size, int8=True)
+        cfg = ExportConfig(model_dir=str(base / "teach"), out=str(base / "export"), data="fashion-mnist",
+                           image_size=a.image_size, train_size=a.train_size, int8=True)  # the export's settings
         bundle = load_bundle(cfg, art.spec)
         ptq = base / "qat-scheme-post-training.onnx"
         layers_writer(art.model.cpu().eval(), art.spec.input_shape, calibration_images(cfg, bundle))(ptq)
