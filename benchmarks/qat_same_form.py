@@ -28,12 +28,11 @@ from int8_latency import interleaved  # noqa: E402
 from qat import add_zoo_arguments, zoo_dir  # noqa: E402
 
 
-def _accuracy(path: Path, bundle) -> float:
+def _accuracy(path: Path, test: list, labels: np.ndarray) -> float:
     from compressor.deploy.runtimes import predict_batches, session
 
-    test = list(bundle.loader("test", 256))
     logits, _ = predict_batches(session(path), test, f"accuracy of {path.name}")
-    return float((logits.argmax(1) == np.concatenate([y.numpy() for _, y in test])).mean())
+    return float((logits.argmax(1) == labels).mean())
 
 
 def main() -> None:
@@ -64,7 +63,9 @@ def main() -> None:
         save_openvino_ir(ptq, ptq.with_suffix(".xml"))
         files = {"fp32": base / "export" / "model.onnx", "post-training, QAT scheme": ptq,
                  "QAT (distilled, seed 0)": qat / "model.int8.onnx"}
-        accuracy = {form: _accuracy(path, bundle) for form, path in files.items()}
+        test = list(bundle.loader("test", 256))
+        labels = np.concatenate([y.numpy() for _, y in test])
+        accuracy = {form: _accuracy(path, test, labels) for form, path in files.items()}
         for rt in RUNTIMES:
             paths = [p if rt == "onnxruntime" else p.with_suffix(".xml") for p in files.values()]  # OpenVINO: the IRs
             times = interleaved(paths, a.batch, a.rounds, 30, a.threads, rt)

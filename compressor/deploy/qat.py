@@ -25,6 +25,7 @@ tensors, loads strictly.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import torch
@@ -151,22 +152,31 @@ def quantizable_layers(model: nn.Module, input_shape: list[int]) -> tuple[list[s
     return [n for n in layers if n not in keep_float], keep_float
 
 
+def _twin(m: nn.Module, conv_type: type, linear_type: type) -> nn.Module | None:
+    """A layer of `conv_type` (for a Conv2d) or `linear_type` (for a Linear) with `m`'s shape and
+    `m`'s own weight and bias (shared, not copied); None for any other module."""
+    if isinstance(m, nn.Conv2d):
+        twin = conv_type(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                         m.bias is not None, m.padding_mode, device=m.weight.device, dtype=m.weight.dtype)
+    elif isinstance(m, nn.Linear):
+        twin = linear_type(m.in_features, m.out_features, m.bias is not None, device=m.weight.device,
+                           dtype=m.weight.dtype)
+    else:
+        return None
+    twin.weight = m.weight
+    if m.bias is not None:
+        twin.bias = m.bias
+    return twin
+
+
 def insert_quantizers(model: nn.Module, layers: list[str]) -> None:
     """Replace each named Conv2d/Linear with its fake-quantized twin (same parameters, same names)."""
     for name in layers:
         m = model.get_submodule(name)
-        if isinstance(m, nn.Conv2d):
-            q = QuantConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                            m.bias is not None, m.padding_mode, device=m.weight.device, dtype=m.weight.dtype)
-        elif isinstance(m, nn.Linear):
-            q = QuantLinear(m.in_features, m.out_features, m.bias is not None, device=m.weight.device,
-                            dtype=m.weight.dtype)
-        else:
+        q = _twin(m, QuantConv2d, QuantLinear)
+        if q is None:
             raise CompressorError(f"cannot quantize {name}: {type(m).__name__} is not a Conv2d or Linear")
         q._add_quantizers()
-        q.weight = m.weight
-        if m.bias is not None:
-            q.bias = m.bias
         q.train(m.training)
         _swap(model, name, q)
 
@@ -187,8 +197,13 @@ def apply_structure(model: nn.Module, structure: dict[str, Any]) -> None:
     freeze_ranges(model)
 
 
+def learned_layers(model: nn.Module) -> dict[str, _Quantized]:
+    """The fake-quantized layers of `model` by module name (their quantizers hold the learned ranges)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, _Quantized)}
+
+
 def quantized_modules(model: nn.Module) -> list[_Quantized]:
-    return [m for m in model.modules() if isinstance(m, _Quantized)]
+    return list(learned_layers(model).values())
 
 
 def calibrate(model: nn.Module, batches, device) -> None:
@@ -212,26 +227,12 @@ def float_copy(model: nn.Module) -> nn.Module:
     """A copy of a quantized artifact's model with plain Conv2d/Linear layers (the same parameters,
     BatchNorms still folded) in place of its fake-quantized ones: the float model a graph-capturing
     converter (torch.export) reads, the learned ranges then set on its graph (`learned_layers`)."""
-    import copy
-
     twin = copy.deepcopy(model)
-    for name, q in list(twin.named_modules()):
-        if isinstance(q, QuantConv2d):
-            plain = nn.Conv2d(q.in_channels, q.out_channels, q.kernel_size, q.stride, q.padding, q.dilation, q.groups,
-                              q.bias is not None, q.padding_mode)
-        elif isinstance(q, QuantLinear):
-            plain = nn.Linear(q.in_features, q.out_features, q.bias is not None)
-        else:
-            continue
-        plain.weight, plain.bias = q.weight, q.bias
+    for name, q in learned_layers(twin).items():
+        plain = _twin(q, nn.Conv2d, nn.Linear)
         plain.train(q.training)
         _swap(twin, name, plain)
     return twin
-
-
-def learned_layers(model: nn.Module) -> dict[str, _Quantized]:
-    """The fake-quantized layers of `model` by module name (their quantizers hold the learned ranges)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, _Quantized)}
 
 
 @contextlib.contextmanager
