@@ -258,8 +258,8 @@ def test_each_runtime_gets_the_int8_form_fastest_on_it(tmp_path, student_dir, mo
 
     real_session = choice.session
 
-    def tagged_session(path, threads=None, runtime=None):
-        sess = real_session(path, threads, runtime)
+    def tagged_session(path, threads=None, runtime=None, precision="fp32", static=True):
+        sess = real_session(path, threads, runtime, precision, static)
         sess.path = path
         return sess
 
@@ -355,6 +355,54 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
     assert rows[0].get("chosen")  # all equally wrong: the most accurate listed first
 
 
+def test_a_form_openvino_computes_wrongly_as_read_is_not_chosen(tmp_path, student_dir, monkeypatch):
+    """OpenVINO can compute an int8 file right with static shapes and wrongly one image at a time in
+    the file as read (its batch dynamic: NNCF's EfficientNet-B0 at chance there). Simulated: the
+    fastest form is right in batches and wrong one at a time as read; it is scored by the lower, so
+    the next fastest within the drop is chosen."""
+    pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
+    from pathlib import Path
+
+    import numpy as np
+
+    from compressor.deploy import choice, graph, runtimes
+
+    latency = {0: 2.0, 1: 1.0, 2: 1.5, 3: 3.0, 4: 2.5, 5: 2.6, 6: 2.7, 7: 2.8}  # by candidate number
+
+    class Fake(runtimes.Session):  # the label of each calibration image is written in its first pixel
+        runtime = "openvino"
+
+        def __init__(self, path, threads=None, runtime=None, precision="fp32", static=True):
+            self.path, self.static = Path(path), static
+            self.i = int(self.path.stem[len("candidate"):]) if self.path.stem.startswith("candidate") else None
+
+        def __call__(self, x):
+            y = x[:, 0, 0, 0].astype(int)
+            wrong = self.i == 1 and not self.static and len(x) == 1
+            return np.eye(10, dtype=np.float32)[(y + wrong) % 10]
+
+        def input_shape(self):
+            return [3, 16, 16]
+
+    monkeypatch.setattr(choice, "session", Fake)
+    monkeypatch.setattr(choice, "nncf_available", lambda: False)
+    monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: latency[sess.i])
+    graph.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
+    rng = np.random.default_rng(0)
+    calib = []
+    for _ in range(2):
+        y = rng.integers(0, 10, 16)
+        x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+        x[:, 0, 0, 0] = y
+        calib.append((x, y))
+    rows = choice.choose_int8_form(tmp_path / "m.onnx", {"openvino": tmp_path / "q.xml"}, calib,
+                                   max_drop=1.0)["openvino"].candidates
+    assert rows[1]["calibration_accuracy_batch1_dynamic"] == 0.0 and rows[1]["calibration_accuracy"] == 0.0
+    assert not rows[1]["within_drop"] and not rows[1].get("chosen")
+    assert rows[2].get("chosen") and rows[2]["calibration_accuracy"] == rows[2]["calibration_accuracy_batch1_dynamic"] == 1.0
+    assert (tmp_path / "q.xml").is_file()
+
+
 def _activations_of(path) -> str:
     """'s8' when the QDQ model's activations are int8, 'u8' when uint8."""
     import onnx
@@ -372,11 +420,11 @@ def _refuse_on_openvino(monkeypatch, refused) -> None:
 
     real = choice.session
 
-    def picky(path, threads=None, runtime=None, precision="fp32"):
+    def picky(path, threads=None, runtime=None, precision="fp32", static=True):
         if runtime == "openvino" and refused(path):
             raise CompressorError(f"openvino cannot load {path}: No suitable implementations. This may indicate "
                                   "that the provided memory descriptors are not compatible with any implementation.")
-        return real(path, threads, runtime, precision)
+        return real(path, threads, runtime, precision, static)
 
     monkeypatch.setattr(choice, "session", picky)
 

@@ -75,7 +75,10 @@ class OpenVINOSession(Session):
     """OpenVINO's CPU plugin, reading ONNX or its own IR (model.xml + model.bin), latency hint.
 
     The file keeps its dynamic batch; each batch size seen is compiled once with that static shape
-    (as a deployment would: OpenVINO's CPU kernels for a static shape are faster).
+    (as a deployment would: OpenVINO's CPU kernels for a static shape are faster). `static=False`
+    compiles the file as read, its batch dynamic, as `core.compile_model(path)` does: OpenVINO runs
+    other kernels then, and on some int8 files computes batch 1 wrongly that way (NNCF's int8
+    EfficientNet-B0: chance accuracy at batch 1 dynamic, 0.68 static), so a file is checked both ways.
 
     `precision`: the float precision of the layers that are not int8 (INFERENCE_PRECISION_HINT),
     "fp32" unless asked otherwise. Left to itself, OpenVINO runs a float32 model in bfloat16 on a
@@ -84,7 +87,7 @@ class OpenVINOSession(Session):
 
     runtime = "openvino"
 
-    def __init__(self, path: Path, threads: int | None = None, precision: str = "fp32") -> None:
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "fp32", static: bool = True) -> None:
         ov = openvino_module()
         self.path = Path(path)
         self.core = ov.Core()
@@ -93,17 +96,21 @@ class OpenVINOSession(Session):
             self.config["INFERENCE_NUM_THREADS"] = threads
         self.model = self.core.read_model(str(path))
         self.shape = [int(d.get_length()) for d in self.model.input(0).get_partial_shape()[1:]]
+        self.static = static
         self.requests: dict[tuple, object] = {}
         first = self._request((1, *self.shape))  # compile once now: a file OpenVINO cannot compile fails here
         hint = first.get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
         self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
     def _request(self, shape: tuple):
-        if shape not in self.requests:
-            model = self.model.clone()
-            model.reshape(list(shape))
-            self.requests[shape] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
-        return self.requests[shape]
+        key = shape if self.static else None  # not static: one compiled model, its batch dynamic, for every size
+        if key not in self.requests:
+            model = self.model
+            if self.static:
+                model = self.model.clone()
+                model.reshape(list(shape))
+            self.requests[key] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        return self.requests[key]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         request = self._request(tuple(x.shape))
@@ -173,9 +180,12 @@ def machine_summary() -> str:
             f"{', '.join(versions)}; torch {torch.__version__}")
 
 
-def session(path: Path, threads: int | None = None, runtime: str | None = None, precision: str = "fp32") -> Session:
+def session(path: Path, threads: int | None = None, runtime: str | None = None, precision: str = "fp32",
+            static: bool = True) -> Session:
     """Load `path` (.onnx, or OpenVINO's .xml) on `runtime` (default: onnxruntime for .onnx, openvino
-    for .xml); `precision`: the float precision OpenVINO runs the float layers in (see OpenVINOSession)."""
+    for .xml); `precision`: the float precision OpenVINO runs the float layers in; `static`: OpenVINO
+    compiles each batch size with a static shape, else the file as read (see OpenVINOSession);
+    onnxruntime always runs the file as read."""
     runtime = runtime or ("openvino" if Path(path).suffix == ".xml" else "onnxruntime")
     if runtime not in RUNTIMES:
         raise CompressorError(f"--runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
@@ -184,7 +194,7 @@ def session(path: Path, threads: int | None = None, runtime: str | None = None, 
             if precision != "fp32":
                 raise CompressorError(f"onnxruntime runs the file's own precision, not {precision}")
             return OrtSession(Path(path), threads)
-        return OpenVINOSession(Path(path), threads, precision)
+        return OpenVINOSession(Path(path), threads, precision, static)
     except CompressorError:
         raise
     except Exception as e:  # noqa: BLE001 - a file the runtime cannot read (damaged, no .bin beside an .xml)
