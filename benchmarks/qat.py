@@ -119,6 +119,7 @@ def main() -> None:
                 rows.append({"model": model, "runtime": rt, "int8": variant, "seeds": len(ms), "fp32_accuracy": fp32,
                              "int8_accuracy_mean": statistics.mean(accs),
                              "int8_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                             "int8_accuracy_by_seed": " ".join(f"{x:.4f}" for x in accs),
                              "drop_points": round(100 * (fp32 - statistics.mean(accs)), 2),
                              "int8_ms_batch64": statistics.median(m["runtimes"][rt]["latency_ms_int8"] for m in ms),
                              "vs_fp32_batch64": round(statistics.median(ratio), 3)})
