@@ -59,9 +59,10 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
     images (against their labels) is within `max_drop` points of fp32's (AUTO_DROP_POINTS when
     None); with none within, the most accurate. On OpenVINO a form's accuracy is the lower of its
     static-shape batches and of one image at a time in the file as read (dynamic batch), the way
-    `compile_model(path)` serves single requests: OpenVINO computes some int8 files wrongly that way. The runtimes may choose different forms: their
-    kernels differ (onnxruntime's int8 convolution of a 1-channel image is slow, OpenVINO's is not,
-    so the stem can be float32 for one and int8 for the other). Forms
+    `compile_model(path)` serves single requests: OpenVINO computes some int8 files wrongly that way.
+    The runtimes may choose different forms: their kernels differ (onnxruntime's int8 convolution of
+    a 1-channel image is slow, OpenVINO's is not, so the stem can be float32 for one and int8 for the
+    other). Forms
     within TIE of the fastest count as equally fast, and the first listed wins (stem int8 before fp32,
     u8 before s8, per-channel before per-tensor), so noise does not flip the choice. Where a path of
     `outputs` is an OpenVINO IR (.xml), every choice is left open and NNCF is installed, NNCF's own
