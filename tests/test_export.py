@@ -303,6 +303,29 @@ def test_forms_of_one_stem_share_one_calibration(tmp_path, student_dir):
     assert data["cached-s8.onnx"] == data["fresh-s8.onnx"] != data["wild-s8.onnx"]
 
 
+def _candidate_number(path):
+    """The number of a temporary candidate file (candidate3.onnx: 3); None for any other file."""
+    return int(path.stem[len("candidate"):]) if path.stem.startswith("candidate") else None
+
+
+def _labelled_calibration(student_dir, onnx_path) -> list:
+    """The student's fp32 ONNX file at `onnx_path` and two calibration batches of 16 random images,
+    each with its label written in its first pixel (for fake sessions that read it back)."""
+    import numpy as np
+
+    from compressor.deploy import graph
+
+    graph.export_onnx(load_artifact(student_dir).model, onnx_path, [3, 16, 16])
+    rng = np.random.default_rng(0)
+    calib = []
+    for _ in range(2):
+        y = rng.integers(0, 10, 16)
+        x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+        x[:, 0, 0, 0] = y
+        calib.append((x, y))
+    return calib
+
+
 def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_dir, monkeypatch):
     """A form far slower than the fastest in the first round is timed once; accuracy is scored from
     the fastest form on, up to the fastest within --max-drop and the forms within TIE of it. The
@@ -311,7 +334,7 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
 
     import numpy as np
 
-    from compressor.deploy import choice, graph, runtimes
+    from compressor.deploy import choice, runtimes
 
     latency = {0: 5.0, 1: 1.0, 2: 1.02, 3: 3.0, 4: 1.2, 5: 1.01, 6: 1.5, 7: 2.0}  # by candidate number
     wrong: set[int] = {1}  # candidate 1, the fastest, misclassifies everything
@@ -320,7 +343,7 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
     class Fake(runtimes.Session):  # the label of each calibration image is written in its first pixel
         def __init__(self, path, threads=None, runtime=None):
             self.path, self.runtime = Path(path), runtime or "onnxruntime"
-            self.i = int(self.path.stem[len("candidate"):]) if self.path.stem.startswith("candidate") else None
+            self.i = _candidate_number(self.path)
 
         def __call__(self, x):
             if self.i is not None:
@@ -333,14 +356,7 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
 
     monkeypatch.setattr(choice, "session", Fake)
     monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: latency[sess.i])
-    graph.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
-    rng = np.random.default_rng(0)
-    calib = []
-    for _ in range(2):
-        y = rng.integers(0, 10, 16)
-        x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
-        x[:, 0, 0, 0] = y
-        calib.append((x, y))
+    calib = _labelled_calibration(student_dir, tmp_path / "m.onnx")
     rows = choice.choose_int8_form(tmp_path / "m.onnx", {"onnxruntime": tmp_path / "q.onnx"}, calib,
                                max_drop=1.0)["onnxruntime"].candidates
     assert [r["latency_rounds"] for r in rows] == [1, 3, 3, 1, 3, 3, 3, 1]  # 5.0, 3.0, 2.0 > 1.5 x 1.0
@@ -365,7 +381,7 @@ def test_a_form_openvino_computes_wrongly_as_read_is_not_chosen(tmp_path, studen
 
     import numpy as np
 
-    from compressor.deploy import choice, graph, runtimes
+    from compressor.deploy import choice, runtimes
 
     latency = {0: 2.0, 1: 1.0, 2: 1.5, 3: 3.0, 4: 2.5, 5: 2.6, 6: 2.7, 7: 2.8}  # by candidate number
 
@@ -374,7 +390,7 @@ def test_a_form_openvino_computes_wrongly_as_read_is_not_chosen(tmp_path, studen
 
         def __init__(self, path, threads=None, runtime=None, precision="fp32", static=True):
             self.path, self.static = Path(path), static
-            self.i = int(self.path.stem[len("candidate"):]) if self.path.stem.startswith("candidate") else None
+            self.i = _candidate_number(self.path)
 
         def __call__(self, x):
             y = x[:, 0, 0, 0].astype(int)
@@ -387,14 +403,7 @@ def test_a_form_openvino_computes_wrongly_as_read_is_not_chosen(tmp_path, studen
     monkeypatch.setattr(choice, "session", Fake)
     monkeypatch.setattr(choice, "nncf_available", lambda: False)
     monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: latency[sess.i])
-    graph.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
-    rng = np.random.default_rng(0)
-    calib = []
-    for _ in range(2):
-        y = rng.integers(0, 10, 16)
-        x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
-        x[:, 0, 0, 0] = y
-        calib.append((x, y))
+    calib = _labelled_calibration(student_dir, tmp_path / "m.onnx")
     rows = choice.choose_int8_form(tmp_path / "m.onnx", {"openvino": tmp_path / "q.xml"}, calib,
                                    max_drop=1.0)["openvino"].candidates
     assert rows[1]["calibration_accuracy_batch1_dynamic"] == 0.0 and rows[1]["calibration_accuracy"] == 0.0
