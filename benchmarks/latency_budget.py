@@ -82,6 +82,7 @@ def main() -> None:
                     out=work / "unpruned-export")
     deploy = base["runtimes"][a.runtime]
     from compressor.artifacts import load_artifact
+    from compressor.deploy.int8 import Int8Form
     from compressor.latency import deploy_meter
 
     budget_file = work / f"budget-{a.fraction}.json"  # one budget per work dir: reruns compare at the same target
@@ -90,8 +91,9 @@ def main() -> None:
     else:  # as the prune measures: the fastest of the forms the export measures
         art = load_artifact(a.model)
         # the prunes' cache: they read this timing of the unpruned model, the reference they time against
+        int8 = deploy.get("int8_form")  # int8 in the form the export shipped for the unpruned model
         meter = deploy_meter(art.model, art.spec.input_shape, a.runtime, batch=a.batch,
-                             cache=work / "cache" / "latency.json")
+                             cache=work / "cache" / "latency.json", int8_form=Int8Form(**int8) if int8 else None)
         today, form = meter.measure(art.model), meter.fastest(art.model)
         budget_file.write_text(json.dumps({"unpruned_ms": today, "form": form, "batch": a.batch}))
     target = round(a.fraction * today, 3)

@@ -33,9 +33,10 @@ import torch.nn as nn
 
 from compressor import CompressorError
 from compressor.artifacts import atomic_write_json, json_digest, read_json
-from compressor.deploy.choice import SLOW
+from compressor.deploy import qat
+from compressor.deploy.choice import SLOW, choose_int8_form
 from compressor.deploy.graph import export_onnx
-from compressor.deploy.int8 import NNCF_FORM, Int8Form, nncf_available, preprocess, quantize_nncf, quantize_preprocessed
+from compressor.deploy.int8 import Int8Form, preprocess, quantize_nncf, quantize_preprocessed
 from compressor.deploy.runtimes import OPENVINO_PRECISION, cpu_flags, latency_ms, reduced_float_forms, session
 from compressor.models import remove_channels
 from compressor.sparsity import channel_groups, filter_norms, plan_structured, weakest
@@ -69,7 +70,7 @@ class LatencyMeter:
     batch: int = 64
     cache: Path | None = None
     threads: int | None = None
-    int8_form: Int8Form = Int8Form()  # form int8: how the QDQ file is made (`fastest_int8_form` picks it)
+    int8_form: Int8Form = Int8Form()  # form int8: how the QDQ file is made (`export_int8_form` chooses it)
     timings: int = 0  # networks actually timed (not read from the cache)
     _table: dict = field(default_factory=dict)
     _machine: dict = field(default_factory=dict)  # threads and CPU flags: read once, part of every key
@@ -126,6 +127,10 @@ class LatencyMeter:
         if self.int8_form.quantizer == "nncf":
             quantize_nncf(path, where / "probe.int8.xml", calibration)
             return where / "probe.int8.xml"
+        if self.int8_form.quantizer == "layers":
+            qat.write_calibrated(model, self.input_shape, [torch.from_numpy(x) for x in calibration],
+                                 where / "probe.int8.onnx")
+            return where / "probe.int8.onnx"
         quantize_preprocessed(preprocess(path, where), where / "probe.int8.onnx", calibration, self.int8_form, "minmax")
         return where / "probe.int8.onnx"
 
@@ -136,30 +141,29 @@ class LatencyMeter:
         return latency_ms(sess, self.input_shape, self.batch, runs=10, budget_s=0.5)
 
 
-INT8_FORMS = tuple(Int8Form(stem, act, True) for stem in ("int8", "fp32") for act in ("u8", "s8"))
-
-
-def int8_forms(runtime: str) -> tuple[Int8Form, ...]:
-    """The int8 forms the export times on `runtime`: the QDQ forms, and NNCF's on OpenVINO where installed."""
-    return INT8_FORMS + ((NNCF_FORM,) if runtime == "openvino" and nncf_available() else ())
-
-
-def fastest_int8_form(meter: LatencyMeter, model: nn.Module) -> tuple[Int8Form, float]:
-    """The export's int8 forms (stem int8 or float32, u8 or s8 activations, per-channel weights; NNCF's
-    on OpenVINO) timed on `model`: the fastest and its latency. A form the runtime refuses on this CPU
-    is skipped."""
-    timed = []
-    for form in int8_forms(meter.runtime):
-        meter.int8_form = form
-        try:
-            timed.append((meter.measure(model), form))
-        except Exception:  # noqa: BLE001 - a runtime that cannot compile a form (OpenVINO's s8 on some CPUs)
-            continue
-    if not timed:
-        raise CompressorError(f"{meter.runtime} runs none of the int8 forms of this model on this CPU; use --form fp32")
-    ms, best = min(timed, key=lambda t: t[0])
-    meter.int8_form = best
-    return best, ms
+def export_int8_form(model: nn.Module, input_shape: list[int], runtime: str,
+                     calibration: list[tuple[np.ndarray, np.ndarray]], batch: int = 64,
+                     threads: int | None = None) -> tuple[Int8Form | None, str]:
+    """The int8 form the export would ship for `model` on `runtime`, chosen as the export chooses it
+    (`choose_int8_form` with its defaults: every form open, timed at `batch`, the fastest within the
+    accuracy budget on the labelled `calibration` images), and why. None where the export would ship
+    no int8 file: the runtime runs none of the forms on this CPU, or none is within the budget (the
+    export then fails by default)."""
+    with tempfile.TemporaryDirectory(prefix="compressor-int8-form-") as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        twin = copy.deepcopy(model).cpu().eval()
+        export_onnx(twin, fp32, input_shape)
+        out = Path(tmp) / ("model.int8.xml" if runtime == "openvino" else "model.int8.onnx")
+        batches = [torch.from_numpy(x) for x, _ in calibration]
+        choice = choose_int8_form(fp32, {runtime: out}, calibration, threads=threads, batch=batch,
+                                  write_layers=lambda path: qat.write_calibrated(twin, input_shape, batches, path))[runtime]
+    if choice.form is None:
+        return None, f"{runtime} runs none of the int8 forms on this CPU ({choice.error})"
+    chosen = next((c for c in choice.candidates if c.get("chosen")), None)
+    if chosen is not None and not chosen["within_drop"]:
+        return None, (f"no int8 form is within the export's accuracy budget on the calibration images (the best "
+                      f"loses {chosen['drop_points']:.2f} points)")
+    return choice.form, choice.form.label()
 
 
 @dataclass
@@ -181,16 +185,20 @@ class DeployMeter:
 
 
 def deploy_meter(model: nn.Module, input_shape: list[int], runtime: str, form: str = "auto", batch: int = 64,
-                 cache: Path | None = None) -> DeployMeter:
+                 cache: Path | None = None, int8_form: Int8Form | None = None) -> DeployMeter:
     """Meters of `form` on `runtime`, or with auto of every form the export measures there on this CPU
-    (float32, the reduced floats the runtime runs natively, int8 in the form fastest for `model`)."""
+    (float32, the reduced floats the runtime runs natively, int8 in `int8_form`: the form the export
+    would ship, `export_int8_form`; None: int8 is not measured, an error with --form int8)."""
     floats = reduced_float_forms(runtime)
     if form in ("bf16", "fp16") and form not in floats:
         raise CompressorError(f"--form {form}: {runtime} does not run {form} natively on this CPU")
-    forms = ["fp32", *floats, "int8"] if form == "auto" else [form]
+    if form == "int8" and int8_form is None:
+        raise CompressorError(f"--form int8: the export would ship no int8 file of this model on {runtime}; "
+                              "use --form fp32 or auto")
+    forms = ["fp32", *floats, *(["int8"] if int8_form is not None else [])] if form == "auto" else [form]
     meters = {f: LatencyMeter(input_shape, runtime, f, batch, cache) for f in forms}
-    if "int8" in meters:  # as the export would choose it
-        fastest_int8_form(meters["int8"], model)
+    if "int8" in meters:
+        meters["int8"].int8_form = int8_form
     fastest = min(m.measure(model) for m in meters.values())
     # a form over SLOW x the fastest on the unpruned model is not timed on its narrower networks (as the export does)
     return DeployMeter({f: m for f, m in meters.items() if m.measure(model) <= SLOW * fastest})

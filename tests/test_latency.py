@@ -169,23 +169,56 @@ def test_a_recipe_prunes_to_its_budget_and_the_report_draws_the_curve(tmp_path, 
     assert (tmp_path / "run" / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_int8_form_measured_is_the_fastest_the_runtime_runs(monkeypatch):
-    """As the export does: the fastest int8 form on this runtime; a form the runtime refuses (OpenVINO's
-    s8 activations on some CPUs) is skipped, not the end of the run."""
-    from compressor.latency import fastest_int8_form
+def test_the_int8_form_measured_is_the_one_the_export_would_ship(student_dir, teacher_dir, tmp_path, monkeypatch):
+    """int8 is timed in the form the export chooses (its choice function, on the labelled images it
+    calibrates on, at the batch measured), not merely the fastest form: a per-tensor or layers-only
+    form the export keeps is the one timed. Where the export would ship no int8 file (no form within
+    its budget, or none the runtime runs), int8 is not measured, and --form int8 is one line."""
+    import compressor.latency as latency
+    from compressor.deploy.choice import Int8Choice
+    from compressor.deploy.int8 import Int8Form
 
-    def time(self, model):
-        if self.int8_form.activations == "s8":
-            raise RuntimeError("No suitable implementations")
-        return 2.0 if self.int8_form.stem == "int8" else 1.5
+    chosen, calls = Int8Form("fp32", "s8", False), []
 
-    monkeypatch.setattr(LatencyMeter, "_time", time)
-    meter = LatencyMeter(SHAPE, form="int8")
-    form, ms = fastest_int8_form(meter, student())
-    assert (form.stem, form.activations, ms) == ("fp32", "u8", 1.5) and meter.int8_form == form
-    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model: (_ for _ in ()).throw(RuntimeError("refused")))
-    with pytest.raises(CompressorError, match="runs none of the int8 forms"):
-        fastest_int8_form(LatencyMeter(SHAPE, form="int8"), student())
+    def choose(fp32, outputs, calibration, **kw):
+        calls.append((sorted(outputs), len(calibration), calibration[0][1].dtype.kind, kw["batch"]))
+        row = {"chosen": True, "within_drop": within, "drop_points": 0.2 if within else 3.5}
+        return {rt: Int8Choice(chosen, Path(p), [], [row]) for rt, p in outputs.items()}
+
+    measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    timed = []
+    monkeypatch.setattr(latency, "choose_int8_form", choose)
+    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model: timed.append(self.int8_form) or
+                        measure(model) * (1.25 if self.form == "fp32" else 1))  # within SLOW: both timed
+    start = measure(load_artifact(student_dir).model)
+    within = True
+    m = prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.7 * start, epochs=1,
+              latency_batch=16, out=tmp_path / "p", device="cpu")
+    b = m["latency_budget"]
+    assert calls == [(["onnxruntime"], 8, "i", 16)]  # the export's 8 calibration batches, labelled, at the batch
+    assert b["forms_measured"] == ["fp32", "int8"] and b["form"] == "int8" and b["int8_form"] == chosen.label()
+    assert chosen in timed
+    within = False
+    m = prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.7 * 1.25 * start, epochs=1,
+              out=tmp_path / "q", device="cpu")
+    assert m["latency_budget"]["forms_measured"] == ["fp32"] and m["latency_budget"]["int8_form"] is None
+    with pytest.raises(CompressorError, match="--form int8: the export would ship no int8 file"):
+        prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.5 * start, form="int8",
+              out=tmp_path / "r", device="cpu")
+
+
+def test_the_meter_writes_every_int8_form_the_export_can_choose(tmp_path):
+    """Each form the export may ship (onnxruntime's QDQ forms, compress quantize's scheme calibrated,
+    NNCF's where installed) is written by the meter as a file the runtime runs."""
+    from compressor.deploy.int8 import LAYERS_FORM, NNCF_FORM, Int8Form, nncf_available
+    from compressor.deploy.runtimes import session
+
+    forms = [Int8Form("fp32", "s8", False), LAYERS_FORM] + ([NNCF_FORM] if nncf_available() else [])
+    for i, form in enumerate(forms):
+        meter = LatencyMeter(SHAPE, "openvino" if form is NNCF_FORM else "onnxruntime", "int8", int8_form=form)
+        path = meter._file(student(), tmp_path / str(i))
+        out = session(path, runtime=meter.runtime)(torch.zeros(2, *SHAPE).numpy())
+        assert out.shape == (2, 10), form
 
 
 def test_a_reduced_float_form_the_runtime_runs_is_measured_and_can_be_the_budgets_form(student_dir, teacher_dir,

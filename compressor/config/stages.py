@@ -174,8 +174,9 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
     latency_batch: int = option(64, "--target-latency: the batch size measured.", ge=1)
     form: Literal["auto", "fp32", "bf16", "fp16", "int8"] = option(
         "auto", "--target-latency: the form measured: fp32; bf16 or fp16 (the float32 file run in that precision, "
-                "where the runtime runs it natively on this CPU: OpenVINO on bf16/fp16 CPUs); int8 (the export's "
-                "int8 form fastest on this runtime for the unpruned model); or auto: every one of those, each network "
+                "where the runtime runs it natively on this CPU: OpenVINO on bf16/fp16 CPUs); int8 (the int8 form "
+                "the export would ship for the unpruned model: chosen as the export chooses it, on the images it "
+                "calibrates on, with its defaults); or auto: every one of those, each network "
                 "counted in its fastest (the form the export would ship).")
     allocation: Literal["latency", "uniform"] = option(
         "latency", "--target-latency: latency (channels ranked by importance per millisecond they save, measured "

@@ -223,6 +223,18 @@ def freeze_ranges(model: nn.Module) -> None:
         m.train(m.training)
 
 
+def write_calibrated(model: nn.Module, input_shape: list[int], batches, path) -> None:
+    """The post-training form of this scheme (`LAYERS_FORM`) as a QDQ ONNX file at `path`: a copy of
+    `model` with BatchNorm folded and quantizers inserted, ranges from `batches` (tensors), no fine-tuning."""
+    from compressor.deploy.graph import export_qdq
+
+    twin = copy.deepcopy(model).cpu().eval()
+    prepare(twin, input_shape)
+    calibrate(twin, batches, "cpu")
+    freeze_ranges(twin)
+    export_qdq(twin.eval(), path, input_shape)
+
+
 def float_copy(model: nn.Module) -> nn.Module:
     """A copy of a quantized artifact's model with plain Conv2d/Linear layers (the same parameters,
     BatchNorms still folded) in place of its fake-quantized ones: the float model a graph-capturing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -99,6 +100,12 @@ def make_spec(architecture: str, data: DataBundle, *, stage: str, settings: dict
     return ModelSpec(architecture=architecture, kwargs=kwargs or {}, num_classes=data.num_classes,
                      input_shape=data.input_shape, mean=data.mean, std=data.std, class_names=data.class_names,
                      stage=stage, data=data.identity, settings=settings)
+
+
+def training_sample(data: DataBundle, seed: int, batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`batches` batches of 64 training images in the order `seed` gives (a sample of every class),
+    with their labels, as arrays: what post-training int8 is calibrated on."""
+    return [(xb.numpy(), yb.numpy()) for xb, yb in data.loader("train", 64, seed=seed, limit=64 * batches)]
 
 
 def test_logits(model: nn.Module, data: DataBundle, device) -> tuple[torch.Tensor, torch.Tensor]:

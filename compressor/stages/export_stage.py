@@ -24,7 +24,7 @@ from compressor.deploy.runtimes import (OPENVINO_MISSING, OPENVINO_PRECISION, RU
                                         OpenVINOSession, cpu_flags, latency_ms, openvino_available, predict_batches,
                                         reduced_float_forms, save_openvino_ir, session)
 from compressor.models import count_params
-from compressor.stages.common import load_bundle
+from compressor.stages.common import load_bundle, training_sample
 from compressor.stages.runner import StageRun, stage
 
 SPARSITY_NOTE = ("ONNX stores weights densely; pruned zeros cost 4 bytes each raw but compress to almost "
@@ -251,26 +251,15 @@ def _write_learned(model, shape, outputs: dict) -> dict[str, Int8Choice]:
 
 
 def calibration_images(cfg, bundle) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The images post-training int8 is calibrated on, standing for the training split (a sample of
-    every class): `calibration_batches` batches of 64 in the order `seed` gives, with their labels."""
-    return [(xb.numpy(), yb.numpy()) for xb, yb in bundle.loader("train", 64, seed=cfg.seed,
-                                                                 limit=64 * cfg.calibration_batches)]
+    """The images post-training int8 is calibrated on (`common.training_sample`): `calibration_batches`
+    batches of 64 in the order `seed` gives, with their labels."""
+    return training_sample(bundle, cfg.seed, cfg.calibration_batches)
 
 
 def layers_writer(model, shape, calibration):
     """A function writing the post-training form of compress quantize's scheme (LAYERS_FORM) to a path:
     BatchNorm folded, ranges from the calibration images, no fine-tuning."""
-    import copy
-
-
-    def write(path):
-        twin = copy.deepcopy(model).cpu().eval()
-        qat.prepare(twin, shape)
-        qat.calibrate(twin, (torch.from_numpy(x) for x, _ in calibration), "cpu")
-        qat.freeze_ranges(twin)
-        export_qdq(twin.eval(), path, shape)
-
-    return write
+    return lambda path: qat.write_calibrated(model, shape, [torch.from_numpy(x) for x, _ in calibration], path)
 
 
 def _write_variants(cfg, model, shape, calib, writer, runtimes: list[str], threads: int, metrics: dict,

@@ -9,16 +9,16 @@ from pathlib import Path
 import torch
 
 from compressor.artifacts import load_artifact, read_json, recorded_model_sizes, state_dict_for_saving
-from compressor.config import PruneConfig
+from compressor.config import ExportConfig, PruneConfig
 from compressor.console import log
 from compressor.deploy.runtimes import cpu_flags, onnx_latency
 from compressor.distill import build_distiller
 from compressor.distill.registry import extra_epochs
-from compressor.latency import (TAYLOR_BATCHES, cut_to_latency, deploy_meter, magnitude_share, step_targets,
-                                taylor_importance, widths)
+from compressor.latency import (TAYLOR_BATCHES, cut_to_latency, deploy_meter, export_int8_form, magnitude_share,
+                                step_targets, taylor_importance, widths)
 from compressor.models import count_params, remove_channels
 from compressor.sparsity import GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers
-from compressor.stages.common import load_bundle, test_accuracy
+from compressor.stages.common import load_bundle, test_accuracy, training_sample
 from compressor.stages.distill_stage import method_options
 from compressor.stages.runner import StageRun, stage
 from compressor.training import Supervised, train_task
@@ -108,7 +108,12 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     and the last fine-tuning's result and cost."""
     cfg = run.cfg
     cache = Path(cfg.out).expanduser().absolute().parent / "cache" / "latency.json"
-    meter = deploy_meter(model, shape, cfg.runtime, cfg.form, cfg.latency_batch, cache)
+    int8_form = None
+    if cfg.form in ("auto", "int8"):  # the form the export would ship, chosen on the images it calibrates on
+        calibration = training_sample(bundle, cfg.seed, ExportConfig.model_fields["calibration_batches"].default)
+        int8_form, why = export_int8_form(model, shape, cfg.runtime, calibration, cfg.latency_batch)
+        log(f"prune: int8 on {cfg.runtime}: {why}" + ("" if int8_form else "; not measured"))
+    meter = deploy_meter(model, shape, cfg.runtime, cfg.form, cfg.latency_batch, cache, int8_form)
     forms = list(meter.meters)
     original = widths(model)
     fp32_ort_before = onnx_latency(model, shape, run.writer.dir)
@@ -141,7 +146,7 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
               "runtime": cfg.runtime, "form": steps[-1]["form"], "form_before": form, "forms_measured": forms,
               "batch": cfg.latency_batch, "allocation": cfg.allocation,
               "importance": cfg.importance if cfg.allocation == "latency" else None,
-              "int8_form": meter.meters["int8"].int8_form.label() if "int8" in forms else None,
+              "int8_form": int8_form.label() if int8_form else None,
               "threads": torch.get_num_threads(), "cpu_flags": " ".join(cpu_flags()),
               "networks_timed": meter.timings, "steps": steps}
     removed = {n: f"{original[n] - w}/{original[n]}" for n, w in widths(model).items() if w != original[n]}
