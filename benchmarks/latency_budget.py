@@ -6,9 +6,10 @@ at the same measured latency and fine-tuning budget.
         --data fashion-mnist --image-size 32 --runtime openvino --seeds 0 1 2 --csv benchmarks/results/x.csv
 
 The budget is --fraction (0.5) of the unpruned model's latency at --batch on --runtime in its fastest
-form (fp32, OpenVINO's bf16/fp16 where this CPU runs them, int8), measured as the prune measures
-(`compressor.latency.deploy_meter`; kept in WORK/budget-FRACTION.json, so a rerun that adds seeds or
-allocations prunes to the same budget). For each allocation and seed:
+form (fp32, OpenVINO's bf16/fp16 where this CPU runs them, int8 in the form the export would ship),
+measured as the prune measures (`compressor.stages.prune_stage.budget_meter`, into the prunes' cache,
+so they time against the same reference timing and int8 form; kept in WORK/budget-FRACTION.json, so a
+rerun that adds seeds or allocations prunes to the same budget). For each allocation and seed:
 
     compress prune MODEL --data D --structured --target-latency T --runtime R --finetune-epochs E \\
         --teacher TEACHER --train-size N --seed S --allocation latency|uniform --out WORK/A-sS
@@ -82,18 +83,21 @@ def main() -> None:
                     out=work / "unpruned-export")
     deploy = base["runtimes"][a.runtime]
     from compressor.artifacts import load_artifact
-    from compressor.deploy.int8 import Int8Form
-    from compressor.latency import deploy_meter
+    from compressor.config import PruneConfig
+    from compressor.stages.common import load_bundle
+    from compressor.stages.prune_stage import budget_meter
 
     budget_file = work / f"budget-{a.fraction}.json"  # one budget per work dir: reruns compare at the same target
     if budget_file.is_file():
         today, form = (json.loads(budget_file.read_text())[k] for k in ("unpruned_ms", "form"))
     else:  # as the prune measures: the fastest of the forms the export measures
         art = load_artifact(a.model)
-        # the prunes' cache: they read this timing of the unpruned model, the reference they time against
-        int8 = deploy.get("int8_form")  # int8 in the form the export shipped for the unpruned model
-        meter = deploy_meter(art.model, art.spec.input_shape, a.runtime, batch=a.batch,
-                             cache=work / "cache" / "latency.json", int8_form=Int8Form(**int8) if int8 else None)
+        # the prunes' cache: they read this timing of the unpruned model, the reference they time against,
+        # and the int8 form chosen for it
+        cfg = PruneConfig(model_dir=str(a.model), data=a.data, image_size=a.image_size, train_size=a.train_size,
+                          structured=True, target_latency_ms=1.0, runtime=a.runtime, latency_batch=a.batch,
+                          out=str(work / "budget"))
+        meter, _ = budget_meter(cfg, load_bundle(cfg, art.spec), art.model, art.spec.input_shape)
         today, form = meter.measure(art.model), meter.fastest(art.model)
         budget_file.write_text(json.dumps({"unpruned_ms": today, "form": form, "batch": a.batch}))
     target = round(a.fraction * today, 3)

@@ -20,10 +20,11 @@ bisection: the ratio pruning the first is measured against.
 from __future__ import annotations
 
 import copy
+import hashlib
 import shutil
 import tempfile
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -98,9 +99,8 @@ class LatencyMeter:
         if key not in self._table:
             self._table[key] = self._time(model)
             self.timings += 1
-            if self.cache is not None:
-                self.cache.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(self.cache, self._table)
+            if self.cache is not None:  # merged into the file: other meters (forms) write their timings there too
+                _cache_put(self.cache, key, self._table[key])
         return self._table[key]
 
     def _time(self, model: nn.Module) -> float:
@@ -141,14 +141,36 @@ class LatencyMeter:
         return latency_ms(sess, self.input_shape, self.batch, runs=10, budget_s=0.5)
 
 
+def _cache_put(cache: Path, key: str, value) -> None:
+    table = read_json(cache) if cache.is_file() else {}
+    table[key] = value
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cache, table)
+
+
+def _weights_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def export_int8_form(model: nn.Module, input_shape: list[int], runtime: str,
-                     calibration: list[tuple[np.ndarray, np.ndarray]], batch: int = 64,
-                     threads: int | None = None) -> tuple[Int8Form | None, str]:
+                     calibration: list[tuple[np.ndarray, np.ndarray]], batch: int = 64, threads: int | None = None,
+                     cache: Path | None = None) -> tuple[Int8Form | None, str]:
     """The int8 form the export would ship for `model` on `runtime`, chosen as the export chooses it
     (`choose_int8_form` with its defaults: every form open, timed at `batch`, the fastest within the
     accuracy budget on the labelled `calibration` images), and why. None where the export would ship
     no int8 file: the runtime runs none of the forms on this CPU, or none is within the budget (the
-    export then fails by default)."""
+    export then fails by default). Kept in `cache` per (weights, input, runtime, batch, threads, CPU):
+    the choice times forms that may lie within noise of each other, and every prune of one model (other
+    seeds, the other allocation) then times the same form against the same reference timing."""
+    key = json_digest({"int8_form_of": _weights_digest(model), "input": input_shape, "runtime": runtime,
+                       "batch": batch, "threads": threads or torch.get_num_threads(), "cpu": cpu_flags()})
+    if cache is not None and cache.is_file() and key in (table := read_json(cache)):
+        form, why = table[key]
+        return (Int8Form(**form) if form else None), why
     with tempfile.TemporaryDirectory(prefix="compressor-int8-form-") as tmp:
         fp32 = Path(tmp) / "model.onnx"
         twin = copy.deepcopy(model).cpu().eval()
@@ -157,13 +179,17 @@ def export_int8_form(model: nn.Module, input_shape: list[int], runtime: str,
         batches = [torch.from_numpy(x) for x, _ in calibration]
         choice = choose_int8_form(fp32, {runtime: out}, calibration, threads=threads, batch=batch,
                                   write_layers=lambda path: qat.write_calibrated(twin, input_shape, batches, path))[runtime]
-    if choice.form is None:
-        return None, f"{runtime} runs none of the int8 forms on this CPU ({choice.error})"
     chosen = next((c for c in choice.candidates if c.get("chosen")), None)
-    if chosen is not None and not chosen["within_drop"]:
-        return None, (f"no int8 form is within the export's accuracy budget on the calibration images (the best "
-                      f"loses {chosen['drop_points']:.2f} points)")
-    return choice.form, choice.form.label()
+    if choice.form is None:
+        form, why = None, f"{runtime} runs none of the int8 forms on this CPU ({choice.error})"
+    elif chosen is not None and not chosen["within_drop"]:
+        form, why = None, (f"no int8 form is within the export's accuracy budget on the calibration images (the "
+                           f"best loses {chosen['drop_points']:.2f} points)")
+    else:
+        form, why = choice.form, choice.form.label()
+    if cache is not None:
+        _cache_put(cache, key, [asdict(form) if form else None, why])
+    return form, why
 
 
 @dataclass

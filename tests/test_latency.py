@@ -172,8 +172,9 @@ def test_a_recipe_prunes_to_its_budget_and_the_report_draws_the_curve(tmp_path, 
 def test_the_int8_form_measured_is_the_one_the_export_would_ship(student_dir, teacher_dir, tmp_path, monkeypatch):
     """int8 is timed in the form the export chooses (its choice function, on the labelled images it
     calibrates on, at the batch measured), not merely the fastest form: a per-tensor or layers-only
-    form the export keeps is the one timed. Where the export would ship no int8 file (no form within
-    its budget, or none the runtime runs), int8 is not measured, and --form int8 is one line."""
+    form the export keeps is the one timed, and every prune sharing the cache times that one. Where the
+    export would ship no int8 file (no form within its budget, or none the runtime runs), int8 is not
+    measured, and --form int8 is one line."""
     import compressor.latency as latency
     from compressor.deploy.choice import Int8Choice
     from compressor.deploy.int8 import Int8Form
@@ -198,9 +199,12 @@ def test_the_int8_form_measured_is_the_one_the_export_would_ship(student_dir, te
     assert calls == [(["onnxruntime"], 8, "i", 16)]  # the export's 8 calibration batches, labelled, at the batch
     assert b["forms_measured"] == ["fp32", "int8"] and b["form"] == "int8" and b["int8_form"] == chosen.label()
     assert chosen in timed
-    within = False
+    within = False  # the choice is kept in the cache beside --out: another prune of this model reuses it
+    m = prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.7 * start, epochs=1, seed=1,
+              latency_batch=16, out=tmp_path / "p2", device="cpu")
+    assert len(calls) == 1 and m["latency_budget"]["int8_form"] == chosen.label()
     m = prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.7 * 1.25 * start, epochs=1,
-              out=tmp_path / "q", device="cpu")
+              out=tmp_path / "other" / "q", device="cpu")
     assert m["latency_budget"]["forms_measured"] == ["fp32"] and m["latency_budget"]["int8_form"] is None
     with pytest.raises(CompressorError, match="--form int8: the export would ship no int8 file"):
         prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.5 * start, form="int8",

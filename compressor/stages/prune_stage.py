@@ -107,13 +107,7 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     every cut is appended to model.json's plan. Returns the metrics, the accuracy after the first cut,
     and the last fine-tuning's result and cost."""
     cfg = run.cfg
-    cache = Path(cfg.out).expanduser().absolute().parent / "cache" / "latency.json"
-    int8_form = None
-    if cfg.form in ("auto", "int8"):  # the form the export would ship, chosen on the images it calibrates on
-        calibration = training_sample(bundle, cfg.seed, ExportConfig.model_fields["calibration_batches"].default)
-        int8_form, why = export_int8_form(model, shape, cfg.runtime, calibration, cfg.latency_batch)
-        log(f"prune: int8 on {cfg.runtime}: {why}" + ("" if int8_form else "; not measured"))
-    meter = deploy_meter(model, shape, cfg.runtime, cfg.form, cfg.latency_batch, cache, int8_form)
+    meter, int8_form = budget_meter(cfg, bundle, model, shape)
     forms = list(meter.meters)
     original = widths(model)
     fp32_ort_before = onnx_latency(model, shape, run.writer.dir)
@@ -152,6 +146,19 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     removed = {n: f"{original[n] - w}/{original[n]}" for n, w in widths(model).items() if w != original[n]}
     return ({"latency_budget": budget, "channels_removed": removed, "latency_ms_before": fp32_ort_before}, acc_pruned,
             result, cost)
+
+
+def budget_meter(cfg: PruneConfig, bundle, model, shape):
+    """--target-latency's meter of `model` (`deploy_meter`, int8 in the form the export would ship,
+    chosen on the images the export calibrates on) and that int8 form; timings and the choice are kept
+    in cache/latency.json beside --out, shared by every prune written there."""
+    cache = Path(cfg.out).expanduser().absolute().parent / "cache" / "latency.json"
+    int8_form = None
+    if cfg.form in ("auto", "int8"):
+        calibration = training_sample(bundle, cfg.seed, ExportConfig.model_fields["calibration_batches"].default)
+        int8_form, why = export_int8_form(model, shape, cfg.runtime, calibration, cfg.latency_batch, cache=cache)
+        log(f"prune: int8 on {cfg.runtime}: {why}" + ("" if int8_form else "; not measured"))
+    return deploy_meter(model, shape, cfg.runtime, cfg.form, cfg.latency_batch, cache, int8_form), int8_form
 
 
 def _finetune(run: StageRun, model, t_art, bundle, shape, masker, options: dict, epochs: int | None = None,
