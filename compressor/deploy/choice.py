@@ -52,7 +52,7 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                      stem: str = "auto", activations: str = "auto", per_channel: bool | None = None,
                      method: str = "minmax", threads: int | None = None, batch: int = 64,
                      max_drop: float | None = None, rounds: int = 3, runs: int = 10,
-                     budget_s: float = 0.5, write_layers=None) -> dict[str, Int8Choice]:
+                     budget_s: float = 0.5, write_layers=None, stage: str = "export") -> dict[str, Int8Choice]:
     """Quantize every form the choices left open ("auto" / None) once, time each on every runtime of
     `outputs` (latency at `batch`, `rounds` interleaved rounds, one session alive at a time), and
     write to each runtime's path the form fastest on that runtime whose accuracy on the calibration
@@ -140,7 +140,7 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
         forms += [NNCF_FORM] if with_nncf else []
         n, limit = len(forms), allowed_drop(max_drop)
         steps = n + rounds * n * len(runtimes) + len(runtimes) * (1 + n)  # at most: rounds and scores are skipped
-        with progress(f"export: {n} int8 candidates", steps) as bar:
+        with progress(f"{stage}: {n} int8 candidates", steps) as bar:
             for i, form in enumerate(forms):
                 if form.quantizer == "nncf":
                     paths.append(tmp / f"candidate{i}.xml")
