@@ -38,14 +38,15 @@ from compressor.deploy import qat
 from compressor.deploy.choice import SLOW, choose_int8_form
 from compressor.deploy.graph import export_onnx
 from compressor.deploy.int8 import Int8Form, preprocess, quantize_nncf, quantize_preprocessed
-from compressor.deploy.runtimes import OPENVINO_PRECISION, cpu_flags, latency_ms, reduced_float_forms, session
+from compressor.deploy.runtimes import OPENVINO_PRECISION, cpu_flags, pass_times, reduced_float_forms, session
 from compressor.models import remove_channels
 from compressor.sparsity import channel_groups, filter_norms, plan_structured, weakest
 
 SLICE = 0.125  # a slice: this fraction of a group's channels (at least --round-to), the unit one round removes
 SLICES = (1, 2, 4)  # the cuts of each group a round times: this many slices
 MAX_ROUNDS = 32  # lookup-table rounds toward one step's target before giving up on it
-PAIRS = 3  # alternating rounds of the reference and a candidate, per timing (the median ratio is kept)
+PAIRS = 3  # alternating rounds of the reference and a candidate, per timing
+QUANTILE = 0.1  # of each file's passes over the pairs: the ratio of these is the candidate's time to the reference's
 VERIFY_TRIES = 3  # checks of a step's result, each followed by more cuts where it reads over the target
 VERIFY_PAIRS = 9  # per check of a step's result (`verify`): the cuts kept are those timed fastest, often read low
 TAYLOR_BATCHES = 8  # training batches (64 images) the Taylor importance is estimated on, each round
@@ -63,9 +64,10 @@ class LatencyMeter:
 
     The first network measured is the reference (the unpruned model), timed on its own; every other
     is timed against it, the two files alternating in PAIRS rounds of fresh sessions, and reported
-    as the reference's time x the median ratio. A shared machine's speed drifts (on a 2-core cloud VM
-    the same file measured 1x or 2.5x minutes apart), and a drift that lasts longer than a pair cancels
-    in the ratio, so timings taken at different times (a lookup table, the cache) stay comparable."""
+    as the reference's time x the ratio of the two files' fast passes (the QUANTILE of each one's
+    passes). A shared machine's speed drifts (on a 2-core cloud VM the same file measured 1x or 2.5x
+    minutes apart), and a drift that lasts longer than the pairs cancels in the ratio, so timings
+    taken at different times (a lookup table, the cache) stay comparable."""
 
     input_shape: list[int]
     runtime: str = "onnxruntime"
@@ -99,11 +101,14 @@ class LatencyMeter:
             self._reference = copy.deepcopy(model).cpu().eval()
         key = self.key(model)
         if key not in self._table:
-            self._table[key] = self._time(model)
-            self.timings += 1
-            if self.cache is not None:  # merged into the file: other meters (forms) write their timings there too
-                _cache_put(self.cache, key, self._table[key])
+            self._store(key, self._time(model))
         return self._table[key]
+
+    def _store(self, key: str, ms: float) -> None:
+        self._table[key] = ms
+        self.timings += 1
+        if self.cache is not None:  # merged into the file: other meters (forms) write their timings there too
+            _cache_put(self.cache, key, ms)
 
     def verify(self, model: nn.Module) -> float:
         """Time `model` again, independently and longer (VERIFY_PAIRS pairs), and keep that timing in
@@ -114,10 +119,7 @@ class LatencyMeter:
         if self._reference is None or self.key(model) == self.key(self._reference):
             return self.measure(model)
         key = self.key(model)
-        self._table[key] = self._time(model, VERIFY_PAIRS)
-        self.timings += 1
-        if self.cache is not None:
-            _cache_put(self.cache, key, self._table[key])
+        self._store(key, self._time(model, VERIFY_PAIRS))
         return self._table[key]
 
     def _time(self, model: nn.Module, pairs: int = PAIRS) -> float:
@@ -125,12 +127,17 @@ class LatencyMeter:
         if reference_key not in self._files:
             self._files[reference_key] = self._file(self._reference, self._dir / f"reference-{len(self._files)}")
         if self.key(model) == reference_key:
-            return self._latency(self._files[reference_key])
+            return float(np.median(self._latency(self._files[reference_key])))
         reference_ms = self.measure(self._reference)
         with tempfile.TemporaryDirectory(dir=self._dir) as tmp:
             path = self._file(model, Path(tmp))
-            ratios = [self._latency(path) / self._latency(self._files[reference_key]) for _ in range(pairs)]
-        return reference_ms * float(np.median(ratios))
+            passes = [(self._latency(path), self._latency(self._files[reference_key])) for _ in range(pairs)]
+        # the ratio of the two files' fast passes (QUANTILE of each one's passes, pooled over the pairs):
+        # a neighbour's burst slows some passes of one file and not the other's, and moves a median ratio
+        # of 3 pairs by +-20 % on a 2-core cloud VM where this ratio moved by 2-5 %
+        ratio = np.quantile(np.concatenate([c for c, _ in passes]), QUANTILE) / np.quantile(
+            np.concatenate([r for _, r in passes]), QUANTILE)
+        return reference_ms * float(ratio)
 
     def _file(self, model: nn.Module, where: Path) -> Path:
         """`model` as the export would write it for this form, into the folder `where`."""
@@ -151,11 +158,12 @@ class LatencyMeter:
         quantize_preprocessed(preprocess(path, where), where / "probe.int8.onnx", calibration, self.int8_form, "minmax")
         return where / "probe.int8.onnx"
 
-    def _latency(self, path: Path) -> float:
+    def _latency(self, path: Path) -> np.ndarray:
+        """The ms of each forward pass of the file at `batch` in a fresh session (at most about half a second)."""
         # a reduced float form (OpenVINO's bf16, fp16): the float32 file run in that precision, as the export does
         precision = self.form if self.form in OPENVINO_PRECISION else "fp32"
         sess = session(path, threads=self.threads, runtime=self.runtime, precision=precision)
-        return latency_ms(sess, self.input_shape, self.batch, runs=10, budget_s=0.5)
+        return pass_times(sess, self.input_shape, self.batch, runs=30, budget_s=0.5)
 
 
 def _cache_put(cache: Path, key: str, value) -> None:

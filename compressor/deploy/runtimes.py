@@ -230,6 +230,12 @@ def latency_ms(sess: Session, input_shape: list[int], batch: int = 64, runs: int
 
     `budget_s`: at most about that many seconds of timed passes (at least 3), so a large model
     measured many times (the int8 candidates) does not take minutes per measurement."""
+    return float(np.median(pass_times(sess, input_shape, batch, runs, warmup, budget_s)))
+
+
+def pass_times(sess: Session, input_shape: list[int], batch: int = 64, runs: int = 30, warmup: int = 5,
+               budget_s: float | None = None) -> np.ndarray:
+    """The wall time (ms) of each of `runs` forward passes at `batch`, after `warmup` (see `latency_ms`)."""
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
     for _ in range(warmup):
         t0 = time.perf_counter()
@@ -242,7 +248,7 @@ def latency_ms(sess: Session, input_shape: list[int], batch: int = 64, runs: int
         t0 = time.perf_counter()
         sess(x)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+    return np.array(times) * 1000
 
 
 def onnx_latency(model: nn.Module, input_shape: list[int], workdir: Path, batch: int = 64) -> float:
