@@ -38,15 +38,15 @@ from compressor.deploy import qat
 from compressor.deploy.choice import SLOW, choose_int8_form
 from compressor.deploy.graph import export_onnx
 from compressor.deploy.int8 import Int8Form, preprocess, quantize_nncf, quantize_preprocessed
-from compressor.deploy.runtimes import OPENVINO_PRECISION, cpu_flags, pass_times, reduced_float_forms, session
+from compressor.deploy.runtimes import (OPENVINO_PRECISION, cpu_flags, fast_ms, pass_times, reduced_float_forms,
+                                        session)
 from compressor.models import remove_channels
 from compressor.sparsity import channel_groups, filter_norms, plan_structured, weakest
 
 SLICE = 0.125  # a slice: this fraction of a group's channels (at least --round-to), the unit one round removes
 SLICES = (1, 2, 4)  # the cuts of each group a round times: this many slices
 MAX_ROUNDS = 32  # lookup-table rounds toward one step's target before giving up on it
-PAIRS = 3  # alternating rounds of the reference and a candidate, per timing
-QUANTILE = 0.1  # of each file's passes over the pairs: the ratio of these is the candidate's time to the reference's
+PAIRS = 3  # alternating rounds of the reference and a candidate, per timing (their fast passes compared)
 VERIFY_TRIES = 3  # checks of a step's result, each followed by more cuts where it reads over the target
 VERIFY_PAIRS = 9  # per check of a step's result (`verify`): the cuts kept are those timed fastest, often read low
 TAYLOR_BATCHES = 8  # training batches (64 images) the Taylor importance is estimated on, each round
@@ -64,8 +64,7 @@ class LatencyMeter:
 
     The first network measured is the reference (the unpruned model), timed on its own; every other
     is timed against it, the two files alternating in PAIRS rounds of fresh sessions, and reported
-    as the reference's time x the ratio of the two files' fast passes (the QUANTILE of each one's
-    passes). A shared machine's speed drifts (on a 2-core cloud VM the same file measured 1x or 2.5x
+    as the reference's time x the ratio of the two files' fast passes (`fast_ms`). A shared machine's speed drifts (on a 2-core cloud VM the same file measured 1x or 2.5x
     minutes apart), and a drift that lasts longer than the pairs cancels in the ratio, so timings
     taken at different times (a lookup table, the cache) stay comparable."""
 
@@ -132,12 +131,7 @@ class LatencyMeter:
         with tempfile.TemporaryDirectory(dir=self._dir) as tmp:
             path = self._file(model, Path(tmp))
             passes = [(self._latency(path), self._latency(self._files[reference_key])) for _ in range(pairs)]
-        # the ratio of the two files' fast passes (QUANTILE of each one's passes, pooled over the pairs):
-        # a neighbour's burst slows some passes of one file and not the other's, and moves a median ratio
-        # of 3 pairs by +-20 % on a 2-core cloud VM where this ratio moved by 2-5 %
-        ratio = np.quantile(np.concatenate([c for c, _ in passes]), QUANTILE) / np.quantile(
-            np.concatenate([r for _, r in passes]), QUANTILE)
-        return reference_ms * float(ratio)
+        return reference_ms * fast_ms([c for c, _ in passes]) / fast_ms([r for _, r in passes])
 
     def _file(self, model: nn.Module, where: Path) -> Path:
         """`model` as the export would write it for this form, into the folder `where`."""

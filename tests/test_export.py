@@ -4,6 +4,7 @@ gate, fp16, and the fp32-stem rewrite."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from compressor import CompressorError
@@ -84,7 +85,6 @@ def test_export_options_fp16_per_tensor_entropy(workdir, student_dir):
 
 @pytest.mark.slow
 def test_fp32_stem_rewrite_keeps_outputs_and_leaves_the_rest_int8(workdir, student_dir, tmp_path):
-    import numpy as np
     import onnx
 
     from compressor.deploy.graph import export_onnx, fp32_stem
@@ -211,7 +211,6 @@ def test_eval_of_an_unreadable_or_foreign_model_file_is_one_line(student_dir, tm
 def test_spatial_means_become_average_pools_with_the_same_outputs(tmp_path):
     """A global pool and squeeze-and-excitation means (ReduceMean over H, W, kept or not) are exported as
     AveragePool over the whole image (OpenVINO runs ReduceMean 10-20x slower); a mean over channels stays."""
-    import numpy as np
     import onnx
     import torch
     import torch.nn as nn
@@ -246,7 +245,6 @@ def test_each_runtime_gets_the_int8_form_fastest_on_it(tmp_path, student_dir, mo
     """With latencies that favour the float32 stem on onnxruntime and the int8 stem on OpenVINO, each
     runtime's file is quantized in its own form, and every candidate is recorded per runtime."""
     pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
-    import numpy as np
     import onnx
 
     from compressor.deploy import choice, graph
@@ -264,8 +262,8 @@ def test_each_runtime_gets_the_int8_form_fastest_on_it(tmp_path, student_dir, mo
         return sess
 
     monkeypatch.setattr(choice, "session", tagged_session)
-    monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: 1.0 if fp32_stem_kept(sess.path) == (
-        sess.runtime == "onnxruntime") else 2.0)
+    monkeypatch.setattr(choice, "pass_times", lambda sess, *a, **k: np.array([1.0 if fp32_stem_kept(sess.path) == (
+        sess.runtime == "onnxruntime") else 2.0]))
     graph.export_onnx(load_artifact(student_dir).model, tmp_path / "m.onnx", [3, 16, 16])
     rng = np.random.default_rng(0)
     calib = [(rng.standard_normal((16, 3, 16, 16)).astype(np.float32), rng.integers(0, 10, 16)) for _ in range(2)]
@@ -282,7 +280,6 @@ def test_each_runtime_gets_the_int8_form_fastest_on_it(tmp_path, student_dir, mo
 def test_forms_of_one_stem_share_one_calibration(tmp_path, student_dir):
     """The activation ranges are measured once per stem and read back for the other forms: the same
     file as calibrating again, and the second form's calibration images are not read."""
-    import numpy as np
 
     from compressor.deploy import graph, int8
 
@@ -311,7 +308,6 @@ def _candidate_number(path):
 def _labelled_calibration(student_dir, onnx_path) -> list:
     """The student's fp32 ONNX file at `onnx_path` and two calibration batches of 16 random images,
     each with its label written in its first pixel (for fake sessions that read it back)."""
-    import numpy as np
 
     from compressor.deploy import graph
 
@@ -332,7 +328,6 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
     choice is the one scoring every form would give."""
     from pathlib import Path
 
-    import numpy as np
 
     from compressor.deploy import choice, runtimes
 
@@ -355,7 +350,7 @@ def test_what_cannot_change_the_int8_choice_is_not_measured(tmp_path, student_di
             return [3, 16, 16]
 
     monkeypatch.setattr(choice, "session", Fake)
-    monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: latency[sess.i])
+    monkeypatch.setattr(choice, "pass_times", lambda sess, *a, **k: np.array([latency[sess.i]]))
     calib = _labelled_calibration(student_dir, tmp_path / "m.onnx")
     rows = choice.choose_int8_form(tmp_path / "m.onnx", {"onnxruntime": tmp_path / "q.onnx"}, calib,
                                max_drop=1.0)["onnxruntime"].candidates
@@ -379,7 +374,6 @@ def test_a_form_openvino_computes_wrongly_as_read_is_not_chosen(tmp_path, studen
     pytest.importorskip("openvino", reason="pip install -e '.[openvino]' (CI installs it)")
     from pathlib import Path
 
-    import numpy as np
 
     from compressor.deploy import choice, runtimes
 
@@ -402,7 +396,7 @@ def test_a_form_openvino_computes_wrongly_as_read_is_not_chosen(tmp_path, studen
 
     monkeypatch.setattr(choice, "session", Fake)
     monkeypatch.setattr(choice, "nncf_available", lambda: False)
-    monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: latency[sess.i])
+    monkeypatch.setattr(choice, "pass_times", lambda sess, *a, **k: np.array([latency[sess.i]]))
     calib = _labelled_calibration(student_dir, tmp_path / "m.onnx")
     rows = choice.choose_int8_form(tmp_path / "m.onnx", {"openvino": tmp_path / "q.xml"}, calib,
                                    max_drop=1.0)["openvino"].candidates
@@ -595,7 +589,8 @@ def test_nncf_form_that_loses_on_the_test_split_falls_back_to_the_best_qdq_form(
         pytest.skip("pip install nncf (the openvino extra installs it)")
     from compressor.stages import export_stage as stage_module
     real_verify = stage_module._verify
-    monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: 1.0 if sess.path.suffix == ".xml" else 2.0)
+    monkeypatch.setattr(choice, "pass_times",
+                        lambda sess, *a, **k: np.array([1.0 if sess.path.suffix == ".xml" else 2.0]))
     calls = []
 
     def verify(runtime, kind, *a, **k):
@@ -627,7 +622,8 @@ def test_nncf_form_stays_where_the_qdq_fallback_loses_more(student_dir, tmp_path
         pytest.skip("pip install nncf (the openvino extra installs it)")
     from compressor.stages import export_stage as stage_module
     real_verify = stage_module._verify
-    monkeypatch.setattr(choice, "latency_ms", lambda sess, *a, **k: 1.0 if sess.path.suffix == ".xml" else 2.0)
+    monkeypatch.setattr(choice, "pass_times",
+                        lambda sess, *a, **k: np.array([1.0 if sess.path.suffix == ".xml" else 2.0]))
     calls = []
 
     def verify(runtime, kind, *a, **k):

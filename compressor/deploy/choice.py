@@ -15,7 +15,7 @@ from compressor.console import progress
 from compressor.deploy.graph import error_line, float_convs, input_shape_of
 from compressor.deploy.int8 import (LAYERS_FORM, NNCF_FORM, Int8Form, check_calibration_method, has_int8_stem_choice,
                                     nncf_available, preprocess, quantize_nncf, quantize_preprocessed, write_int8)
-from compressor.deploy.runtimes import latency_ms, session
+from compressor.deploy.runtimes import fast_ms, pass_times, session
 
 TIE = 0.03  # latencies within 3 % of the fastest count as equal: the first form listed of those wins
 SLOW = 1.5  # a form over 1.5x the fastest's first-round latency on a runtime is timed once there, not every round
@@ -75,8 +75,9 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
     `latency_rounds` says how often it was; it is chosen only if every faster form fails the drop,
     then on that one timing), and accuracy is scored from the fastest form on, up to
     the fastest within the drop and those within TIE of it (the others' `calibration_accuracy`,
-    `drop_points` and `within_drop` are None). Each latency is `runs` passes, fewer where they would
-    take more than `budget_s` seconds, at least 3.
+    `drop_points` and `within_drop` are None). Each round times `runs` passes, fewer where they would
+    take more than `budget_s` seconds, at least 3; a form's latency is its fast passes over the rounds
+    (`fast_ms`), which a neighbour's burst on a shared machine does not move.
     """
     if not calibration:
         raise CompressorError("int8 quantization needs at least one calibration batch")
@@ -165,12 +166,12 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
             for r in range(rounds):
                 for i, path in enumerate(paths):
                     for rt in runtimes:
-                        timed = [t[0] for t in times[rt] if t]
-                        if not applies(i, rt) or i in errors[rt] or (r and times[rt][i][0] > SLOW * min(timed)):
+                        timed = [fast_ms(t[:1]) for t in times[rt] if t]
+                        if not applies(i, rt) or i in errors[rt] or (r and fast_ms(times[rt][i][:1]) > SLOW * min(timed)):
                             continue  # refused, or far slower than the fastest: not timed again on this runtime
                         try:
                             sess = session(path, threads, rt)  # one live session at a time: idle threads spin
-                            times[rt][i].append(latency_ms(sess, shape, batch, runs=runs, warmup=2, budget_s=budget_s))
+                            times[rt][i].append(pass_times(sess, shape, batch, runs=runs, warmup=2, budget_s=budget_s))
                         except Exception as e:  # noqa: BLE001 - not a candidate on this runtime; never the end of the export
                             errors[rt][i] = _refusal(e, path)
                         sess = None
@@ -178,7 +179,7 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
             choices = {}
             for rt in runtimes:
                 rows = [{**asdict(form), "calibration_accuracy": None, "drop_points": None, "fp32_nodes": nodes,
-                         "latency_ms": float(np.median(t)) if t else None, "latency_rounds": len(t),
+                         "latency_ms": fast_ms(t) if t else None, "latency_rounds": len(t),
                          "within_drop": None, **({"error": errors[rt][i]} if i in errors[rt] else {})}
                         for i, (form, nodes, t) in enumerate(zip(forms, excluded, times[rt]))]
                 rows = [row if applies(i, rt) else None for i, row in enumerate(rows)]  # placeholders: indices stay

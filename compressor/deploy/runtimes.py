@@ -233,6 +233,16 @@ def latency_ms(sess: Session, input_shape: list[int], batch: int = 64, runs: int
     return float(np.median(pass_times(sess, input_shape, batch, runs, warmup, budget_s)))
 
 
+FAST_QUANTILE = 0.1  # of a file's passes: how fast it runs when no neighbour's burst slows it (`fast_ms`)
+
+
+def fast_ms(passes: list[np.ndarray]) -> float:
+    """The FAST_QUANTILE of passes (ms) pooled over rounds: what compares files on a shared machine. A
+    neighbour's burst slows some passes of one file and not another's; the median ratio of a few rounds
+    then moves by +-20 % on a 2-core cloud VM, the ratio of this quantile by 2-5 %."""
+    return float(np.quantile(np.concatenate(passes), FAST_QUANTILE))
+
+
 def pass_times(sess: Session, input_shape: list[int], batch: int = 64, runs: int = 30, warmup: int = 5,
                budget_s: float | None = None) -> np.ndarray:
     """The wall time (ms) of each of `runs` forward passes at `batch`, after `warmup` (see `latency_ms`)."""
