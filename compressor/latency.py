@@ -64,9 +64,10 @@ class LatencyMeter:
 
     The first network measured is the reference (the unpruned model), timed on its own; every other
     is timed against it, the two files alternating in PAIRS rounds of fresh sessions, and reported
-    as the reference's time x the ratio of the two files' fast passes (`fast_ms`). A shared machine's speed drifts (on a 2-core cloud VM the same file measured 1x or 2.5x
-    minutes apart), and a drift that lasts longer than the pairs cancels in the ratio, so timings
-    taken at different times (a lookup table, the cache) stay comparable."""
+    as the reference's time x the ratio of the two files' fast passes (`fast_ms`). A shared
+    machine's speed drifts (on a 2-core cloud VM the same file measured 1x or 2.5x minutes apart), and
+    a drift that lasts longer than the pairs cancels in the ratio, so timings taken at different times
+    (a lookup table, the cache) stay comparable."""
 
     input_shape: list[int]
     runtime: str = "onnxruntime"
@@ -196,8 +197,9 @@ def export_int8_form(model: nn.Module, input_shape: list[int], runtime: str,
         export_onnx(twin, fp32, input_shape)
         out = Path(tmp) / ("model.int8.xml" if runtime == "openvino" else "model.int8.onnx")
         batches = [torch.from_numpy(x) for x, _ in calibration]
+        write = lambda path: qat.write_calibrated(twin, input_shape, batches, path)  # noqa: E731
         choice = choose_int8_form(fp32, {runtime: out}, calibration, threads=threads, batch=batch, stage="prune",
-                                  write_layers=lambda path: qat.write_calibrated(twin, input_shape, batches, path))[runtime]
+                                  write_layers=write)[runtime]
     chosen = next((c for c in choice.candidates if c.get("chosen")), None)
     if choice.form is None:
         form, why = None, f"{runtime} runs none of the int8 forms on this CPU ({choice.error})"
