@@ -163,11 +163,14 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
             shape = input_shape_of(fp32_path)
             times = {rt: [[] for _ in forms] for rt in runtimes}
             errors: dict[str, dict[int, str]] = {rt: {} for rt in runtimes}  # forms a runtime cannot compile or run
+            first: dict[str, dict[int, float]] = {}  # each form's first-round latency per runtime, after round 1
             for r in range(rounds):
+                if r == 1:
+                    first = {rt: {i: fast_ms(t[:1]) for i, t in enumerate(times[rt]) if t} for rt in runtimes}
                 for i, path in enumerate(paths):
                     for rt in runtimes:
-                        timed = [fast_ms(t[:1]) for t in times[rt] if t]
-                        if not applies(i, rt) or i in errors[rt] or (r and fast_ms(times[rt][i][:1]) > SLOW * min(timed)):
+                        if (not applies(i, rt) or i in errors[rt]
+                                or (r and first[rt][i] > SLOW * min(first[rt].values()))):
                             continue  # refused, or far slower than the fastest: not timed again on this runtime
                         try:
                             sess = session(path, threads, rt)  # one live session at a time: idle threads spin
