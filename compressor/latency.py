@@ -318,21 +318,39 @@ def magnitude_share(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: v / v.sum().clamp_min(1e-12) for n, v in norms.items()}
 
 
+@dataclass
+class _Option:
+    """One cut a round can take: `removed` channels of one group, their importance, the ms they save."""
+
+    layer: str
+    removed: list[int]
+    channels: int
+    importance: float
+    saved: float
+    confirmed: bool = False
+
+    @property
+    def per_ms(self) -> float:
+        return self.importance / max(self.saved, 1e-3)
+
+
 def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], gap_ms: float,
-                  exclude: tuple[str, ...], round_to: int,
-                  scores: Scores = magnitude_share) -> tuple[list[dict], float]:
+                  exclude: tuple[str, ...], round_to: int, scores: Scores = magnitude_share,
+                  confirm: Callable[[nn.Module], float] | None = None) -> tuple[list[dict], float]:
     """One round of the `latency` allocation: time, for every group, the network without 1, 2 and 4
     slices of its least important channels (by `scores`; kernels work in blocks, so one slice can
     measure slower where two measure much faster), rank the cuts by importance per millisecond saved,
     and pick the cheapest, at most one per group, until their predicted saving covers `gap_ms` (at
     least one; the last pick is the least important cut that alone covers what is left, where one
-    does). Returns the plan and its predicted saving; an empty plan when no group can narrow or no cut
-    measures faster (a cut that does not is never taken)."""
+    does). With `confirm` (a longer, independent timing), every cut picked is timed again by it and
+    the picks redone until each one's saving is a confirmed one: of many short, noisy timings the
+    fastest read low, and the picks are exactly those. Returns the plan and its predicted saving; an
+    empty plan when no group can narrow or no cut measures faster (a cut that does not is never taken)."""
     now = measure(model)
     modules = dict(model.named_modules())
     _, roots = channel_groups(model, input_shape, exclude)
     importances = scores(model)
-    ranked = []
+    options = []
     for name in roots:
         conv = modules[name]
         n, channel_importance = _slice(conv, round_to), importances[name]
@@ -341,25 +359,33 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
                 break
             removed = weakest(channel_importance, k * n)
             trial = _apply(copy.deepcopy(model), input_shape, [{"layer": name, "removed": removed}])
-            saved = now - measure(trial)
-            if saved <= 0:  # measured no faster: not worth a channel
-                continue
-            importance = float(channel_importance[removed].sum())
-            ranked.append((importance / max(saved, 1e-3), saved, importance,
-                           {"layer": name, "removed": removed, "channels": conv.out_channels}))
-    ranked.sort(key=lambda r: r[0])
-    plan, predicted = [], 0.0
+            options.append(_Option(name, removed, conv.out_channels, float(channel_importance[removed].sum()),
+                                   now - measure(trial)))
+    while True:
+        picked = _pick([o for o in options if o.saved > 0], gap_ms)  # a cut measured no faster is not worth a channel
+        todo = [o for o in picked if not o.confirmed] if confirm is not None else []
+        if not todo:
+            break
+        for o in todo:
+            trial = _apply(copy.deepcopy(model), input_shape, [{"layer": o.layer, "removed": o.removed}])
+            o.saved, o.confirmed = now - confirm(trial), True
+    plan = [{"layer": o.layer, "removed": o.removed, "channels": o.channels} for o in picked]
+    return plan, sum(o.saved for o in picked)
+
+
+def _pick(options: list[_Option], gap_ms: float) -> list[_Option]:
+    """The cheapest cuts per millisecond, one per group, until their savings cover `gap_ms`; where some
+    cut alone covers what is left, the least important of those closes the gap (the cheapest per
+    millisecond could be a cut far larger than needed)."""
+    ranked, picked, predicted = sorted(options, key=lambda o: o.per_ms), [], 0.0
     while predicted < gap_ms:
-        free = [r for r in ranked if all(p["layer"] != r[3]["layer"] for p in plan)]  # one cut per group
+        free = [o for o in ranked if all(p.layer != o.layer for p in picked)]
         if not free:
             break
-        # where some cut alone covers what is left, the least important of those closes the gap (the
-        # cheapest per millisecond could be a cut far larger than needed); else the cheapest per ms
-        closing = [r for r in free if r[1] >= gap_ms - predicted]
-        _, saved, _, step = min(closing, key=lambda r: r[2]) if closing else free[0]
-        plan.append(step)
-        predicted += saved
-    return plan, predicted
+        closing = [o for o in free if o.saved >= gap_ms - predicted]
+        picked.append(min(closing, key=lambda o: o.importance) if closing else free[0])
+        predicted += picked[-1].saved
+    return picked
 
 
 def uniform_plan(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], target_ms: float,
@@ -403,11 +429,12 @@ def uniform_plan(model: nn.Module, input_shape: list[int], measure: Callable[[nn
 
 def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], target_ms: float,
                    exclude: tuple[str, ...] = (), round_to: int = 1, allocation: str = "latency",
-                   scores: Scores = magnitude_share) -> list[Cut]:
+                   scores: Scores = magnitude_share, confirm: Callable[[nn.Module], float] | None = None) -> list[Cut]:
     """Remove channels from `model` (in place) until `measure(model)` is at most `target_ms`; the
-    `latency` allocation ranks channels by `scores` (recomputed each round). Returns the cuts made,
-    each with its plan and the latency measured after it. One line when the target cannot be reached
-    without removing a whole layer."""
+    `latency` allocation ranks channels by `scores` (recomputed each round) and, with `confirm` (a
+    longer, independent timing), times each round's picks and its result by it. Returns the cuts
+    made, each with its plan and the latency measured after it. One line when the target cannot be
+    reached without removing a whole layer, or when a round's cuts measure no faster."""
     cuts: list[Cut] = []
     now = measure(model)
     if allocation == "uniform":
@@ -421,13 +448,13 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
     for _ in range(MAX_ROUNDS):
         if now <= target_ms:
             return cuts
-        plan, _ = latency_round(model, input_shape, measure, now - target_ms, exclude, round_to, scores)
+        plan, _ = latency_round(model, input_shape, measure, now - target_ms, exclude, round_to, scores, confirm)
         if not plan and all(_slice(m, round_to) == 0 for m in _roots(model, input_shape, exclude)):
             _impossible(target_ms, now, round_to)  # every group at its narrowest: `now` is the narrowest network's
         before = now
         if plan:
             _apply(model, input_shape, plan)
-            now = measure(model)
+            now = (confirm or measure)(model)
             cuts.append(Cut(plan, now))
         if not plan or now >= before:
             raise CompressorError(

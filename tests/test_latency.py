@@ -352,3 +352,29 @@ def test_timings_against_the_reference_survive_a_machine_that_drifts(monkeypatch
     remove_channels(narrow, SHAPE, plan)
     assert meter.measure(narrow) == pytest.approx(full / 2)
     assert len(calls) == 1 + 2 * PAIRS
+
+
+def test_the_cuts_a_round_picks_are_confirmed_by_the_longer_timing():
+    """Of many short, noisy timings the fastest read low, and a round picks exactly those. Here the
+    short timing reads every cut of blocks.1.0 far faster than it is; the longer timing reads true:
+    the round re-times what it picked, drops blocks.1.0 (it saves little) and takes blocks.2.0."""
+    true = fake_latency({"blocks.0.0": 1e-6, "blocks.1.0": 1e-6, "blocks.2.0": 1e-4})
+    start = widths(student())["blocks.1.0"]
+
+    def short(model: nn.Module) -> float:  # blocks.1.0 narrower than it was: reads 0.5 ms faster
+        return true(model) - (0.5 if widths(model)["blocks.1.0"] < start else 0.0)
+
+    confirmed = []
+
+    def confirm(model: nn.Module) -> float:
+        confirmed.append(widths(model))
+        return true(model)
+
+    model = student(equal_norms=True)
+    plan, _ = latency_round(model, SHAPE, short, gap_ms=1e-4, exclude=(), round_to=8)
+    assert [p["layer"] for p in plan] == ["blocks.1.0"]  # unconfirmed: the noise decides
+    plan, saved = latency_round(model, SHAPE, short, gap_ms=1e-4, exclude=(), round_to=8, confirm=confirm)
+    assert [p["layer"] for p in plan] == ["blocks.2.0"] and saved == pytest.approx(16 * 1e-4)
+    assert any(w["blocks.1.0"] < start for w in confirmed)  # it was picked, then re-timed
+    cut_to_latency(model, SHAPE, short, true(student()) - 1e-3, round_to=8, confirm=confirm)
+    assert widths(model)["blocks.1.0"] == start and true(model) <= true(student()) - 1e-3

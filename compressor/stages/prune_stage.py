@@ -103,7 +103,8 @@ def _cut(run: StageRun, model, shape, exclude, spec, bundle, options: dict):
 
 def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, options: dict):
     """--target-latency: in max(1, epochs) steps along a geometric path of latencies, remove channels
-    until the network measures at the step's target (compressor.latency), then fine-tune one epoch;
+    until the network measures at the step's target (compressor.latency; each round's picks and
+    result confirmed by the meter's longer timing, `verify`), then fine-tune one epoch;
     every cut is appended to model.json's plan. Returns the metrics, the accuracy after the first cut,
     and the last fine-tuning's result and cost."""
     cfg = run.cfg
@@ -121,13 +122,14 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
                                    shape, exclude)
     steps, acc_pruned, result, cost, history = [], None, None, None, []
     for k, goal in enumerate(step_targets(start, cfg.target_latency_ms, max(1, cfg.epochs)), 1):
-        cuts = cut_to_latency(model, shape, meter.measure, goal, exclude, cfg.round_to, cfg.allocation, scores)
+        cuts = cut_to_latency(model, shape, meter.measure, goal, exclude, cfg.round_to, cfg.allocation, scores,
+                              meter.verify)
         for _ in range(VERIFY_TRIES):  # checked by a longer, independent timing; where it reads over, cut further
             short, checked = meter.measure(model), meter.verify(model)  # toward the goal in the short timings'
             if checked <= goal:  # scale, corrected by how far they read low here
                 break
             cuts += cut_to_latency(model, shape, meter.measure, goal * short / checked, exclude, cfg.round_to,
-                                   cfg.allocation, scores)
+                                   cfg.allocation, scores, meter.verify)
         spec.structured_pruning.extend(c.plan for c in cuts)
         acc_cut = test_accuracy(model, bundle, run.device)
         acc_pruned = acc_cut if acc_pruned is None else acc_pruned
