@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from compressor import CompressorError
 from compressor.artifacts import atomic_write_json, json_digest, read_json
+from compressor.console import log, progress
 from compressor.deploy import qat
 from compressor.deploy.choice import SLOW, choose_int8_form
 from compressor.deploy.graph import export_onnx
@@ -46,6 +47,7 @@ from compressor.sparsity import channel_groups, filter_norms, plan_structured, w
 SLICE = 0.125  # a slice: this fraction of a group's channels (at least --round-to), the unit one round removes
 SLICES = (1, 2, 4)  # the cuts of each group a round times: this many slices
 MAX_ROUNDS = 32  # lookup-table rounds toward one step's target before giving up on it
+STALL_ROUNDS = 3  # rounds in a row that measure no faster than the fastest network so far: the prune stops
 PAIRS = 3  # alternating rounds of the reference and a candidate, per timing (their fast passes compared)
 VERIFY_TRIES = 3  # checks of a step's result, each followed by more cuts where it reads over the target
 VERIFY_PAIRS = 9  # per check of a step's result (`verify`): the cuts kept are those timed fastest, often read low
@@ -358,9 +360,11 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
             if n == 0 or conv.out_channels - k * n < round_to:
                 break
             removed = weakest(channel_importance, k * n)
-            trial = _apply(copy.deepcopy(model), input_shape, [{"layer": name, "removed": removed}])
-            options.append(_Option(name, removed, conv.out_channels, float(channel_importance[removed].sum()),
-                                   now - measure(trial)))
+            options.append(_Option(name, removed, conv.out_channels, float(channel_importance[removed].sum()), 0.0))
+    with progress("prune: latency round", len(options)) as bar:
+        for o in options:
+            o.saved = now - measure(_apply(copy.deepcopy(model), input_shape, [{"layer": o.layer, "removed": o.removed}]))
+            bar.advance(1, f"{o.layer} to {o.channels - len(o.removed)}")
     while True:
         picked = _pick([o for o in options if o.saved > 0], gap_ms)  # a cut measured no faster is not worth a channel
         todo = [o for o in picked if not o.confirmed] if confirm is not None else []
@@ -445,18 +449,25 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
         return [Cut(plan, measure(model))]
     if allocation != "latency":
         raise CompressorError(f"--allocation must be latency or uniform, got '{allocation}'")
-    for _ in range(MAX_ROUNDS):
+    best, stalled = now, 0
+    for k in range(1, MAX_ROUNDS + 1):
         if now <= target_ms:
             return cuts
-        plan, _ = latency_round(model, input_shape, measure, now - target_ms, exclude, round_to, scores, confirm)
+        plan, predicted = latency_round(model, input_shape, measure, now - target_ms, exclude, round_to, scores,
+                                        confirm)
         if not plan and all(_slice(m, round_to) == 0 for m in _roots(model, input_shape, exclude)):
             _impossible(target_ms, now, round_to)  # every group at its narrowest: `now` is the narrowest network's
-        before = now
         if plan:
             _apply(model, input_shape, plan)
-            now = (confirm or measure)(model)
+            expected, now = now - predicted, (confirm or measure)(model)
             cuts.append(Cut(plan, now))
-        if not plan or now >= before:
+            log(f"prune: round {k}: {now:.3f} ms (predicted {expected:.3f}, target {target_ms:.3f}); narrowed "
+                + ", ".join(f"{p['layer']} to {p['channels'] - len(p['removed'])}" for p in plan))
+        # a round that reads no faster than the fastest so far may be noise where the gap is within it:
+        # only STALL_ROUNDS of them in a row end the prune
+        stalled = 0 if now < best else stalled + 1
+        best = min(best, now)
+        if not plan or stalled >= STALL_ROUNDS:
             raise CompressorError(
                 f"pruning stopped at {now:.3f} ms, short of {target_ms:.3f} ms: removing channels no longer makes "
                 f"the network faster on this runtime and CPU (the time left is not in the convolutions' width); raise "

@@ -378,3 +378,29 @@ def test_the_cuts_a_round_picks_are_confirmed_by_the_longer_timing():
     assert any(w["blocks.1.0"] < start for w in confirmed)  # it was picked, then re-timed
     cut_to_latency(model, SHAPE, short, true(student()) - 1e-3, round_to=8, confirm=confirm)
     assert widths(model)["blocks.1.0"] == start and true(model) <= true(student()) - 1e-3
+
+
+@pytest.mark.parametrize("stall_rounds, reaches", [(1, False), (3, True)])
+def test_a_round_that_reads_slower_within_the_noise_does_not_end_the_prune(monkeypatch, stall_rounds, reaches):
+    """Near the target the gap is within the timing's noise, and a round's network can read slower than
+    the one before though channels went; only STALL_ROUNDS such rounds in a row end the prune. Here
+    the longer timing reads the first round's network 50 % slow the second time it times it (its pick
+    was confirmed, then the network after the round reads slow)."""
+    import compressor.latency as latency
+
+    true = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    seen = []
+
+    def confirm(model: nn.Module) -> float:
+        seen.append(tuple(widths(model).values()))
+        return true(model) * (1.5 if seen.count(seen[0]) == 2 and seen[-1] == seen[0] else 1.0)
+
+    monkeypatch.setattr(latency, "STALL_ROUNDS", stall_rounds)
+    model = student()
+    target = true(model) - 0.01  # one slice of blocks.0.0 covers it, a few rounds of the others
+    if reaches:
+        cut_to_latency(model, SHAPE, true, target, round_to=8, confirm=confirm)
+        assert true(model) <= target
+    else:
+        with pytest.raises(CompressorError, match="no longer makes the network faster"):
+            cut_to_latency(model, SHAPE, true, target, round_to=8, confirm=confirm)
