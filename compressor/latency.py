@@ -42,7 +42,7 @@ from compressor.deploy.int8 import Int8Form, preprocess, quantize_nncf, quantize
 from compressor.deploy.runtimes import (OPENVINO_PRECISION, cpu_flags, fast_ms, pass_times, reduced_float_forms,
                                         session)
 from compressor.models import remove_channels
-from compressor.sparsity import channel_groups, filter_norms, plan_structured, weakest
+from compressor.sparsity import channel_groups, filter_norms, groups_by_resolution, plan_structured, weakest
 
 SLICE = 0.125  # a slice: this fraction of a group's channels (at least --round-to), the unit one round removes
 SLICES = (1, 2, 4)  # the cuts of each group a round times: this many slices
@@ -322,68 +322,76 @@ def magnitude_share(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @dataclass
 class _Option:
-    """One cut a round can take: `removed` channels of one group, their importance, the ms they save."""
+    """One cut a round can take: the same number of slices of every group of one unit (`plan`: the
+    channels removed per group), their importance and the ms they save."""
 
-    layer: str
-    removed: list[int]
-    channels: int
+    unit: int
+    plan: list[dict]
     importance: float
-    saved: float
+    saved: float = 0.0
     confirmed: bool = False
 
     @property
     def per_ms(self) -> float:
         return self.importance / max(self.saved, 1e-3)
 
+    def applied(self, model: nn.Module, input_shape: list[int]) -> nn.Module:
+        return _apply(copy.deepcopy(model), input_shape, [{"layer": p["layer"], "removed": p["removed"]}
+                                                          for p in self.plan])
+
 
 def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], gap_ms: float,
                   exclude: tuple[str, ...], round_to: int, scores: Scores = magnitude_share,
                   confirm: Callable[[nn.Module], float] | None = None) -> tuple[list[dict], float]:
-    """One round of the `latency` allocation: time, for every group, the network without 1, 2 and 4
-    slices of its least important channels (by `scores`; kernels work in blocks, so one slice can
-    measure slower where two measure much faster), rank the cuts by importance per millisecond saved,
-    and pick the cheapest, at most one per group, until their predicted saving covers `gap_ms` (at
-    least one; the last pick is the least important cut that alone covers what is left, where one
+    """One round of the `latency` allocation. The unit of a cut is the prunable groups that share a
+    feature-map resolution (`groups_by_resolution`; on a plain network, one group each): a slice of one
+    of MobileNetV3's 27 groups saves less time than timing the whole network resolves, a slice of every
+    group at one resolution does. Time, for every unit, the network without 1, 2 and 4 slices of the
+    least important channels (by `scores`) of each of its groups (kernels work in blocks, so one slice
+    can measure slower where two measure much faster), rank the cuts by importance per millisecond
+    saved, and pick the cheapest, at most one per unit, until their predicted saving covers `gap_ms`
+    (at least one; the last pick is the least important cut that alone covers what is left, where one
     does). With `confirm` (a longer, independent timing), every cut picked is timed again by it and
     the picks redone until each one's saving is a confirmed one: of many short, noisy timings the
-    fastest read low, and the picks are exactly those. Returns the plan and its predicted saving; an
-    empty plan when no group can narrow or no cut measures faster (a cut that does not is never taken)."""
+    fastest read low, and the picks are exactly those. Returns the plan (per group) and its predicted
+    saving; an empty plan when no group can narrow or no cut measures faster (one that does not is
+    never taken)."""
     now = measure(model)
     modules = dict(model.named_modules())
-    _, roots = channel_groups(model, input_shape, exclude)
     importances = scores(model)
     options = []
-    for name in roots:
-        conv = modules[name]
-        n, channel_importance = _slice(conv, round_to), importances[name]
+    for u, unit in enumerate(groups_by_resolution(model, input_shape, exclude)):
         for k in SLICES:
-            if n == 0 or conv.out_channels - k * n < round_to:
+            plan = []
+            for name in unit:
+                conv, n = modules[name], _slice(modules[name], round_to)
+                if n and conv.out_channels - k * n >= round_to:
+                    plan.append({"layer": name, "removed": weakest(importances[name], k * n),
+                                 "channels": conv.out_channels})
+            if not plan:
                 break
-            removed = weakest(channel_importance, k * n)
-            options.append(_Option(name, removed, conv.out_channels, float(channel_importance[removed].sum()), 0.0))
+            options.append(_Option(u, plan, sum(float(importances[p["layer"]][p["removed"]].sum()) for p in plan)))
     with progress("prune: latency round", len(options)) as bar:
         for o in options:
-            o.saved = now - measure(_apply(copy.deepcopy(model), input_shape, [{"layer": o.layer, "removed": o.removed}]))
-            bar.advance(1, f"{o.layer} to {o.channels - len(o.removed)}")
+            o.saved = now - measure(o.applied(model, input_shape))
+            bar.advance(1, f"{o.plan[0]['layer']}{f' and {len(o.plan) - 1} more' if len(o.plan) > 1 else ''}")
     while True:
         picked = _pick([o for o in options if o.saved > 0], gap_ms)  # a cut measured no faster is not worth a channel
         todo = [o for o in picked if not o.confirmed] if confirm is not None else []
         if not todo:
             break
         for o in todo:
-            trial = _apply(copy.deepcopy(model), input_shape, [{"layer": o.layer, "removed": o.removed}])
-            o.saved, o.confirmed = now - confirm(trial), True
-    plan = [{"layer": o.layer, "removed": o.removed, "channels": o.channels} for o in picked]
-    return plan, sum(o.saved for o in picked)
+            o.saved, o.confirmed = now - confirm(o.applied(model, input_shape)), True
+    return [p for o in picked for p in o.plan], sum(o.saved for o in picked)
 
 
 def _pick(options: list[_Option], gap_ms: float) -> list[_Option]:
-    """The cheapest cuts per millisecond, one per group, until their savings cover `gap_ms`; where some
+    """The cheapest cuts per millisecond, one per unit, until their savings cover `gap_ms`; where some
     cut alone covers what is left, the least important of those closes the gap (the cheapest per
     millisecond could be a cut far larger than needed)."""
     ranked, picked, predicted = sorted(options, key=lambda o: o.per_ms), [], 0.0
     while predicted < gap_ms:
-        free = [o for o in ranked if all(p.layer != o.layer for p in picked)]
+        free = [o for o in ranked if all(p.unit != o.unit for p in picked)]
         if not free:
             break
         closing = [o for o in free if o.saved >= gap_ms - predicted]

@@ -136,6 +136,35 @@ def channel_groups(model: nn.Module, input_shape: list[int], exclude: tuple[str,
     return dg, roots
 
 
+def groups_by_resolution(model: nn.Module, input_shape: list[int], exclude: tuple[str, ...] = ()) -> list[list[str]]:
+    """The prunable groups (`channel_groups`' roots) gathered by the largest feature map any of their
+    convolutions computes (a group's channels cost time where its feature maps are large: a squeeze-
+    excitation group's root works on 1x1, its block's expansion at the block's resolution), largest
+    first; within one resolution, in the roots' order."""
+    import torch_pruning as tp
+
+    dg, roots = channel_groups(model, input_shape, exclude)
+    size, hooks = {}, []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(lambda mod, _, out: size.__setitem__(mod, out.shape[-2] * out.shape[-1])))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    modules, units = dict(model.named_modules()), {}
+    for name in roots:
+        group = dg.get_pruning_group(modules[name], tp.prune_conv_out_channels, idxs=[0])
+        res = max(size.get(item.dep.target.module, 0) for item in group)
+        units.setdefault(res, []).append(name)
+    return [units[r] for r in sorted(units, reverse=True)]
+
+
 def filter_norms(conv: nn.Conv2d) -> torch.Tensor:
     """L2 norm of each output filter: the magnitude importance of a channel."""
     return conv.weight.detach().flatten(1).norm(dim=1)

@@ -404,3 +404,19 @@ def test_a_round_that_reads_slower_within_the_noise_does_not_end_the_prune(monke
     else:
         with pytest.raises(CompressorError, match="no longer makes the network faster"):
             cut_to_latency(model, SHAPE, true, target, round_to=8, confirm=confirm)
+
+
+def test_a_cut_narrows_every_group_that_shares_a_resolution():
+    """A slice of one of many groups saves less than a timing of the whole network resolves: a round's
+    unit is the groups whose largest feature map is the same size, cut together by one fraction."""
+    from compressor.sparsity import channel_groups, groups_by_resolution
+
+    model = create_model("resnet10t", num_classes=10, in_chans=3).eval()
+    units = groups_by_resolution(model, [3, 32, 32])
+    assert sorted(n for u in units for n in u) == sorted(channel_groups(model, [3, 32, 32])[1])  # each group once
+    assert ["layer2.0.downsample.1", "layer2.0.conv1"] in units and len(units) == 5
+    measure = fake_latency({"layer2.0.conv1": 1e-2, "layer2.0.downsample.1": 1e-2})
+    plan, saved = latency_round(model, [3, 32, 32], measure, gap_ms=1e-3, exclude=(), round_to=8)
+    assert sorted(p["layer"] for p in plan) == ["layer2.0.conv1", "layer2.0.downsample.1"] and saved > 0
+    before = widths(model)
+    assert all(len(p["removed"]) == before[p["layer"]] // 8 for p in plan)  # one slice (an eighth) of each
