@@ -180,7 +180,8 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
                 "counted in its fastest (the form the export would ship).")
     allocation: Literal["latency", "uniform"] = option(
         "latency", "--target-latency: latency (channels ranked by importance per millisecond they save, measured "
-                   "per group) or uniform (the same fraction of every group, found by bisection).")
+                   "per unit: the groups that share a feature-map resolution) or uniform (the same fraction of every "
+                   "group, found by bisection).")
     structured: bool = option(False, "Remove whole output channels of convolutions (and their inputs downstream): "
                                      "a physically smaller, faster model.")
     schedule: Literal["oneshot", "gradual"] = option(
