@@ -336,8 +336,7 @@ class _Option:
         return self.importance / max(self.saved, 1e-3)
 
     def applied(self, model: nn.Module, input_shape: list[int]) -> nn.Module:
-        return _apply(copy.deepcopy(model), input_shape, [{"layer": p["layer"], "removed": p["removed"]}
-                                                          for p in self.plan])
+        return _apply(copy.deepcopy(model), input_shape, self.plan)
 
 
 def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], gap_ms: float,
