@@ -69,7 +69,14 @@ class LatencyMeter:
     as the reference's time x the ratio of the two files' fast passes (`fast_ms`). A shared
     machine's speed drifts (on a 2-core cloud VM the same file measured 1x or 2.5x minutes apart), and
     a drift that lasts longer than the pairs cancels in the ratio, so timings taken at different times
-    (a lookup table, the cache) stay comparable."""
+    (a lookup table, the cache) stay comparable.
+
+    `anchor`: another form's meter of the same network. The reference is then timed against the
+    anchor's reference file (VERIFY_PAIRS pairs), not on its own, so the forms' timings compare with
+    each other as they compare within a form: two references each timed alone, minutes apart, are off
+    from each other by the drift between them (on OpenVINO an unpruned MobileNetV3-Small's float32
+    file read 1.09x its int8 file that way and 1.45x in interleaved rounds, and the prune took a pruned
+    network's float32 for 0.38 of the unpruned int8 file where it ran at 0.55)."""
 
     input_shape: list[int]
     runtime: str = "onnxruntime"
@@ -78,6 +85,7 @@ class LatencyMeter:
     cache: Path | None = None
     threads: int | None = None
     int8_form: Int8Form = Int8Form()  # form int8: how the QDQ file is made (`export_int8_form` chooses it)
+    anchor: LatencyMeter | None = None  # the meter whose reference this one's reference is timed against
     timings: int = 0  # networks actually timed (not read from the cache)
     _table: dict = field(default_factory=dict)
     _machine: dict = field(default_factory=dict)  # threads and CPU flags: read once, part of every key
@@ -96,7 +104,8 @@ class LatencyMeter:
         return json_digest({"architecture": type(model).__name__, "widths": widths(model), "input": self.input_shape,
                             "runtime": self.runtime, "form": self.form, "batch": self.batch,
                             "int8_form": self.int8_form.label() if self.form == "int8" else None,
-                            "against": reference, **self._machine})
+                            "against": reference, "anchor": None if self.anchor is None else self.anchor.form,
+                            **self._machine})
 
     def measure(self, model: nn.Module) -> float:
         if self._reference is None:
@@ -125,16 +134,23 @@ class LatencyMeter:
         return self._table[key]
 
     def _time(self, model: nn.Module, pairs: int = PAIRS) -> float:
-        reference_key = self.key(self._reference)
-        if reference_key not in self._files:
-            self._files[reference_key] = self._file(self._reference, self._dir / f"reference-{len(self._files)}")
-        if self.key(model) == reference_key:
-            return float(np.median(self._latency(self._files[reference_key])))
+        reference = self._reference_file()
+        if self.key(model) == self.key(self._reference):
+            if self.anchor is None:
+                return float(np.median(self._latency(reference)))
+            anchor = self.anchor
+            return anchor.measure(self._reference) * _ratio(self, reference, anchor, anchor._reference_file(),
+                                                             VERIFY_PAIRS)
         reference_ms = self.measure(self._reference)
         with tempfile.TemporaryDirectory(dir=self._dir) as tmp:
-            path = self._file(model, Path(tmp))
-            passes = [(self._latency(path), self._latency(self._files[reference_key])) for _ in range(pairs)]
-        return reference_ms * fast_ms([c for c, _ in passes]) / fast_ms([r for _, r in passes])
+            return reference_ms * _ratio(self, self._file(model, Path(tmp)), self, reference, pairs)
+
+    def _reference_file(self) -> Path:
+        """The reference network's file in this meter's form (written once)."""
+        key = self.key(self._reference)
+        if key not in self._files:
+            self._files[key] = self._file(self._reference, self._dir / f"reference-{len(self._files)}")
+        return self._files[key]
 
     def _file(self, model: nn.Module, where: Path) -> Path:
         """`model` as the export would write it for this form, into the folder `where`."""
@@ -161,6 +177,13 @@ class LatencyMeter:
         precision = self.form if self.form in OPENVINO_PRECISION else "fp32"
         sess = session(path, threads=self.threads, runtime=self.runtime, precision=precision)
         return pass_times(sess, self.input_shape, self.batch, runs=30, budget_s=0.5)
+
+
+def _ratio(meter: LatencyMeter, path: Path, other: LatencyMeter, other_path: Path, pairs: int) -> float:
+    """How much longer `meter` runs `path` than `other` runs `other_path`: the ratio of their fast passes
+    (`fast_ms`) over `pairs` alternating rounds of fresh sessions."""
+    passes = [(meter._latency(path), other._latency(other_path)) for _ in range(pairs)]
+    return fast_ms([a for a, _ in passes]) / fast_ms([b for _, b in passes])
 
 
 def _cache_put(cache: Path, key: str, value) -> None:
@@ -253,6 +276,8 @@ def deploy_meter(model: nn.Module, input_shape: list[int], runtime: str, form: s
     meters = {f: LatencyMeter(input_shape, runtime, f, batch, cache) for f in forms}
     if "int8" in meters:
         meters["int8"].int8_form = int8_form
+    for f in forms[1:]:  # every form's reference timed against the first's: the forms' timings compare
+        meters[f].anchor = meters[forms[0]]
     fastest = min(m.measure(model) for m in meters.values())
     # a form over SLOW x the fastest on the unpruned model is not timed on its narrower networks (as the export does)
     return DeployMeter({f: m for f, m in meters.items() if m.measure(model) <= SLOW * fastest})
