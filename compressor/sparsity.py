@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from compressor import CompressorError
 from compressor.models import classifier_name
+from compressor.taps import probe_shapes
 
 
 def prunable_layers(model: nn.Module, exclude: tuple[str, ...] = ()) -> dict[str, nn.Module]:
@@ -144,20 +145,9 @@ def groups_by_resolution(model: nn.Module, input_shape: list[int], exclude: tupl
     import torch_pruning as tp
 
     dg, roots = channel_groups(model, input_shape, exclude)
-    size, hooks = {}, []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(lambda mod, _, out: size.__setitem__(mod, out.shape[-2] * out.shape[-1])))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
     modules, units = dict(model.named_modules()), {}
+    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    size = {modules[n]: s[-2] * s[-1] for n, s in probe_shapes(model, convs, input_shape).items()}
     for name in roots:
         group = dg.get_pruning_group(modules[name], tp.prune_conv_out_channels, idxs=[0])
         res = max(size.get(item.dep.target.module, 0) for item in group)

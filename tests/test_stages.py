@@ -115,7 +115,7 @@ def test_pretrained_offline_is_one_clear_error(monkeypatch):
 @pytest.mark.parametrize("name", __import__("compressor.models", fromlist=["list_builtin"]).list_builtin())
 def test_every_builtin_model_builds_taps_and_exports(name, tmp_path):
     """Registry-driven smoke test: every built-in model runs, has feature_info, and exports to ONNX."""
-    from compressor.distill.features import probe_shapes
+    from compressor.taps import probe_shapes
     from compressor.deploy.graph import export_onnx
     from compressor.deploy.runtimes import session
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 from compressor import CompressorError, distributed
-from compressor.distill.features import FeatureTap, pair_layers, probe_shapes
+from compressor.distill.features import pair_layers
+from compressor.taps import FeatureTap, probe_shapes
 from compressor.distill.registry import METHODS
 from compressor.training import Task
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from compressor import CompressorError
 from compressor.distill.base import FeatureDistiller
-from compressor.distill.features import probe_shapes
+from compressor.taps import probe_shapes
 from compressor.distill.functional import as_map, kd_terms, match_spatial
 from compressor.distill.registry import register_method
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from compressor import CompressorError
 from compressor.distill.base import Distiller
-from compressor.distill.features import FeatureTap
+from compressor.taps import FeatureTap
 from compressor.distill.functional import cross_entropy, rkd_loss
 from compressor.distill.registry import register_method
 from compressor.models import classifier_name

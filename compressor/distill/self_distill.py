@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compressor.distill.features import FeatureTap, probe_shapes
+from compressor.taps import FeatureTap, probe_shapes
 from compressor.distill.functional import cross_entropy, kd_terms
 from compressor.training import Task
 

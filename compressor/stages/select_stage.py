@@ -11,7 +11,7 @@ from compressor.artifacts import load_artifact, read_json
 from compressor.config import SelectConfig
 from compressor.console import log, progress
 from compressor.discriminability import DiscriminabilityAccumulator
-from compressor.distill.features import FeatureTap
+from compressor.taps import FeatureTap
 from compressor.models import count_params, stage_layers
 from compressor.stages.common import load_bundle
 from compressor.stages.runner import StageRun, stage
