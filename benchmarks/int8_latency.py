@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from compressor.deploy.phones import TARGET_OF_SUFFIX, phone_session
-from compressor.deploy.runtimes import latency_ms, session
+from compressor.deploy.runtimes import interleaved_ms, session
 
 
 def _open(path: str, threads: int | None, runtime: str | None):
@@ -34,13 +34,7 @@ def interleaved(models: list, batch: int, rounds: int, runs: int, threads: int |
     """Each model's latency (ms at `batch`, median of `runs` passes) in each of `rounds` rounds, the
     models measured in turn in every round."""
     shape = _open(str(models[0]), None, runtime).input_shape()
-    times = [[] for _ in models]
-    for _ in range(rounds):
-        for i, m in enumerate(models):
-            s = _open(str(m), threads, runtime)  # one live session at a time: idle threads
-            times[i].append(latency_ms(s, shape, batch, runs=runs))  # spin and would slow the others
-            del s
-    return times
+    return interleaved_ms([lambda m=m: _open(str(m), threads, runtime) for m in models], shape, batch, rounds, runs)
 
 
 def main() -> None:

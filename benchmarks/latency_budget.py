@@ -49,16 +49,11 @@ def compress(*args, out: Path) -> dict:
 
 def interleaved(files: list[tuple[Path, str]], runtime: str, batch: int, rounds: int) -> list[float]:
     """Each (file, precision)'s median latency over `rounds` interleaved rounds."""
-    from compressor.deploy.runtimes import latency_ms, session
+    from compressor.deploy.runtimes import interleaved_ms, session
 
     shape = session(files[0][0], runtime=runtime).input_shape()
-    times = [[] for _ in files]
-    for _ in range(rounds):
-        for i, (f, precision) in enumerate(files):
-            s = session(f, runtime=runtime, precision=precision)
-            times[i].append(latency_ms(s, shape, batch, runs=20))
-            del s
-    return [statistics.median(t) for t in times]
+    openers = [lambda f=f, p=precision: session(f, runtime=runtime, precision=p) for f, precision in files]
+    return [statistics.median(t) for t in interleaved_ms(openers, shape, batch, rounds, runs=20)]
 
 
 def main() -> None:

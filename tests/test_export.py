@@ -532,14 +532,16 @@ def test_int8_that_loses_more_than_the_budget_fails_by_default(workdir, student_
 
 def _report_latencies(monkeypatch, ms_of_file) -> None:
     """Export measures every latency as usual, then reports ms_of_file(the file's name) instead."""
+    from compressor.deploy import runtimes
     from compressor.stages import export_stage as stage_module
-    real = stage_module.latency_ms
+    real = runtimes.latency_ms
 
     def reported(sess, *a, **k):
         real(sess, *a, **k)
         return ms_of_file(sess.path.name)
 
-    monkeypatch.setattr(stage_module, "latency_ms", reported)
+    monkeypatch.setattr(stage_module, "latency_ms", reported)  # at batch 1
+    monkeypatch.setattr(runtimes, "latency_ms", reported)  # at --latency-batch, the forms in turn (interleaved_ms)
 
 
 def test_int8_slower_than_fp32_prints_one_warning_line(student_dir, tmp_path, monkeypatch):
@@ -559,18 +561,17 @@ def test_the_forms_are_timed_in_turn_so_a_burst_does_not_choose_the_deploy_form(
     """A neighbour's burst slows the machine while one form is timed. Timed once each, one after the
     other, int8 (twice as fast as float32 here) would read slower and lose; timed in turn over rounds,
     each form's median leaves the burst out and int8 is the deploy form."""
+    from compressor.deploy import runtimes
     from compressor.stages import export_stage as stage_module
 
     calls = []
 
     def reported(sess, shape, batch, *a, **k):
-        if batch == 1:
-            return 1.0
         calls.append(sess.path.name)
         burst = 4.0 if len(calls) == 2 else 1.0  # the second timing at batch 64 runs during a burst
         return (1.0 if "int8" in sess.path.name else 2.0) * burst
 
-    monkeypatch.setattr(stage_module, "latency_ms", reported)
+    monkeypatch.setattr(runtimes, "latency_ms", reported)  # the batch-64 timings; batch 1's are real
     m = export(student_dir, data=SYN, out=tmp_path / "e", int8=True, runtime="onnxruntime", calibration_batches=2,
                device="cpu")
     assert calls[:2] == ["model.onnx", "model.int8.onnx"] and len(calls) == 2 * stage_module.DEPLOY_ROUNDS

@@ -9,7 +9,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -231,6 +231,20 @@ def latency_ms(sess: Session, input_shape: list[int], batch: int = 64, runs: int
     `budget_s`: at most about that many seconds of timed passes (at least 3), so a large model
     measured many times (the int8 candidates) does not take minutes per measurement."""
     return float(np.median(pass_times(sess, input_shape, batch, runs, warmup, budget_s)))
+
+
+def interleaved_ms(openers: list[Callable[[], Session]], input_shape: list[int], batch: int = 64, rounds: int = 5,
+                   runs: int = 30, budget_s: float | None = None) -> list[list[float]]:
+    """Each session's latency (`latency_ms` at `batch`) in each of `rounds` rounds, every session
+    opened (`openers`) and timed in turn in each round, one alive at a time (another's idle threads
+    spin and slow it): a drift of a shared machine's speed moves them all alike."""
+    times: list[list[float]] = [[] for _ in openers]
+    for _ in range(rounds):
+        for i, opener in enumerate(openers):
+            sess = opener()
+            times[i].append(latency_ms(sess, input_shape, batch, runs=runs, budget_s=budget_s))
+            sess = None
+    return times
 
 
 FAST_QUANTILE = 0.1  # of a file's passes: how fast it runs when no neighbour's burst slows it (`fast_ms`)

@@ -21,7 +21,7 @@ from compressor.deploy.int8 import LEARNED_FORM
 from compressor.deploy.phones import (FILES, delegated_share, gate_types, phone_session, quantize_learned,
                                      quantize_pt2e, write_phone)
 from compressor.deploy.runtimes import (OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S,
-                                        OpenVINOSession, cpu_flags, latency_ms, openvino_available, predict_batches,
+                                        OpenVINOSession, cpu_flags, interleaved_ms, latency_ms, openvino_available, predict_batches,
                                         reduced_float_forms, save_openvino_ir, session)
 from compressor.models import count_params
 from compressor.stages.common import load_bundle, training_sample
@@ -358,15 +358,11 @@ def _time_forms(runtime: str, forms: list[tuple[str, object, str]], threads: int
     chosen on these figures, and forms timed one after another compare through the machine's drift
     between them (on a 2-core VM a pruned MobileNetV3-Small's OpenVINO int8 file read 1.94x its float32
     file timed so, 1.43x in interleaved rounds; another's int8 read faster than float32 and ran slower)."""
-    times: dict[str, list[float]] = {kind: [] for kind, _, _ in forms}
-    for _ in range(DEPLOY_ROUNDS):
-        for kind, path, precision in forms:
-            sess = session(path, threads, runtime, precision)
-            times[kind].append(latency_ms(sess, shape, batch, budget_s=VERIFY_BUDGET_S / DEPLOY_ROUNDS))
-            sess = None  # one live session at a time: another's idle threads would slow this one
-    metrics.update({f"latency_ms_{kind}": float(np.median(t)) for kind, t in times.items()})
+    times = interleaved_ms([lambda p=path, q=precision: session(p, threads, runtime, q) for _, path, precision in forms],
+                           shape, batch, DEPLOY_ROUNDS, budget_s=VERIFY_BUDGET_S / DEPLOY_ROUNDS)
+    metrics.update({f"latency_ms_{kind}": float(np.median(t)) for (kind, _, _), t in zip(forms, times)})
     log(f"export: latency on {runtime} at batch {batch} (median of {DEPLOY_ROUNDS} interleaved rounds): "
-        + ", ".join(f"{kind} {metrics[f'latency_ms_{kind}']:.2f} ms" for kind in times))
+        + ", ".join(f"{kind} {metrics[f'latency_ms_{kind}']:.2f} ms" for kind, _, _ in forms))
 
 
 def _int8_metrics(cfg, int8_path, kept_fp32, metrics: dict, learned: bool) -> str | None:
