@@ -481,6 +481,8 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
         return [Cut(plan, measure(model))]
     if allocation != "latency":
         raise CompressorError(f"--allocation must be latency or uniform, got '{allocation}'")
+    if confirm is not None:
+        confirm = _once(confirm)  # a round of one cut ends on the network its pick was confirmed on
     best, stalled = now, 0
     for k in range(1, MAX_ROUNDS + 1):
         if now <= target_ms:
@@ -506,6 +508,19 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
                 f"the budget, or measure another --form or --runtime")
     raise CompressorError(f"pruning did not reach {target_ms:.3f} ms in {len(cuts)} rounds (at {now:.3f} ms); the "
                           "latency measured is too noisy for this budget: raise --latency-batch or the budget")
+
+
+def _once(confirm: Callable[[nn.Module], float]) -> Callable[[nn.Module], float]:
+    """`confirm`, timing each network (by its widths) once: a second long timing adds only its noise."""
+    seen: dict[str, float] = {}
+
+    def timed(model: nn.Module) -> float:
+        key = json_digest(widths(model))
+        if key not in seen:
+            seen[key] = confirm(model)
+        return seen[key]
+
+    return timed
 
 
 def _roots(model: nn.Module, input_shape: list[int], exclude: tuple[str, ...]) -> list[nn.Conv2d]:

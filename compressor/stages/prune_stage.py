@@ -104,7 +104,8 @@ def _cut(run: StageRun, model, shape, exclude, spec, bundle, options: dict):
 def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, options: dict):
     """--target-latency: in max(1, epochs) steps along a geometric path of latencies, remove channels
     until the network measures at the step's target (compressor.latency; each round's picks and
-    result confirmed by the meter's longer timing, `verify`), then fine-tune one epoch;
+    result confirmed by the meter's longer timing, `verify`; uniform's result checked by it), then
+    fine-tune one epoch;
     every cut is appended to model.json's plan. Returns the metrics, the accuracy after the first cut,
     and the last fine-tuning's result and cost."""
     cfg = run.cfg
@@ -124,9 +125,12 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     for k, goal in enumerate(step_targets(start, cfg.target_latency_ms, max(1, cfg.epochs)), 1):
         cuts = cut_to_latency(model, shape, meter.measure, goal, exclude, cfg.round_to, cfg.allocation, scores,
                               meter.verify)
-        for _ in range(VERIFY_TRIES):  # checked by a longer, independent timing; where it reads over, cut further
-            short, checked = meter.measure(model), meter.verify(model)  # toward the goal in the short timings'
-            if checked <= goal:  # scale, corrected by how far they read low here
+        for _ in range(VERIFY_TRIES if cfg.allocation == "uniform" else 0):  # the latency allocation's rounds
+            # end on a network timed by the longer timing already; uniform's bisection reads short timings: its
+            # result is checked by a longer, independent one, and where that reads over, cut further toward the
+            # goal in the short timings' scale, corrected by how far they read low here
+            short, checked = meter.measure(model), meter.verify(model)
+            if checked <= goal:
                 break
             cuts += cut_to_latency(model, shape, meter.measure, goal * short / checked, exclude, cfg.round_to,
                                    cfg.allocation, scores, meter.verify)
