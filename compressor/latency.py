@@ -74,9 +74,9 @@ class LatencyMeter:
     `anchor`: another form's meter of the same network. The reference is then timed against the
     anchor's reference file (VERIFY_PAIRS pairs), not on its own, so the forms' timings compare with
     each other as they compare within a form: two references each timed alone, minutes apart, are off
-    from each other by the drift between them (on OpenVINO an unpruned MobileNetV3-Small's float32
-    file read 1.09x its int8 file that way and 1.45x in interleaved rounds, and the prune took a pruned
-    network's float32 for 0.38 of the unpruned int8 file where it ran at 0.55)."""
+    from each other by the drift between them (on OpenVINO a prune took a pruned MobileNetV3-Small's
+    float32 for 0.38 of the unpruned int8 file where interleaved rounds ran it at 0.55, though its
+    ratio to the unpruned float32 file was right: the float32 reference, timed alone, read low)."""
 
     input_shape: list[int]
     runtime: str = "onnxruntime"

@@ -21,8 +21,8 @@ from compressor.deploy.int8 import LEARNED_FORM
 from compressor.deploy.phones import (FILES, delegated_share, gate_types, phone_session, quantize_learned,
                                      quantize_pt2e, write_phone)
 from compressor.deploy.runtimes import (OPENVINO_MISSING, OPENVINO_PRECISION, RUNTIMES, VERIFY_BUDGET_S,
-                                        OpenVINOSession, cpu_flags, interleaved_ms, latency_ms, openvino_available, predict_batches,
-                                        reduced_float_forms, save_openvino_ir, session)
+                                        OpenVINOSession, cpu_flags, interleaved_ms, latency_ms, openvino_available,
+                                        predict_batches, reduced_float_forms, save_openvino_ir, session)
 from compressor.models import count_params
 from compressor.stages.common import load_bundle, training_sample
 from compressor.stages.runner import StageRun, stage
@@ -49,8 +49,8 @@ def export(run: StageRun) -> dict:
     Verification, on every runtime measured: onnx.checker; the runtime vs PyTorch max abs difference
     at batch 1 and 8; accuracy of every exported model on the test split; fp32/int8 agreement;
     latency at batch 1 (median of 100 runs, fewer past VERIFY_BUDGET_S seconds; warm-up excluded) and at
-    `latency_batch` (the median of DEPLOY_ROUNDS rounds that time every form in turn: `_time_forms`). fp32 is float32 on every runtime; where OpenVINO reports bf16 or
-    fp16 support on this CPU, those are measured as forms of their own (the fp32 IR run in that
+    `latency_batch` (the median of DEPLOY_ROUNDS rounds that time every form in turn: `_time_forms`).
+    fp32 is float32 on every runtime; where OpenVINO reports bf16 or fp16 support on this CPU, those are measured as forms of their own (the fp32 IR run in that
     precision). The flat keys (accuracy_int8, latency_ms_fp32, ...) are the first runtime's;
     `runtimes` holds each one's, with `forms` (those measured) and `deploy_form`/`deploy_file`: the
     fastest form at `latency_batch` within the accuracy budget (`max_drop`, 1 point when unset), the
