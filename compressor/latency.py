@@ -51,6 +51,7 @@ STALL_ROUNDS = 3  # rounds in a row that measure no faster than the fastest netw
 PAIRS = 3  # alternating rounds of the reference and a candidate, per timing (their fast passes compared)
 VERIFY_TRIES = 3  # checks of a step's result, each followed by more cuts where it reads over the target
 VERIFY_PAIRS = 9  # per check of a step's result (`verify`): the cuts kept are those timed fastest, often read low
+ANCHOR_ROUNDS = 15  # interleaved rounds that time the forms' references against each other (`anchor`)
 TAYLOR_BATCHES = 8  # training batches (64 images) the Taylor importance is estimated on, each round
 
 
@@ -71,12 +72,10 @@ class LatencyMeter:
     a drift that lasts longer than the pairs cancels in the ratio, so timings taken at different times
     (a lookup table, the cache) stay comparable.
 
-    `anchor`: another form's meter of the same network. The reference is then timed against the
-    anchor's reference file (VERIFY_PAIRS pairs), not on its own, so the forms' timings compare with
-    each other as they compare within a form: two references each timed alone, minutes apart, are off
-    from each other by the drift between them (on OpenVINO a prune took a pruned MobileNetV3-Small's
-    float32 for 0.38 of the unpruned int8 file where interleaved rounds ran it at 0.55, though its
-    ratio to the unpruned float32 file was right: the float32 reference, timed alone, read low)."""
+    `anchored`: the forms whose references were timed together, in turn (`anchor`), in place of each
+    on its own; part of every key. The forms' timings then compare with each other as they compare
+    within a form.
+    """
 
     input_shape: list[int]
     runtime: str = "onnxruntime"
@@ -85,7 +84,7 @@ class LatencyMeter:
     cache: Path | None = None
     threads: int | None = None
     int8_form: Int8Form = Int8Form()  # form int8: how the QDQ file is made (`export_int8_form` chooses it)
-    anchor: LatencyMeter | None = None  # the meter whose reference this one's reference is timed against
+    anchored: str | None = None  # the forms and rounds `anchor` timed this meter's reference with (None: alone)
     timings: int = 0  # networks actually timed (not read from the cache)
     _table: dict = field(default_factory=dict)
     _machine: dict = field(default_factory=dict)  # threads and CPU flags: read once, part of every key
@@ -104,7 +103,7 @@ class LatencyMeter:
         return json_digest({"architecture": type(model).__name__, "widths": widths(model), "input": self.input_shape,
                             "runtime": self.runtime, "form": self.form, "batch": self.batch,
                             "int8_form": self.int8_form.label() if self.form == "int8" else None,
-                            "against": reference, "anchor": None if self.anchor is None else self.anchor.form,
+                            "against": reference, "anchored": self.anchored,
                             **self._machine})
 
     def measure(self, model: nn.Module) -> float:
@@ -136,11 +135,7 @@ class LatencyMeter:
     def _time(self, model: nn.Module, pairs: int = PAIRS) -> float:
         reference = self._reference_file()
         if self.key(model) == self.key(self._reference):
-            if self.anchor is None:
-                return float(np.median(self._latency(reference)))
-            anchor = self.anchor
-            return anchor.measure(self._reference) * _ratio(self, reference, anchor, anchor._reference_file(),
-                                                             VERIFY_PAIRS)
+            return float(np.median(self._latency(reference)))
         reference_ms = self.measure(self._reference)
         with tempfile.TemporaryDirectory(dir=self._dir) as tmp:
             return reference_ms * _ratio(self, self._file(model, Path(tmp)), self, reference, pairs)
@@ -184,6 +179,32 @@ def _ratio(meter: LatencyMeter, path: Path, other: LatencyMeter, other_path: Pat
     (`fast_ms`) over `pairs` alternating rounds of fresh sessions."""
     passes = [(meter._latency(path), other._latency(other_path)) for _ in range(pairs)]
     return fast_ms([a for a, _ in passes]) / fast_ms([b for _, b in passes])
+
+
+def anchor(meters: list[LatencyMeter], model: nn.Module, rounds: int = ANCHOR_ROUNDS) -> None:
+    """Time the reference `model` in every meter's form in `rounds` interleaved rounds (each form's file
+    in a fresh session in turn, as the export times its forms and `benchmarks/int8_latency.py` its
+    files) and keep each form's median over the rounds of its median pass as that meter's reference.
+    Each form timed alone, minutes apart, is off from the others by the machine's drift in between;
+    one form timed against another in a few pairs by their fast passes was off by 10-15 % either way
+    on OpenVINO here (int8 read at 0.88 of float32 where interleaved rounds ran it at 0.65-0.73), and
+    where two forms lie that close the fastest form, and a budget set from it, was a coin toss."""
+    label = f"{','.join(m.form for m in meters)}/{rounds}"
+    for m in meters:
+        m.anchored = label
+        m._reference = copy.deepcopy(model).cpu().eval()
+    if all(m.key(model) in m._table for m in meters):
+        return
+    for m in meters:
+        m._reference_file()  # every file written before the rounds start
+    rounds_ms: list[list[float]] = [[] for _ in meters]
+    with progress("prune: timing the forms' references in turn", rounds * len(meters)) as bar:
+        for _ in range(rounds):
+            for m, ms in zip(meters, rounds_ms):
+                ms.append(m._time(model))  # the reference: its median pass in a fresh session
+                bar.advance(1)
+    for m, ms in zip(meters, rounds_ms):
+        m._store(m.key(model), float(np.median(ms)))
 
 
 def _cache_put(cache: Path, key: str, value) -> None:
@@ -276,8 +297,8 @@ def deploy_meter(model: nn.Module, input_shape: list[int], runtime: str, form: s
     meters = {f: LatencyMeter(input_shape, runtime, f, batch, cache) for f in forms}
     if "int8" in meters:
         meters["int8"].int8_form = int8_form
-    for f in forms[1:]:  # every form's reference timed against the first's: the forms' timings compare
-        meters[f].anchor = meters[forms[0]]
+    if len(forms) > 1:  # the forms' references timed together: the forms' timings compare
+        anchor(list(meters.values()), model)
     fastest = min(m.measure(model) for m in meters.values())
     # a form over SLOW x the fastest on the unpruned model is not timed on its narrower networks (as the export does)
     return DeployMeter({f: m for f, m in meters.items() if m.measure(model) <= SLOW * fastest})

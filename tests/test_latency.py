@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from compressor import CompressorError
 from compressor.artifacts import load_artifact
-from compressor.latency import PAIRS, VERIFY_PAIRS, LatencyMeter, deploy_meter, cut_to_latency, latency_round, step_targets, widths
+from compressor.latency import ANCHOR_ROUNDS, PAIRS, VERIFY_PAIRS, LatencyMeter, deploy_meter, cut_to_latency, latency_round, step_targets, widths
 from compressor.models import create_model, remove_channels
 from compressor.stages import prune
 
@@ -365,45 +365,59 @@ def test_timings_against_the_reference_survive_a_machine_that_drifts(monkeypatch
     assert len(calls) == 1 + 2 * PAIRS
 
 
-def test_the_forms_references_are_timed_against_each_other(monkeypatch):
+def test_the_forms_references_are_timed_against_each_other(monkeypatch, tmp_path):
     """Every form's timings are relative to its own reference file, so the forms compare only as well as
     their references do. Two references each timed on its own, at different times, are off by the
-    machine's drift between them; the second form's reference is timed against the first's in
-    alternating pairs, so the drift cancels: int8 here runs at half of float32, whatever the machine's
-    speed when each was first timed."""
+    machine's drift between them; `anchor` times them in turn in interleaved rounds and keeps each
+    form's median, so neither the drift between rounds nor a burst within one moves them: int8 here
+    runs at half of float32, whatever the machine's speed when each was timed."""
     import compressor.latency as latency
     from compressor.deploy.int8 import Int8Form
 
-    calls, slowdown = [], [1.0]
+    calls, slowdown, rounds = [], [1.0], [False]
 
     def fake_file(self, model, where):
         return Path(str(sum(widths(model).values())))
 
     def fake_latency(self, path):
         calls.append(path)
-        return np.array([1.0, 1.0, 1.0, 3.0]) * float(path.name) * {"fp32": 2.0, "int8": 1.0}[self.form] * slowdown[0]
+        # in the rounds: every third round at a third of the speed, and one form's timing in the first
+        # slowed by a neighbour's burst
+        drift = 3.0 if rounds[0] and (len(calls) - 1) // 2 % 3 == 2 else 1.0
+        burst = 5.0 if rounds[0] and len(calls) == 1 else 1.0
+        return (np.array([1.0, 1.0, 1.0, 3.0]) * float(path.name) * {"fp32": 2.0, "int8": 1.0}[self.form]
+                * slowdown[0] * drift * burst)
 
     monkeypatch.setattr(LatencyMeter, "_file", fake_file)
     monkeypatch.setattr(LatencyMeter, "_latency", fake_latency)
     reference = student()
     full = sum(widths(reference).values())
-    fp32 = LatencyMeter(SHAPE, form="fp32")
-    assert fp32.measure(reference) == 2 * full
+    assert LatencyMeter(SHAPE, form="fp32").measure(reference) == 2 * full
     slowdown[0] = 2.0  # later, the machine runs at half the speed
     assert LatencyMeter(SHAPE, form="int8").measure(reference) == 2 * full  # on its own: the drift, not int8's speed
+    slowdown[0], rounds[0] = 1.0, True
     calls.clear()
-    int8 = LatencyMeter(SHAPE, form="int8", anchor=fp32)
-    assert int8.measure(reference) == pytest.approx(full)
-    assert len(calls) == 2 * VERIFY_PAIRS
+    cache = tmp_path / "latency.json"
+    fp32, int8 = LatencyMeter(SHAPE, form="fp32", cache=cache), LatencyMeter(SHAPE, form="int8", cache=cache)
+    latency.anchor([fp32, int8], reference)
+    assert len(calls) == 2 * ANCHOR_ROUNDS
+    assert fp32.measure(reference) == 2 * full and int8.measure(reference) == full
+    assert fp32.anchored == int8.anchored == f"fp32,int8/{ANCHOR_ROUNDS}"
     narrow = student()
     remove_channels(narrow, SHAPE, [{"layer": n, "removed": list(range(w // 2))} for n, w in widths(narrow).items()])
     assert int8.measure(narrow) == pytest.approx(full / 2) and fp32.measure(narrow) == pytest.approx(full)
+    calls.clear()  # another prune of the model (a seed, the other allocation): its references read from the cache
+    again = [LatencyMeter(SHAPE, form="fp32", cache=cache), LatencyMeter(SHAPE, form="int8", cache=cache)]
+    latency.anchor(again, reference)
+    assert not calls and [m.measure(reference) for m in again] == [2 * full, full]
 
     monkeypatch.setattr(latency, "reduced_float_forms", lambda runtime: ["bf16"])
-    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model, pairs=None: 1.0)
+    monkeypatch.setattr(LatencyMeter, "_latency", lambda self, path: np.array([1.0]))
     meters = deploy_meter(student(), SHAPE, "openvino", int8_form=Int8Form()).meters
     assert list(meters) == ["fp32", "bf16", "int8"]
-    assert meters["fp32"].anchor is None and meters["bf16"].anchor is meters["int8"].anchor is meters["fp32"]
+    assert {m.anchored for m in meters.values()} == {f"fp32,bf16,int8/{ANCHOR_ROUNDS}"}
+    assert LatencyMeter(SHAPE).anchored is None and deploy_meter(student(), SHAPE, "openvino", "fp32").meters[
+        "fp32"].anchored is None
 
 
 def test_the_cuts_a_round_picks_are_confirmed_by_the_longer_timing():
