@@ -203,6 +203,26 @@ def test_the_check_times_the_network_and_the_unpruned_one_in_turn_by_their_media
     assert meter.check(reference) == meter.reading(reference)[0] == full
 
 
+def test_a_network_the_check_still_reads_over_the_budget_is_one_warning_line(student_dir, tmp_path, monkeypatch):
+    """The check (the files timed in turn) reads every network a little over the budget, however far
+    the prune cuts toward it: after its further cuts the prune ends, its metrics say so, and one
+    warning line tells the user what to do."""
+    measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    start = measure(load_artifact(student_dir).model)
+    target = 0.6 * start
+    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model, pairs=None: measure(model))
+    monkeypatch.setattr(DeployMeter, "_in_turn", lambda self, model, rounds: (max(measure(model), 1.01 * target),
+                                                                              "fp32"))
+    res = cli("prune", student_dir, "--data", SYN, "--structured", "--target-latency", f"{target:.6f}", "--form",
+              "fp32", "--finetune-epochs", "1", "--device", "cpu", "--out", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    warned = [ln for ln in res.output.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 1 and "over the budget" in warned[0] and "--latency-batch" in warned[0], res.output
+    import json
+    b = json.loads((tmp_path / "p" / "metrics.json").read_text())["latency_budget"]
+    assert b["latency_ms"] == pytest.approx(1.01 * target, rel=1e-3) and b["latency_ms"] > b["target_ms"]
+
+
 @pytest.mark.parametrize("args, needle", [(["--target-latency", "1"], "pass --structured too"),
                                           (["--structured"], "give --sparsity or --target-latency"),
                                           (["--sparsity", "0.5", "--form", "int8"], "--form apply with --target-latency"),
