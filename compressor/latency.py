@@ -51,7 +51,7 @@ STALL_ROUNDS = 3  # rounds in a row that measure no faster than the fastest netw
 PAIRS = 3  # alternating rounds of the reference and a candidate, per timing (their fast passes compared)
 VERIFY_TRIES = 3  # checks of a step's result, each followed by more cuts where it reads over the target
 VERIFY_PAIRS = 9  # per check of a step's result (`verify`): the cuts kept are those timed fastest, often read low
-TURN_ROUNDS = 15  # interleaved rounds that time files in turn: the forms' references (`anchor`), the final network (`check`)
+TURN_ROUNDS = 15  # rounds that time files in turn: the forms' references (`anchor`), the last network (`check`)
 TAYLOR_BATCHES = 8  # training batches (64 images) the Taylor importance is estimated on, each round
 
 
@@ -135,7 +135,7 @@ class LatencyMeter:
     def _time(self, model: nn.Module, pairs: int = PAIRS) -> float:
         reference = self._reference_file()
         if self.key(model) == self.key(self._reference):
-            return float(np.median(self._latency(reference)))
+            return self._median_ms(reference)
         reference_ms = self.measure(self._reference)
         with tempfile.TemporaryDirectory(dir=self._dir) as tmp:
             return reference_ms * _ratio(self, self._file(model, Path(tmp)), self, reference, pairs)
@@ -165,6 +165,10 @@ class LatencyMeter:
             return where / "probe.int8.onnx"
         quantize_preprocessed(preprocess(path, where), where / "probe.int8.onnx", calibration, self.int8_form, "minmax")
         return where / "probe.int8.onnx"
+
+    def _median_ms(self, path: Path) -> float:
+        """The file's median pass (ms) in a fresh session: one file's timing in a round of files timed in turn."""
+        return float(np.median(self._latency(path)))
 
     def _latency(self, path: Path) -> np.ndarray:
         """The ms of each forward pass of the file at `batch` in a fresh session (at most about half a second)."""
@@ -197,14 +201,23 @@ def anchor(meters: list[LatencyMeter], model: nn.Module, rounds: int = TURN_ROUN
         return
     for m in meters:
         m._reference_file()  # every file written before the rounds start
-    rounds_ms: list[list[float]] = [[] for _ in meters]
-    with progress("prune: timing the forms' references in turn", rounds * len(meters)) as bar:
+    medians = _in_turn([lambda m=m: m._time(model) for m in meters], rounds,  # the reference: its median pass
+                       "prune: timing the forms' references in turn")
+    for m, ms in zip(meters, medians):
+        m._store(m.key(model), ms)
+
+
+def _in_turn(timings: list[Callable[[], float]], rounds: int, desc: str) -> list[float]:
+    """Each timing's median over `rounds` rounds, every timing run in turn in each round, so a drift of
+    the machine's speed moves them all alike (`runtimes.interleaved_ms` does this for sessions; these
+    go through the meters, whose `_latency` opens each file in its form)."""
+    rounds_ms: list[list[float]] = [[] for _ in timings]
+    with progress(desc, rounds * len(timings)) as bar:
         for _ in range(rounds):
-            for m, ms in zip(meters, rounds_ms):
-                ms.append(m._time(model))  # the reference: its median pass in a fresh session
+            for timing, ms in zip(timings, rounds_ms):
+                ms.append(timing())
                 bar.advance(1)
-    for m, ms in zip(meters, rounds_ms):
-        m._store(m.key(model), float(np.median(ms)))
+    return [float(np.median(ms)) for ms in rounds_ms]
 
 
 def _cache_put(cache: Path, key: str, value) -> None:
@@ -300,13 +313,8 @@ class DeployMeter:
         with tempfile.TemporaryDirectory(dir=meters[0]._dir) as tmp:
             files = [(m, m._reference_file()) for m in meters] + [(m, m._file(model, Path(tmp) / m.form))
                                                                    for m in meters]
-            rounds_ms: list[list[float]] = [[] for _ in files]
-            with progress("prune: timing the network and the unpruned one in turn", rounds * len(files)) as bar:
-                for _ in range(rounds):
-                    for (m, path), ms in zip(files, rounds_ms):
-                        ms.append(float(np.median(m._latency(path))))
-                        bar.advance(1)
-        medians = [float(np.median(ms)) for ms in rounds_ms]
+            medians = _in_turn([lambda m=m, path=path: m._median_ms(path) for m, path in files], rounds,
+                               "prune: timing the network and the unpruned one in turn")
         fastest = int(np.argmin(medians[len(meters):]))
         unpruned = self.measure(meters[0]._reference)
         return unpruned * medians[len(meters) + fastest] / min(medians[:len(meters)]), meters[fastest].form
