@@ -9,10 +9,11 @@ CPU; every timing is cached by (widths, input size, runtime, form, batch, thread
 `cut_to_latency` removes channels until the measured latency is at a target. In the `latency`
 allocation (the default, after HALP, Shen et al., NeurIPS 2022) each round times, for every prunable
 group, the network with a slice of that group's channels removed (a lookup table of the milliseconds
-each slice saves, measured on this network as it now is), ranks the slices by importance per
+each slice saves, measured on this network as it now is), weighs the slices by importance per
 millisecond saved (its channels' first-order Taylor importance, the loss their removal is estimated to
-cost, as HALP ranks them; without data, the share of the layer's filter norms the slice removes), takes
-the cheapest until the predicted saving covers the gap, and re-measures the real network. The
+cost, as HALP ranks them; without data, the share of the layer's filter norms the slice removes), picks
+the least important set of slices whose savings cover the gap (a knapsack, as HALP solves one), and
+takes them cheapest per millisecond first, re-measuring the real network after each. The
 `uniform` allocation removes the same fraction of every group's channels, the fraction found by
 bisection: the ratio pruning the first is measured against.
 """
