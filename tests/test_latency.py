@@ -367,13 +367,15 @@ def test_the_last_cut_is_the_least_important_that_closes_the_gap():
 
 def test_a_round_takes_the_least_important_cuts_that_together_cover_the_gap():
     """One cut alone covers the gap, but two smaller ones of other units cover it at less importance:
-    the round takes the two, cheapest per millisecond first."""
+    the round takes the two, cheapest per millisecond first; a saving under the timing's resolution
+    does not count toward a cover."""
     from compressor.latency import _Option, _pick
 
     big, a, b = _Option(0, [], 10.0, saved=1.0), _Option(1, [], 2.0, saved=0.6), _Option(2, [], 2.5, saved=0.5)
     assert _pick([big, a, b], gap_ms=1.0) == [a, b]
     assert _pick([big, a, b], gap_ms=1.2) == [a, big]  # a and b no longer cover it; the big cut is needed
     assert _pick([big, a, b], gap_ms=9.0) == [a, b, big]  # nothing covers it: each unit's cut, by ms
+    assert _pick([big, a, b], gap_ms=1.0, resolution_ms=0.55) == [big]  # b's saving is within the noise
 
 
 def test_a_round_stops_at_the_first_of_its_cuts_that_reaches_the_target():
