@@ -143,8 +143,9 @@ def main() -> None:
                      "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                      "unpruned_accuracy": deploy[acc_key], "deploy_form": deploy["deploy_form"]})
     print(machine_summary())
-    print(f"\n{a.model}: budget {target} ms = {a.fraction} x the deploy form's ({deploy['deploy_form']}) "
-          f"{today:.3f} ms (as the prune measures it) at batch {a.batch} "
+    print(f"\n{a.model}: budget {target} ms = {a.fraction} x the fastest form's ({form}) "
+          f"{today:.3f} ms (as the prune measures it; the export's deploy form: {deploy['deploy_form']}) "
+          f"at batch {a.batch} "
           f"on {a.runtime}; {a.epochs} fine-tuning epochs with the teacher, {a.train_size} images; seeds {a.seeds}\n")
     print(f"| allocation | test accuracy (mean ± std) | ms at batch 64 (median) | worst / budget (of the unpruned "
           f"file's time in the same rounds; median of {a.repeats}) | range | worst / unpruned |\n"
