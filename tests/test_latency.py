@@ -223,6 +223,27 @@ def test_a_network_the_check_still_reads_over_the_budget_is_one_warning_line(stu
     assert b["latency_ms"] == pytest.approx(1.01 * target, rel=1e-3) and b["latency_ms"] > b["target_ms"]
 
 
+def test_a_further_cut_that_cannot_reach_the_check_keeps_the_checked_network(student_dir, tmp_path, monkeypatch):
+    """The check reads every network three times as slow as the meters: the further cut aims at a third
+    of the budget in the meters' scale, which no width reaches. The prune keeps the network it checked
+    (the cut tried on a copy), warns in one line and exits 0; the artifact rebuilds."""
+    measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    start = measure(load_artifact(student_dir).model)
+    target = 0.6 * start
+    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model, pairs=None: measure(model))
+    monkeypatch.setattr(DeployMeter, "_in_turn", lambda self, model, rounds: (3 * measure(model), "fp32"))
+    res = cli("prune", student_dir, "--data", SYN, "--structured", "--target-latency", f"{target:.6f}", "--form",
+              "fp32", "--finetune-epochs", "1", "--device", "cpu", "--out", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    assert "no further cut" in res.output
+    warned = [ln for ln in res.output.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 1 and "over the budget" in warned[0], res.output
+    import json
+    b = json.loads((tmp_path / "p" / "metrics.json").read_text())["latency_budget"]
+    pruned = load_artifact(tmp_path / "p").model
+    assert b["latency_ms"] == pytest.approx(3 * measure(pruned)) and measure(pruned) <= target
+
+
 @pytest.mark.parametrize("args, needle", [(["--target-latency", "1"], "pass --structured too"),
                                           (["--structured"], "give --sparsity or --target-latency"),
                                           (["--sparsity", "0.5", "--form", "int8"], "--form apply with --target-latency"),

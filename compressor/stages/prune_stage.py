@@ -4,10 +4,12 @@ registered method, exactly as `distill` trains it (phases, custom steps and all)
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 
+from compressor import CompressorError
 from compressor.artifacts import load_artifact, read_json, recorded_model_sizes, state_dict_for_saving
 from compressor.config import ExportConfig, PruneConfig
 from compressor.console import log, warn
@@ -136,8 +138,18 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
             short, checked = meter.measure(model), check(model)
             if checked <= goal or t == VERIFY_TRIES:
                 break
-            cuts += cut_to_latency(model, shape, meter.measure, goal * short / checked, exclude, cfg.round_to,
-                                   cfg.allocation, scores, meter.verify)
+            # tried on a copy: where the meters cannot reach the corrected target (narrower reads no faster),
+            # the prune keeps the network checked last, and the warning below says it reads over
+            trial = copy.deepcopy(model)
+            try:
+                more = cut_to_latency(trial, shape, meter.measure, goal * short / checked, exclude, cfg.round_to,
+                                      cfg.allocation, scores, meter.verify)
+            except CompressorError as e:
+                log(f"prune: step {k}: no further cut: {e}")
+                break
+            for c in more:
+                remove_channels(model, shape, c.plan)  # the trial's cuts replayed: the same network
+            cuts += more
         spec.structured_pruning.extend(c.plan for c in cuts)
         acc_cut = test_accuracy(model, bundle, run.device)
         acc_pruned = acc_cut if acc_pruned is None else acc_pruned
@@ -154,7 +166,7 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     result.history = history
     if steps[-1]["latency_ms"] > cfg.target_latency_ms:
         warn(f"prune: the pruned network measures {steps[-1]['latency_ms']:.3f} ms against the unpruned one, over the "
-             f"budget of {cfg.target_latency_ms:g} ms after {VERIFY_TRIES} further cuts; the timings on this machine "
+             f"budget of {cfg.target_latency_ms:g} ms after its further cuts; the timings on this machine "
              "are noisier than the gap: raise --latency-batch, or prune again with a lower --target-latency")
     budget = {"target_ms": cfg.target_latency_ms, "latency_ms": steps[-1]["latency_ms"], "latency_ms_before": start,
               "runtime": cfg.runtime, "form": steps[-1]["form"], "form_before": form, "forms_measured": forms,
