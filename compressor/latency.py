@@ -498,26 +498,22 @@ def _pick(options: list[_Option], gap_ms: float, resolution_ms: float = 0.0) -> 
     costs more importance than a smaller one that covers it. Only cuts that save at least
     `resolution_ms` count toward a cover: the least important cuts are those that save least, and a sum
     of savings within the timing's noise is a sum of noise (on MobileNetV3-Small a round whose cover
-    took such cuts, 15 narrowings, predicted 3.28 ms and ran at 3.79). Where no set covers the gap, each unit's cheapest cut
-    per millisecond."""
+    took such cuts, 15 narrowings, predicted 3.28 ms and ran at 3.79). Where no set covers the gap,
+    each unit's cheapest cut per millisecond."""
     units: dict[int, list[_Option]] = {}
     for o in options:
-        if o.saved >= resolution_ms:
-            units.setdefault(o.unit, []).append(o)
+        units.setdefault(o.unit, []).append(o)
     best: dict[int, tuple[float, list[_Option]]] = {0: (0.0, [])}  # parts covered -> (importance, cuts)
     for cuts in units.values():
         grown = dict(best)
         for covered, (importance, picked) in best.items():
-            for o in cuts:
+            for o in (o for o in cuts if o.saved >= resolution_ms):
                 parts = min(COVER_BINS, covered + int(o.saved / gap_ms * COVER_BINS))
                 if parts not in grown or importance + o.importance < grown[parts][0]:
                     grown[parts] = (importance + o.importance, [*picked, o])
         best = grown
     if COVER_BINS in best:
         return sorted(best[COVER_BINS][1], key=lambda o: o.per_ms)
-    units = {}
-    for o in options:
-        units.setdefault(o.unit, []).append(o)
     return sorted((min(c, key=lambda o: o.per_ms) for c in units.values()), key=lambda o: o.per_ms)
 
 

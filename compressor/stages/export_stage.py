@@ -51,10 +51,11 @@ def export(run: StageRun) -> dict:
     latency at batch 1 (median of 100 runs, fewer past VERIFY_BUDGET_S seconds; warm-up excluded) and at
     `latency_batch` (the median of DEPLOY_ROUNDS rounds that time every form in turn: `_time_forms`).
     fp32 is float32 on every runtime; where OpenVINO reports bf16 or fp16 support on this CPU, those are
-    measured as forms of their own (the fp32 IR run in that precision). The flat keys (accuracy_int8, latency_ms_fp32, ...) are the first runtime's;
-    `runtimes` holds each one's, with `forms` (those measured) and `deploy_form`/`deploy_file`: the
-    fastest form at `latency_batch` within the accuracy budget (`max_drop`, 1 point when unset), the
-    file to ship on that runtime. One warning line says where int8 is slower than fp32 or loses more.
+    measured as forms of their own (the fp32 IR run in that precision). The flat keys (accuracy_int8,
+    latency_ms_fp32, ...) are the first runtime's; `runtimes` holds each one's, with `forms` (those measured)
+    and `deploy_form`/`deploy_file`: the fastest form at `latency_batch` within the accuracy budget (`max_drop`,
+    1 point when unset), the file to ship on that runtime. One warning line says where int8 is slower than fp32
+    or loses more.
 
     An int8 model that loses more than the budget on any runtime (`max_drop`, 1 point when unset) is
     still written, marked failed, and an error raised; the same with `min_speedup`.
