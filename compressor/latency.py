@@ -43,7 +43,7 @@ from compressor.deploy.int8 import Int8Form, preprocess, quantize_nncf, quantize
 from compressor.deploy.runtimes import (OPENVINO_PRECISION, cpu_flags, fast_ms, pass_times, reduced_float_forms,
                                         session)
 from compressor.models import remove_channels
-from compressor.sparsity import channel_groups, filter_norms, groups_by_resolution, plan_structured, weakest
+from compressor.sparsity import channel_costs, channel_groups, filter_norms, groups_by_resolution, plan_structured, weakest
 
 SLICE = 0.125  # a slice: this fraction of a group's channels (at least --round-to), the unit one round removes
 SLICES = (1, 2, 4)  # the cuts of each group a round times: this many slices
@@ -442,8 +442,10 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
     of MobileNetV3's 27 groups saves less time than timing the whole network resolves, a slice of every
     group at one resolution does. Time, for every unit, the network without 1, 2 and 4 slices of the
     least important channels (by `scores`) of each of its groups (kernels work in blocks, so one slice
-    can measure slower where two measure much faster), and pick the least important cuts, at most one
-    per unit, whose savings cover `gap_ms` (`_pick`). With `confirm` (a longer, independent timing),
+    can measure slower where two measure much faster) and, where one slice of a unit saves twice the
+    timing's resolution or more, without one slice of half its groups (`_half`: the cut that closes a
+    gap the whole unit's slice would overshoot by far). Pick the least important cuts, at most one per
+    unit, whose savings cover `gap_ms` (`_pick`). With `confirm` (a longer, independent timing),
     every cut picked is timed again by it and the picks redone until each one's saving is a confirmed
     one: of many short, noisy timings the fastest read low, and the picks are exactly those. The picks
     are then taken cheapest per millisecond first, the network timed (by `confirm` where given) after
@@ -453,7 +455,7 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
     now = measure(model)
     modules = dict(model.named_modules())
     importances = scores(model)
-    options = []
+    options, ones = [], []
     for u, unit in enumerate(groups_by_resolution(model, input_shape, exclude)):
         for k in SLICES:
             plan = []
@@ -464,11 +466,21 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
                                  "channels": conv.out_channels})
             if not plan:
                 break
-            options.append(_Option(u, plan, sum(float(importances[p["layer"]][p["removed"]].sum()) for p in plan)))
-    with progress("prune: latency round", len(options)) as bar:
-        for o in options:
-            o.saved = now - measure(o.applied(model, input_shape))
-            bar.advance(1, f"{o.plan[0]['layer']}{f' and {len(o.plan) - 1} more' if len(o.plan) > 1 else ''}")
+            options.append(_Option(u, plan, _importance(importances, plan)))
+            if k == 1:
+                ones.append(options[-1])
+    _time(options, model, input_shape, measure, now)
+    # the closing cut: where one slice of a unit saves more than the timing resolves twice over, half its
+    # groups (by their channels' cost) can close a gap the whole unit's slice would overshoot
+    costs, halves = None, []
+    for o in ones:
+        if len(o.plan) > 1 and o.saved >= 2 * RESOLUTION * now:
+            costs = costs or channel_costs(model, input_shape, exclude)
+            plan = _half(o.plan, importances, costs)
+            halves.append(_Option(o.unit, plan, _importance(importances, plan)))
+    if halves:
+        _time(halves, model, input_shape, measure, now)
+        options += halves
     while True:
         # a cut measured no faster is not worth a channel
         picked = _pick([o for o in options if o.saved > 0], gap_ms, RESOLUTION * now)
@@ -489,6 +501,28 @@ def latency_round(model: nn.Module, input_shape: list[int], measure: Callable[[n
             picked = picked[:j]
             break
     return [p for o in picked for p in o.plan], sum(o.saved for o in picked)
+
+
+def _importance(importances: dict[str, torch.Tensor], plan: list[dict]) -> float:
+    return sum(float(importances[p["layer"]][p["removed"]].sum()) for p in plan)
+
+
+def _time(options: list[_Option], model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float],
+          now: float) -> None:
+    with progress("prune: latency round", len(options)) as bar:
+        for o in options:
+            o.saved = now - measure(o.applied(model, input_shape))
+            bar.advance(1, f"{o.plan[0]['layer']}{f' and {len(o.plan) - 1} more' if len(o.plan) > 1 else ''}")
+
+
+def _half(plan: list[dict], importances: dict[str, torch.Tensor], costs: dict[str, float]) -> list[dict]:
+    """Of a unit's cut, the groups whose channels are least important per multiply-accumulate, as many
+    as take the nearest to half the cut's multiply-accumulates (at least one group, never all)."""
+    macs = {p["layer"]: len(p["removed"]) * costs[p["layer"]] for p in plan}
+    order = sorted(plan, key=lambda p: _importance(importances, [p]) / max(macs[p["layer"]], 1e-12))
+    taken = [sum(macs[p["layer"]] for p in order[:j]) for j in range(1, len(order))]
+    j = min(range(len(taken)), key=lambda i: abs(taken[i] - sum(macs.values()) / 2)) + 1
+    return sorted(order[:j], key=plan.index)
 
 
 def _pick(options: list[_Option], gap_ms: float, resolution_ms: float = 0.0) -> list[_Option]:

@@ -155,6 +155,33 @@ def groups_by_resolution(model: nn.Module, input_shape: list[int], exclude: tupl
     return [units[r] for r in sorted(units, reverse=True)]
 
 
+def channel_costs(model: nn.Module, input_shape: list[int], exclude: tuple[str, ...] = ()) -> dict[str, float]:
+    """The multiply-accumulates one channel of each prunable group (`channel_groups`' roots) takes
+    with it: in every convolution and linear layer the removal narrows, the weights that channel
+    feeds or produces times the positions they work on."""
+    import torch_pruning as tp
+
+    dg, roots = channel_groups(model, input_shape, exclude)
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    size = {modules[n]: s[-2] * s[-1] for n, s in probe_shapes(model, convs, input_shape).items()}
+    costs = {}
+    for name in roots:
+        seen, cost = set(), 0.0
+        for item in dg.get_pruning_group(modules[name], tp.prune_conv_out_channels, idxs=[0]):
+            m, side = item.dep.target.module, item.dep.handler.__name__
+            if not isinstance(m, (nn.Conv2d, nn.Linear)) or (names.get(m), side) in seen:
+                continue
+            seen.add((names.get(m), side))
+            width = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
+            if side != "prune_in_channels":
+                width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            cost += m.weight.numel() / width * size.get(m, 1)
+        costs[name] = cost
+    return costs
+
+
 def filter_norms(conv: nn.Conv2d) -> torch.Tensor:
     """L2 norm of each output filter: the magnitude importance of a channel."""
     return conv.weight.detach().flatten(1).norm(dim=1)

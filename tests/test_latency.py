@@ -604,7 +604,36 @@ def test_a_cut_narrows_every_group_that_shares_a_resolution():
     assert sorted(n for u in units for n in u) == sorted(channel_groups(model, [3, 32, 32])[1])  # each group once
     assert ["layer2.0.downsample.1", "layer2.0.conv1"] in units and len(units) == 5
     measure = fake_latency({"layer2.0.conv1": 1e-2, "layer2.0.downsample.1": 1e-2})
-    plan, saved = latency_round(model, [3, 32, 32], measure, gap_ms=1e-3, exclude=(), round_to=8)
-    assert sorted(p["layer"] for p in plan) == ["layer2.0.conv1", "layer2.0.downsample.1"] and saved > 0
+    # one slice of each (16 channels, 0.16 ms) saves 0.32 ms; a gap one group's slice does not cover
+    plan, saved = latency_round(model, [3, 32, 32], measure, gap_ms=0.2, exclude=(), round_to=8)
+    assert sorted(p["layer"] for p in plan) == ["layer2.0.conv1", "layer2.0.downsample.1"]
+    assert saved == pytest.approx(0.32, abs=0.01)
     before = widths(model)
     assert all(len(p["removed"]) == before[p["layer"]] // 8 for p in plan)  # one slice (an eighth) of each
+
+
+def test_a_gap_under_a_units_slice_is_closed_by_half_its_groups(monkeypatch):
+    """Where one slice of a whole unit would save far more than the gap, the round can take one slice of
+    half the unit's groups (by their channels' multiply-accumulates), the least important per
+    multiply-accumulate; a unit whose slice saves under twice the timing's resolution is not split."""
+    from compressor.sparsity import channel_costs
+
+    model = create_model("resnet10t", num_classes=10, in_chans=3).eval()
+    # a channel of layer2.0.conv1 (64 -> 128, 3x3, on 4x4 positions) and its input to conv2 (128 -> 128, 3x3)
+    assert channel_costs(model, [3, 32, 32])["layer2.0.conv1"] == (64 + 128) * 9 * 16
+    linear, split = fake_latency({"layer2.0.conv1": 1e-2, "layer2.0.downsample.1": 1e-2}), []
+
+    def measure(m: nn.Module) -> float:  # notes each network timed with one of the unit's two groups narrowed
+        w = widths(m)
+        split.append((w["layer2.0.conv1"] < 128) != (w["layer2.0.downsample.1"] < 128))
+        return linear(m)
+
+    plan, saved = latency_round(model, [3, 32, 32], measure, gap_ms=0.1, exclude=(), round_to=8)
+    assert [(p["layer"], len(p["removed"])) for p in plan] in ([("layer2.0.conv1", 16)],
+                                                              [("layer2.0.downsample.1", 16)])
+    assert saved == pytest.approx(0.16, abs=0.01) and any(split)
+    # the unit's slice (0.32 ms of 2.7) under twice the resolution: no half of it is timed, the whole is taken
+    monkeypatch.setattr("compressor.latency.RESOLUTION", 0.07)
+    split.clear()
+    plan, _ = latency_round(model, [3, 32, 32], measure, gap_ms=0.1, exclude=(), round_to=8)
+    assert sorted(p["layer"] for p in plan) == ["layer2.0.conv1", "layer2.0.downsample.1"] and not any(split)
