@@ -590,6 +590,15 @@ def uniform_plan(model: nn.Module, input_shape: list[int], measure: Callable[[nn
     return best
 
 
+class Stalled(CompressorError):
+    """`cut_to_latency` stopped short of its target: its rounds no longer made the network faster.
+    `kept`: its cuts up to the fastest network it measured (those after it bought no time)."""
+
+    def __init__(self, message: str, kept: list[Cut]):
+        super().__init__(message)
+        self.kept = kept
+
+
 def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], target_ms: float,
                    exclude: tuple[str, ...] = (), round_to: int = 1, allocation: str = "latency",
                    scores: Scores = magnitude_share, confirm: Callable[[nn.Module], float] | None = None) -> list[Cut]:
@@ -597,7 +606,8 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
     `latency` allocation ranks channels by `scores` (recomputed each round) and, with `confirm` (a
     longer, independent timing), times each round's picks and its result by it. Returns the cuts
     made, each with its plan and the latency measured after it. One line when the target cannot be
-    reached without removing a whole layer, or when a round's cuts measure no faster."""
+    reached without removing a whole layer; `Stalled` (one line, with the cuts worth keeping) when
+    rounds stop making the network faster."""
     cuts: list[Cut] = []
     now = measure(model)
     if allocation == "uniform":
@@ -610,7 +620,7 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
         raise CompressorError(f"--allocation must be latency or uniform, got '{allocation}'")
     if confirm is not None:
         confirm = _once(confirm)  # a round of one cut ends on the network its pick was confirmed on
-    best, stalled = now, 0
+    best, stalled, best_at = now, 0, 0
     for k in range(1, MAX_ROUNDS + 1):
         if now <= target_ms:
             return cuts
@@ -627,14 +637,15 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
         # a round that reads no faster than the fastest so far may be noise where the gap is within it:
         # only STALL_ROUNDS of them in a row end the prune
         stalled = 0 if now < best else stalled + 1
-        best = min(best, now)
+        if now < best:
+            best, best_at = now, len(cuts)
         if not plan or stalled >= STALL_ROUNDS:
-            raise CompressorError(
+            raise Stalled(
                 f"pruning stopped at {now:.3f} ms, short of {target_ms:.3f} ms: removing channels no longer makes "
                 f"the network faster on this runtime and CPU (the time left is not in the convolutions' width); raise "
-                f"the budget, or measure another --form or --runtime")
-    raise CompressorError(f"pruning did not reach {target_ms:.3f} ms in {len(cuts)} rounds (at {now:.3f} ms); the "
-                          "latency measured is too noisy for this budget: raise --latency-batch or the budget")
+                f"the budget, or measure another --form or --runtime", cuts[:best_at])
+    raise Stalled(f"pruning did not reach {target_ms:.3f} ms in {len(cuts)} rounds (at {now:.3f} ms); the latency "
+                  "measured is too noisy for this budget: raise --latency-batch or the budget", cuts[:best_at])
 
 
 def _once(confirm: Callable[[nn.Module], float]) -> Callable[[nn.Module], float]:

@@ -244,6 +244,39 @@ def test_a_further_cut_that_cannot_reach_the_check_keeps_the_checked_network(stu
     assert b["latency_ms"] == pytest.approx(3 * measure(pruned)) and measure(pruned) <= target
 
 
+def test_a_step_whose_rounds_stall_keeps_the_fastest_network_and_the_prune_goes_on(student_dir, tmp_path,
+                                                                                     monkeypatch):
+    """Narrower reads no faster below 70 % of the start (a floor the meters and the check both read):
+    the first step reaches its target, the second's rounds stall short of the budget. After progress that
+    is one log line, the step keeps the fastest network its rounds measured (here the first step's, as
+    no later round read faster), and the prune ends with the over-budget warning, exit 0. A prune whose
+    first rounds make nothing faster stops in one line."""
+    import json
+
+    base = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    start = base(load_artifact(student_dir).model)
+    floor = [0.7 * start]
+    measure = lambda model: max(floor[0], base(model))  # noqa: E731
+    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model, pairs=None: measure(model))
+    check_by_the_meters(monkeypatch)
+    args = ["--data", SYN, "--structured", "--target-latency", f"{0.5 * start:.6f}", "--form", "fp32",
+            "--finetune-epochs", "2", "--device", "cpu"]
+    res = cli("prune", student_dir, *args, "--out", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    assert "step 2: pruning stopped at" in res.output and "keeps the fastest network" in res.output, res.output
+    warned = [ln for ln in res.output.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 1 and "over the budget" in warned[0], res.output
+    steps = json.loads((tmp_path / "p" / "metrics.json").read_text())["latency_budget"]["steps"]
+    assert steps[0]["latency_ms"] <= steps[0]["target_ms"] and steps[1]["widths"] == steps[0]["widths"]
+    assert widths(load_artifact(tmp_path / "p").model) == {**widths(load_artifact(student_dir).model),
+                                                           **steps[0]["widths"]}
+    floor[0] = start  # nothing reads faster than the unpruned network
+    res = cli("prune", student_dir, *args, "--out", tmp_path / "q")
+    assert res.exit_code == 1 and not (tmp_path / "q").exists()
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: pruning stopped at") and "--runtime" in last, res.output
+
+
 @pytest.mark.parametrize("args, needle", [(["--target-latency", "1"], "pass --structured too"),
                                           (["--structured"], "give --sparsity or --target-latency"),
                                           (["--sparsity", "0.5", "--form", "int8"], "--form apply with --target-latency"),

@@ -16,8 +16,8 @@ from compressor.console import log, warn
 from compressor.deploy.runtimes import cpu_flags, onnx_latency
 from compressor.distill import build_distiller
 from compressor.distill.registry import extra_epochs
-from compressor.latency import (TAYLOR_BATCHES, VERIFY_TRIES, cut_to_latency, deploy_meter, export_int8_form,
-                                magnitude_share, step_targets, taylor_importance, widths)
+from compressor.latency import (TAYLOR_BATCHES, VERIFY_TRIES, Stalled, cut_to_latency, deploy_meter,
+                                export_int8_form, magnitude_share, step_targets, taylor_importance, widths)
 from compressor.models import count_params, remove_channels
 from compressor.sparsity import GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers
 from compressor.stages.common import load_bundle, test_accuracy, training_sample
@@ -103,6 +103,26 @@ def _cut(run: StageRun, model, shape, exclude, spec, bundle, options: dict):
     return {}, GradualMasker(layers, cfg.sparsity, steps if epochs else 0, cfg.scope, cfg.schedule)
 
 
+def _step_cuts(model, shape, meter, goal: float, exclude, cfg, scores, k: int, progress: bool) -> list:
+    """One step's cuts toward `goal`, made on `model`. Where the rounds stall short of it (narrower reads
+    no faster: near the target the gap can be within the timings' noise) after the prune has made the
+    network faster, one log line: the step keeps its cuts up to the fastest network measured, and the
+    later steps (or the last step's check and its warning) go on from there; a prune that never got
+    faster stops in one line."""
+    trial = copy.deepcopy(model)
+    try:
+        cuts = cut_to_latency(trial, shape, meter.measure, goal, exclude, cfg.round_to, cfg.allocation, scores,
+                              meter.verify)
+    except Stalled as e:
+        if not (progress or e.kept):
+            raise
+        log(f"prune: step {k}: {e.args[0].split(':')[0]}; the step keeps the fastest network its rounds measured")
+        cuts = e.kept
+    for c in cuts:
+        remove_channels(model, shape, c.plan)  # the trial's cuts replayed: the same network
+    return cuts
+
+
 def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, options: dict):
     """--target-latency: in max(1, epochs) steps along a geometric path of latencies, remove channels
     until the network measures at the step's target (compressor.latency; each round's picks and
@@ -126,8 +146,7 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     steps, acc_pruned, result, cost, history = [], None, None, None, []
     goals = step_targets(start, cfg.target_latency_ms, max(1, cfg.epochs))
     for k, goal in enumerate(goals, 1):
-        cuts = cut_to_latency(model, shape, meter.measure, goal, exclude, cfg.round_to, cfg.allocation, scores,
-                              meter.verify)
+        cuts = _step_cuts(model, shape, meter, goal, exclude, cfg, scores, k, progress=bool(steps))
         # the last step's network is checked as the budget is judged: in every form against the unpruned
         # model's, the files timed in turn (`DeployMeter.check`). Before that, the latency allocation's rounds
         # end on a network timed by the longer timing already; uniform's bisection reads short timings: its
