@@ -604,7 +604,8 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
                    scores: Scores = magnitude_share, confirm: Callable[[nn.Module], float] | None = None) -> list[Cut]:
     """Remove channels from `model` (in place) until `measure(model)` is at most `target_ms`; the
     `latency` allocation ranks channels by `scores` (recomputed each round) and, with `confirm` (a
-    longer, independent timing), times each round's picks and its result by it. Returns the cuts
+    longer, independent timing), times the network it starts from, each round's picks and each
+    round's result by it. Returns the cuts
     made, each with its plan and the latency measured after it. One line when the target cannot be
     reached without removing a whole layer; `Stalled` (one line, with the cuts worth keeping) when
     rounds stop making the network faster."""
@@ -620,6 +621,9 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
         raise CompressorError(f"--allocation must be latency or uniform, got '{allocation}'")
     if confirm is not None:
         confirm = _once(confirm)  # a round of one cut ends on the network its pick was confirmed on
+        # the network as it is now, timed afresh: its reading is kept per widths, and the one kept can be
+        # a reading taken before fine-tuning that read low; rounds that cannot beat it stall
+        now = confirm(model)
     best, stalled, best_at = now, 0, 0
     for k in range(1, MAX_ROUNDS + 1):
         if now <= target_ms:

@@ -147,8 +147,10 @@ def test_a_step_counts_only_once_a_longer_independent_timing_confirms_it(student
     """The allocation keeps the cuts timed fastest, and noisy timings of those read low. Here every
     first (short) timing reads 20 % low, the longer one 10 % low, and only the final check (the files
     timed in turn, as the budget is judged) reads true: the prune cuts on until the check meets the
-    target, so the network really runs within the budget. The final network is timed the longer way
-    at most once, and checked exactly once: a second timing of one network only adds its noise."""
+    target, so the network really runs within the budget. The final network is checked exactly once and
+    timed the longer way at most three times: when the round that made it ends, when a step starts from
+    it after fine-tuning, and beside its check (a reading kept from before can have read low: the
+    rounds then stall against it, and the check's correction is off by it)."""
     measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
     longer, checked = [], []
 
@@ -168,7 +170,7 @@ def test_a_step_counts_only_once_a_longer_independent_timing_confirms_it(student
     pruned = load_artifact(tmp_path / "p").model
     assert measure(pruned) <= 0.6 * start
     assert m["latency_budget"]["latency_ms"] == pytest.approx(measure(pruned))
-    assert longer.count(widths(pruned)) <= 1 and checked.count(widths(pruned)) == 1
+    assert longer.count(widths(pruned)) <= 3 and checked.count(widths(pruned)) == 1
 
 
 def test_the_check_times_the_network_and_the_unpruned_one_in_turn_by_their_medians(monkeypatch):
@@ -670,3 +672,19 @@ def test_a_gap_under_a_units_slice_is_closed_by_half_its_groups(monkeypatch):
     split.clear()
     plan, _ = latency_round(model, [3, 32, 32], measure, gap_ms=0.1, exclude=(), round_to=8)
     assert sorted(p["layer"] for p in plan) == ["layer2.0.conv1", "layer2.0.downsample.1"] and not any(split)
+
+
+def test_a_step_times_the_network_it_starts_from_afresh():
+    """The meters keep one reading per network (by its widths); one taken before fine-tuning can have
+    read low (here the short timing of the unpruned widths reads 30 % low). With the longer timing, a
+    step times its starting network afresh and cuts to the target instead of counting it as there."""
+    base = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    full = widths(student())
+    start = base(student())
+
+    def short(model: nn.Module) -> float:
+        return 0.7 * base(model) if widths(model) == full else base(model)
+
+    model = student()
+    cuts = cut_to_latency(model, SHAPE, short, 0.8 * start, round_to=8, confirm=base)
+    assert cuts and base(model) <= 0.8 * start

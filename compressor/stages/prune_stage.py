@@ -154,7 +154,7 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
         # goal in the short timings' scale, corrected by how far they read low here
         check = meter.check if k == len(goals) else meter.verify if cfg.allocation == "uniform" else None
         for t in range(VERIFY_TRIES + 1 if check else 0):  # ends on a checked network
-            short, checked = meter.measure(model), check(model)
+            short, checked = meter.verify(model), check(model)  # both timed afresh: their ratio corrects
             if checked <= goal or t == VERIFY_TRIES:
                 break
             # tried on a copy: where the meters cannot reach the corrected target (narrower reads no faster),
