@@ -43,7 +43,8 @@ from compressor.deploy.int8 import Int8Form, preprocess, quantize_nncf, quantize
 from compressor.deploy.runtimes import (OPENVINO_PRECISION, cpu_flags, fast_ms, pass_times, reduced_float_forms,
                                         session)
 from compressor.models import remove_channels
-from compressor.sparsity import channel_costs, channel_groups, filter_norms, groups_by_resolution, plan_structured, weakest
+from compressor.sparsity import (channel_costs, channel_groups, filter_norms, groups_by_resolution, plan_structured,
+                                 weakest)
 
 SLICE = 0.125  # a slice: this fraction of a group's channels (at least --round-to), the unit one round removes
 SLICES = (1, 2, 4)  # the cuts of each group a round times: this many slices
@@ -605,10 +606,9 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
     """Remove channels from `model` (in place) until `measure(model)` is at most `target_ms`; the
     `latency` allocation ranks channels by `scores` (recomputed each round) and, with `confirm` (a
     longer, independent timing), times the network it starts from, each round's picks and each
-    round's result by it. Returns the cuts
-    made, each with its plan and the latency measured after it. One line when the target cannot be
-    reached without removing a whole layer; `Stalled` (one line, with the cuts worth keeping) when
-    rounds stop making the network faster."""
+    round's result by it. Returns the cuts made, each with its plan and the latency measured after
+    it. One line when the target cannot be reached without removing a whole layer; `Stalled` (one
+    line, with the cuts worth keeping) when rounds stop making the network faster."""
     cuts: list[Cut] = []
     now = measure(model)
     if allocation == "uniform":
