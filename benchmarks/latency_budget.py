@@ -58,6 +58,9 @@ def interleaved(files: list[tuple[Path, str]], runtime: str, batch: int, rounds:
     return [statistics.median(t) for t in interleaved_ms(openers, shape, batch, rounds, runs=20)]
 
 
+TIME_FILES = "--time-files"  # the script run as interleaved_apart's process: one JSON spec in, the medians out
+
+
 def interleaved_apart(files: list[tuple[Path, str]], runtime: str, batch: int, rounds: int) -> list[float]:
     """`interleaved` in a process of its own: timings within one process agree more closely than timings
     in two (a seed's file read 0.86 and 0.98 of the budget in two runs of this benchmark, 0.86-0.89 within
@@ -67,9 +70,6 @@ def interleaved_apart(files: list[tuple[Path, str]], runtime: str, batch: int, r
     if res.returncode:
         raise SystemExit(f"timing the files failed: {res.stderr.strip().splitlines()[-1:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-TIME_FILES = "--time-files"  # the script run as interleaved_apart's process: one JSON spec in, the medians out
 
 
 def main() -> None:

@@ -137,6 +137,13 @@ def channel_groups(model: nn.Module, input_shape: list[int], exclude: tuple[str,
     return dg, roots
 
 
+def conv_positions(model: nn.Module, input_shape: list[int]) -> dict[nn.Module, int]:
+    """Each convolution's output positions (H x W) for one input of `input_shape`."""
+    modules = dict(model.named_modules())
+    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    return {modules[n]: s[-2] * s[-1] for n, s in probe_shapes(model, convs, input_shape).items()}
+
+
 def groups_by_resolution(model: nn.Module, input_shape: list[int], exclude: tuple[str, ...] = ()) -> list[list[str]]:
     """The prunable groups (`channel_groups`' roots) gathered by the largest feature map any of their
     convolutions computes (a group's channels cost time where its feature maps are large: a squeeze-
@@ -146,8 +153,7 @@ def groups_by_resolution(model: nn.Module, input_shape: list[int], exclude: tupl
 
     dg, roots = channel_groups(model, input_shape, exclude)
     modules, units = dict(model.named_modules()), {}
-    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
-    size = {modules[n]: s[-2] * s[-1] for n, s in probe_shapes(model, convs, input_shape).items()}
+    size = conv_positions(model, input_shape)
     for name in roots:
         group = dg.get_pruning_group(modules[name], tp.prune_conv_out_channels, idxs=[0])
         res = max(size.get(item.dep.target.module, 0) for item in group)
@@ -163,17 +169,15 @@ def channel_costs(model: nn.Module, input_shape: list[int], exclude: tuple[str, 
 
     dg, roots = channel_groups(model, input_shape, exclude)
     modules = dict(model.named_modules())
-    names = {m: n for n, m in modules.items()}
-    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
-    size = {modules[n]: s[-2] * s[-1] for n, s in probe_shapes(model, convs, input_shape).items()}
+    size = conv_positions(model, input_shape)
     costs = {}
     for name in roots:
         seen, cost = set(), 0.0
         for item in dg.get_pruning_group(modules[name], tp.prune_conv_out_channels, idxs=[0]):
             m, side = item.dep.target.module, item.dep.handler.__name__
-            if not isinstance(m, (nn.Conv2d, nn.Linear)) or (names.get(m), side) in seen:
+            if not isinstance(m, (nn.Conv2d, nn.Linear)) or (m, side) in seen:
                 continue
-            seen.add((names.get(m), side))
+            seen.add((m, side))
             width = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
             if side != "prune_in_channels":
                 width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
