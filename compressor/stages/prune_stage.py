@@ -151,18 +151,22 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
         # model's, the files timed in turn (`DeployMeter.check`). Before that, the latency allocation's rounds
         # end on a network timed by the longer timing already; uniform's bisection reads short timings: its
         # result is checked by a longer, independent one. Where the check reads over, cut further toward the
-        # goal in the short timings' scale, corrected by how far they read low here
+        # goal in the scale the cuts are measured in (the latency allocation's: the longer timing, taken
+        # afresh beside the check, as a reading kept from a round can have read low; uniform's: the short
+        # timings its bisection read), corrected by how far that scale reads low here
         check = meter.check if k == len(goals) else meter.verify if cfg.allocation == "uniform" else None
+        latency = cfg.allocation == "latency"
         for t in range(VERIFY_TRIES + 1 if check else 0):  # ends on a checked network
-            short, checked = meter.verify(model), check(model)  # both timed afresh: their ratio corrects
+            scale, checked = (meter.verify if latency else meter.measure)(model), check(model)
             if checked <= goal or t == VERIFY_TRIES:
                 break
             # tried on a copy: where the meters cannot reach the corrected target (narrower reads no faster),
-            # the prune keeps the network checked last, and the warning below says it reads over
+            # the prune keeps the network checked last, and the warning below says it reads over. The latency
+            # allocation's further cut starts from the reading just taken
             trial = copy.deepcopy(model)
             try:
-                more = cut_to_latency(trial, shape, meter.measure, goal * short / checked, exclude, cfg.round_to,
-                                      cfg.allocation, scores, meter.verify)
+                more = cut_to_latency(trial, shape, meter.measure, goal * scale / checked, exclude, cfg.round_to,
+                                      cfg.allocation, scores, meter.verify, start_ms=scale if latency else None)
             except CompressorError as e:
                 log(f"prune: step {k}: no further cut: {e}")
                 break
