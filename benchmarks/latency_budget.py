@@ -12,7 +12,8 @@ is within the export's accuracy budget), measured as the prune measures
 reference timing and int8 form; kept in WORK/budget-FRACTION.json, so a rerun that adds seeds or
 allocations prunes to the same budget). The prune itself counts each network in its fastest form
 (a form the export would not ship for the unpruned model, such as int8 that loses more than the
-budget, can be faster than the budget's form there: the prune then starts nearer its target). For each allocation and seed:
+budget, can be faster than the budget's form there: the prune then starts nearer its target). For
+each allocation and seed:
 
     compress prune MODEL --data D --structured --target-latency T --runtime R --finetune-epochs E \\
         --teacher TEACHER --train-size N --seed S --allocation latency|uniform --out WORK/A-sS

@@ -607,9 +607,10 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
     """Remove channels from `model` (in place) until `measure(model)` is at most `target_ms`; the
     `latency` allocation ranks channels by `scores` (recomputed each round) and, with `confirm` (a
     longer, independent timing), times the network it starts from (unless the caller has just timed
-    it so: `start_ms`), each round's picks and each round's result by it. Returns the cuts made, each with its plan and the latency measured after
-    it. One line when the target cannot be reached without removing a whole layer; `Stalled` (one
-    line, with the cuts worth keeping) when rounds stop making the network faster."""
+    it so: `start_ms`), each round's picks and each round's result by it. Returns the cuts made, each
+    with its plan and the latency measured after it. One line when the target cannot be reached
+    without removing a whole layer; `Stalled` (one line, with the cuts worth keeping) when rounds stop
+    making the network faster."""
     cuts: list[Cut] = []
     now = measure(model)
     if allocation == "uniform":
@@ -621,11 +622,10 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
     if allocation != "latency":
         raise CompressorError(f"--allocation must be latency or uniform, got '{allocation}'")
     if confirm is not None:
-        # a round of one cut ends on the network its pick was confirmed on
-        confirm = _once(confirm, {} if start_ms is None else {json_digest(widths(model)): start_ms})
+        confirm = _once(confirm)  # a round of one cut ends on the network its pick was confirmed on
         # the network as it is now, timed afresh: its reading is kept per widths, and the one kept can be
         # a reading taken before fine-tuning that read low; rounds that cannot beat it stall
-        now = confirm(model)
+        now = confirm(model) if start_ms is None else start_ms
     best, stalled, best_at = now, 0, 0
     for k in range(1, MAX_ROUNDS + 1):
         if now <= target_ms:
@@ -654,9 +654,9 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
                   "measured is too noisy for this budget: raise --latency-batch or the budget", cuts[:best_at])
 
 
-def _once(confirm: Callable[[nn.Module], float], seen: dict[str, float]) -> Callable[[nn.Module], float]:
-    """`confirm`, timing each network (by its widths) once: a second long timing adds only its noise.
-    `seen`: the readings already taken so (widths' digest -> ms)."""
+def _once(confirm: Callable[[nn.Module], float]) -> Callable[[nn.Module], float]:
+    """`confirm`, timing each network (by its widths) once: a second long timing adds only its noise."""
+    seen: dict[str, float] = {}
 
     def timed(model: nn.Module) -> float:
         key = json_digest(widths(model))
