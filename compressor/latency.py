@@ -593,11 +593,12 @@ def uniform_plan(model: nn.Module, input_shape: list[int], measure: Callable[[nn
 
 class Stalled(CompressorError):
     """`cut_to_latency` stopped short of its target: its rounds no longer made the network faster.
-    `kept`: its cuts up to the fastest network it measured (those after it bought no time)."""
+    `kept`: its cuts up to the fastest network it measured (those after it bought no time);
+    `best_ms`: that network's latency."""
 
-    def __init__(self, message: str, kept: list[Cut]):
+    def __init__(self, message: str, kept: list[Cut], best_ms: float):
         super().__init__(message)
-        self.kept = kept
+        self.kept, self.best_ms = kept, best_ms
 
 
 def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[nn.Module], float], target_ms: float,
@@ -638,7 +639,7 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
             _apply(model, input_shape, plan)
             expected, now = now - predicted, (confirm or measure)(model)
             cuts.append(Cut(plan, now))
-            log(f"prune: round {k}: {now:.3f} ms (predicted {expected:.3f}, target {target_ms:.3f}); narrowed "
+            log(f"prune: round {k}: {now:.3f} ms (predicted {expected:.3f}, target {target_ms:.4g}); narrowed "
                 + ", ".join(f"{p['layer']} to {p['channels'] - len(p['removed'])}" for p in plan))
         # a round that reads no faster than the fastest so far may be noise where the gap is within it:
         # only STALL_ROUNDS of them in a row end the prune
@@ -647,11 +648,11 @@ def cut_to_latency(model: nn.Module, input_shape: list[int], measure: Callable[[
             best, best_at = now, len(cuts)
         if not plan or stalled >= STALL_ROUNDS:
             raise Stalled(
-                f"pruning stopped at {now:.3f} ms, short of {target_ms:.3f} ms: removing channels no longer makes "
+                f"pruning stopped at {now:.3f} ms, short of {target_ms:.4g} ms: removing channels no longer makes "
                 f"the network faster on this runtime and CPU (the time left is not in the convolutions' width); raise "
-                f"the budget, or measure another --form or --runtime", cuts[:best_at])
-    raise Stalled(f"pruning did not reach {target_ms:.3f} ms in {len(cuts)} rounds (at {now:.3f} ms); the latency "
-                  "measured is too noisy for this budget: raise --latency-batch or the budget", cuts[:best_at])
+                f"the budget, or measure another --form or --runtime", cuts[:best_at], best)
+    raise Stalled(f"pruning did not reach {target_ms:.4g} ms in {len(cuts)} rounds (at {now:.3f} ms); the latency "
+                  "measured is too noisy for this budget: raise --latency-batch or the budget", cuts[:best_at], best)
 
 
 def _once(confirm: Callable[[nn.Module], float]) -> Callable[[nn.Module], float]:

@@ -16,7 +16,7 @@ from compressor.console import log, warn
 from compressor.deploy.runtimes import cpu_flags, onnx_latency
 from compressor.distill import build_distiller
 from compressor.distill.registry import extra_epochs
-from compressor.latency import (TAYLOR_BATCHES, VERIFY_TRIES, Stalled, cut_to_latency, deploy_meter,
+from compressor.latency import (RESOLUTION, TAYLOR_BATCHES, VERIFY_TRIES, Stalled, cut_to_latency, deploy_meter,
                                 export_int8_form, magnitude_share, step_targets, taylor_importance, widths)
 from compressor.models import count_params, remove_channels
 from compressor.sparsity import GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers
@@ -103,18 +103,19 @@ def _cut(run: StageRun, model, shape, exclude, spec, bundle, options: dict):
     return {}, GradualMasker(layers, cfg.sparsity, steps if epochs else 0, cfg.scope, cfg.schedule)
 
 
-def _step_cuts(model, shape, meter, goal: float, exclude, cfg, scores, k: int, progress: bool) -> list:
+def _step_cuts(model, shape, meter, goal: float, exclude, cfg, scores, k: int, progress: bool, last: bool) -> list:
     """One step's cuts toward `goal`, made on `model`. Where the rounds stall short of it (narrower reads
     no faster: near the target the gap can be within the timings' noise) after the prune has made the
     network faster, one log line: the step keeps its cuts up to the fastest network measured, and the
-    later steps (or the last step's check and its warning) go on from there; a prune that never got
-    faster stops in one line."""
+    later steps (or the last step's check and its warning) go on from there. A prune that never got
+    faster, or whose last step stalls further over the budget than the timings resolve (RESOLUTION of
+    it), stops in one line: the budget cannot be reached on this runtime and CPU."""
     trial = copy.deepcopy(model)
     try:
         cuts = cut_to_latency(trial, shape, meter.measure, goal, exclude, cfg.round_to, cfg.allocation, scores,
                               meter.verify)
     except Stalled as e:
-        if not (progress or e.kept):
+        if not (progress or e.kept) or (last and e.best_ms > goal * (1 + RESOLUTION)):
             raise
         log(f"prune: step {k}: {e.args[0].split(':')[0]}; the step keeps the fastest network its rounds measured")
         cuts = e.kept
@@ -146,7 +147,8 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     steps, acc_pruned, result, cost, history = [], None, None, None, []
     goals = step_targets(start, cfg.target_latency_ms, max(1, cfg.epochs))
     for k, goal in enumerate(goals, 1):
-        cuts = _step_cuts(model, shape, meter, goal, exclude, cfg, scores, k, progress=bool(steps))
+        cuts = _step_cuts(model, shape, meter, goal, exclude, cfg, scores, k, progress=bool(steps),
+                          last=k == len(goals))
         # the last step's network is checked as the budget is judged: in every form against the unpruned
         # model's, the files timed in turn (`DeployMeter.check`). Before that, the latency allocation's rounds
         # end on a network timed by the longer timing already; uniform's bisection reads short timings: its
