@@ -37,11 +37,11 @@ from compressor import CompressorError
 from compressor.artifacts import atomic_write_json, json_digest, read_json
 from compressor.console import log, progress
 from compressor.deploy import qat
-from compressor.deploy.choice import SLOW, choose_int8_form
+from compressor.deploy.choice import SLOW, allowed_drop, choose_int8_form
 from compressor.deploy.graph import export_onnx
 from compressor.deploy.int8 import Int8Form, preprocess, quantize_nncf, quantize_preprocessed
-from compressor.deploy.runtimes import (OPENVINO_PRECISION, cpu_flags, fast_ms, pass_times, reduced_float_forms,
-                                        session)
+from compressor.deploy.runtimes import (OPENVINO_PRECISION, cpu_flags, fast_ms, pass_times, predict_batches,
+                                        reduced_float_forms, session)
 from compressor.models import remove_channels
 from compressor.sparsity import (channel_costs, channel_groups, filter_norms, groups_by_resolution, plan_structured,
                                  weakest)
@@ -241,19 +241,25 @@ def _weights_digest(model: nn.Module) -> str:
 
 def export_int8_form(model: nn.Module, input_shape: list[int], runtime: str,
                      calibration: list[tuple[np.ndarray, np.ndarray]], batch: int = 64, threads: int | None = None,
-                     cache: Path | None = None) -> tuple[Int8Form | None, str]:
+                     cache: Path | None = None,
+                     test: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[Int8Form | None, str]:
     """The int8 form the export would ship for `model` on `runtime`, chosen as the export chooses it
     (`choose_int8_form` with its defaults: every form open, timed at `batch`, the fastest within the
     accuracy budget on the labelled `calibration` images), and why. None where the export would ship
     no int8 file: the runtime runs none of the forms on this CPU, or none is within the budget (the
-    export then fails by default). Kept in `cache` per (weights, input, runtime, batch, threads, CPU):
-    the choice times forms that may lie within noise of each other, and every prune of one model (other
-    seeds, the other allocation) then times the same form against the same reference timing."""
+    export then fails by default), or, given the `test` images the export names its deploy form on, the
+    form loses more than the budget there (NNCF's form: and the QDQ form the export falls back to as
+    well; the export then ships a float form). Kept in `cache` per (weights, input, runtime, batch,
+    threads, CPU): the choice times forms that may lie within noise of each other, and every prune of
+    one model (other seeds, the other allocation) then times the same form against the same reference
+    timing."""
     key = json_digest({"int8_form_of": _weights_digest(model), "input": input_shape, "runtime": runtime,
-                       "batch": batch, "threads": threads or torch.get_num_threads(), "cpu": cpu_flags()})
+                       "batch": batch, "threads": threads or torch.get_num_threads(), "cpu": cpu_flags(),
+                       "judged_on_test": test is not None})
     if cache is not None and cache.is_file() and key in (table := read_json(cache)):
         form, why = table[key]
         return (Int8Form(**form) if form else None), why
+    limit = allowed_drop(None)
     with tempfile.TemporaryDirectory(prefix="compressor-int8-form-") as tmp:
         fp32 = Path(tmp) / "model.onnx"
         twin = copy.deepcopy(model).cpu().eval()
@@ -263,17 +269,37 @@ def export_int8_form(model: nn.Module, input_shape: list[int], runtime: str,
         write = lambda path: qat.write_calibrated(twin, input_shape, batches, path)  # noqa: E731
         choice = choose_int8_form(fp32, {runtime: out}, calibration, threads=threads, batch=batch, stage="prune",
                                   write_layers=write)[runtime]
-    chosen = next((c for c in choice.candidates if c.get("chosen")), None)
-    if choice.form is None:
-        form, why = None, f"{runtime} runs none of the int8 forms on this CPU ({choice.error})"
-    elif chosen is not None and not chosen["within_drop"]:
-        form, why = None, (f"no int8 form is within the export's accuracy budget on the calibration images (the "
-                           f"best loses {chosen['drop_points']:.2f} points)")
-    else:
-        form, why = choice.form, choice.form.label()
+        chosen = next((c for c in choice.candidates if c.get("chosen")), None)
+        if choice.form is None:
+            form, why = None, f"{runtime} runs none of the int8 forms on this CPU ({choice.error})"
+        elif chosen is not None and not chosen["within_drop"]:
+            form, why = None, (f"no int8 form is within the export's accuracy budget on the calibration images (the "
+                               f"best loses {chosen['drop_points']:.2f} points)")
+        else:
+            form, why = choice.form, choice.form.label()
+            if test is not None:
+                drop = int8_drop(fp32, choice.path, runtime, test, threads)
+                if drop > limit and choice.fallback is not None:  # the export's fallback from NNCF's form
+                    fallback_drop = int8_drop(fp32, choice.fallback, runtime, test, threads)
+                    if fallback_drop < drop:
+                        form, drop = choice.fallback_form, fallback_drop
+                if drop > limit:
+                    form, why = None, (f"{form.label()} loses {drop:.2f} accuracy points on the test split, more than "
+                                       f"the export's {limit:g}-point budget: it would ship a float form")
     if cache is not None:
         _cache_put(cache, key, [asdict(form) if form else None, why])
     return form, why
+
+
+def int8_drop(fp32: Path, int8: Path, runtime: str, test: list[tuple[torch.Tensor, torch.Tensor]],
+              threads: int | None = None) -> float:
+    """The accuracy points the `int8` file loses against the `fp32` file on `test` on `runtime`, as
+    the export measures them (its float32 file in float32)."""
+    accuracy = []
+    for path in (fp32, int8):
+        logits, labels = predict_batches(session(path, threads, runtime), test, f"prune: test split, {path.stem}")
+        accuracy.append(float((logits.argmax(1) == labels).mean()))
+    return 100 * (accuracy[0] - accuracy[1])
 
 
 @dataclass

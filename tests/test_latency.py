@@ -363,6 +363,7 @@ def test_the_int8_form_measured_is_the_one_the_export_would_ship(student_dir, te
     export would ship no int8 file (no form within its budget, or none the runtime runs), int8 is not
     measured, and --form int8 is one line."""
     import compressor.latency as latency
+    from compressor.data import load_data
     from compressor.deploy.choice import Int8Choice
     from compressor.deploy.int8 import Int8Form
 
@@ -374,8 +375,10 @@ def test_the_int8_form_measured_is_the_one_the_export_would_ship(student_dir, te
         return {rt: Int8Choice(chosen, Path(p), [], [row]) for rt, p in outputs.items()}
 
     measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
-    timed = []
+    timed, judged = [], []
     monkeypatch.setattr(latency, "choose_int8_form", choose)
+    monkeypatch.setattr(latency, "int8_drop", lambda fp32, int8, runtime, test, threads=None:
+                        judged.append(sum(len(y) for _, y in test)) or 0.2)
     monkeypatch.setattr(LatencyMeter, "_time", lambda self, model, pairs=None: timed.append(self.int8_form) or
                         measure(model) * (1.25 if self.form == "fp32" else 1))  # within SLOW: both timed
     check_by_the_meters(monkeypatch)
@@ -385,6 +388,8 @@ def test_the_int8_form_measured_is_the_one_the_export_would_ship(student_dir, te
               latency_batch=16, out=tmp_path / "p", device="cpu")
     b = m["latency_budget"]
     assert calls == [(["onnxruntime"], 8, "i", 16)]  # the export's 8 calibration batches, labelled, at the batch
+    test_images = sum(len(y) for _, y in load_data(SYN, image_size=SHAPE[-1]).loader("test", 256))
+    assert judged == [test_images]  # and its drop on the whole test split, where the export judges it
     assert b["forms_measured"] == ["fp32", "int8"] and b["form"] == "int8" and b["int8_form"] == chosen.label()
     assert chosen in timed
     within = False  # the choice is kept in the cache beside --out: another prune of this model reuses it
@@ -397,6 +402,34 @@ def test_the_int8_form_measured_is_the_one_the_export_would_ship(student_dir, te
     with pytest.raises(CompressorError, match="--form int8: the export would ship no int8 file"):
         prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.5 * start, form="int8",
               out=tmp_path / "r", device="cpu")
+
+
+def test_an_int8_form_that_loses_more_than_the_budget_on_the_test_split_is_not_measured(student_dir, tmp_path,
+                                                                                      monkeypatch):
+    """The form chosen on the calibration images loses 1.13 points on the test split, where the export
+    names its deploy form: the export ships float32, so the prune measures float32 only, and says why."""
+    import compressor.latency as latency
+    from compressor.deploy.choice import Int8Choice
+    from compressor.deploy.int8 import Int8Form
+
+    def choose(fp32, outputs, calibration, **kw):
+        row = {"chosen": True, "within_drop": True, "drop_points": 0.4}
+        return {rt: Int8Choice(Int8Form(), Path(p), [], [row]) for rt, p in outputs.items()}
+
+    measure = fake_latency({"blocks.0.0": 1e-3, "blocks.1.0": 2e-4, "blocks.2.0": 5e-5})
+    monkeypatch.setattr(latency, "choose_int8_form", choose)
+    monkeypatch.setattr(latency, "int8_drop", lambda *a, **kw: 1.13)
+    monkeypatch.setattr(LatencyMeter, "_time", lambda self, model, pairs=None:
+                        measure(model) * (1.25 if self.form == "fp32" else 1))
+    check_by_the_meters(monkeypatch)
+    start = measure(load_artifact(student_dir).model)
+    res = cli("prune", student_dir, "--data", SYN, "--structured", "--target-latency", f"{start:.6f}",
+              "--finetune-epochs", "1", "--device", "cpu", "--out", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    assert "loses 1.13 accuracy points on the test split" in res.output and "not measured" in res.output, res.output
+    import json
+    b = json.loads((tmp_path / "p" / "metrics.json").read_text())["latency_budget"]
+    assert b["forms_measured"] == ["fp32"] and b["int8_form"] is None and b["form"] == "fp32"
 
 
 def test_the_meter_writes_every_int8_form_the_export_can_choose(tmp_path):

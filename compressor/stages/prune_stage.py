@@ -207,13 +207,16 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
 
 def budget_meter(cfg: PruneConfig, bundle, model, shape):
     """--target-latency's meter of `model` (`deploy_meter`, int8 in the form the export would ship,
-    chosen on the images the export calibrates on) and that int8 form; timings and the choice are kept
-    in cache/latency.json beside --out, shared by every prune written there."""
+    chosen on the images the export calibrates on, counted only where it is within the export's
+    accuracy budget on the test split, as the export names its deploy form) and that int8 form;
+    timings and the choice are kept in cache/latency.json beside --out, shared by every prune
+    written there."""
     cache = Path(cfg.out).expanduser().absolute().parent / "cache" / "latency.json"
     int8_form = None
     if cfg.form in ("auto", "int8"):
         calibration = training_sample(bundle, cfg.seed, ExportConfig.model_fields["calibration_batches"].default)
-        int8_form, why = export_int8_form(model, shape, cfg.runtime, calibration, cfg.latency_batch, cache=cache)
+        int8_form, why = export_int8_form(model, shape, cfg.runtime, calibration, cfg.latency_batch, cache=cache,
+                                          test=list(bundle.loader("test", 256)))
         log(f"prune: int8 on {cfg.runtime}: {why}" + ("" if int8_form else "; not measured"))
     return deploy_meter(model, shape, cfg.runtime, cfg.form, cfg.latency_batch, cache, int8_form), int8_form
 
