@@ -706,6 +706,15 @@ def _impossible(target_ms: float, fastest_ms: float, round_to: int) -> None:
                           f"budget, or use a smaller architecture")
 
 
+def step_epochs(epochs: int) -> list[int]:
+    """The fine-tuning epochs after each pruning step toward a budget: one each, the last step's also
+    the last third of them (held at the budget, as gradual pruning holds its final sparsity)."""
+    if epochs <= 1:
+        return [epochs]
+    steps = epochs - epochs // 3
+    return [1] * (steps - 1) + [epochs - steps + 1]
+
+
 def step_targets(start_ms: float, target_ms: float, steps: int) -> list[float]:
     """The latency each pruning step aims at: a geometric path from `start_ms` to `target_ms`."""
     steps = max(1, steps)

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from compressor import CompressorError
 from compressor.artifacts import load_artifact
-from compressor.latency import PAIRS, TURN_ROUNDS, VERIFY_PAIRS, DeployMeter, LatencyMeter, deploy_meter, cut_to_latency, latency_round, step_targets, widths
+from compressor.latency import PAIRS, TURN_ROUNDS, VERIFY_PAIRS, DeployMeter, LatencyMeter, deploy_meter, cut_to_latency, latency_round, step_epochs, step_targets, widths
 from compressor.models import create_model, remove_channels
 from compressor.stages import prune
 
@@ -107,6 +107,10 @@ def test_an_impossible_budget_is_one_line():
         cut_to_latency(student(), SHAPE, measure, 1e-9, round_to=8, allocation="uniform")
 
 
+def test_the_last_third_of_the_epochs_is_held_at_the_budget():
+    assert [step_epochs(e) for e in (0, 1, 2, 3, 4, 6)] == [[0], [1], [1, 1], [1, 2], [1, 1, 2], [1, 1, 1, 3]]
+
+
 def test_step_targets_walk_geometrically_to_the_budget():
     t = step_targets(8.0, 2.0, 2)
     assert t == pytest.approx([4.0, 2.0])
@@ -130,7 +134,7 @@ def test_prune_to_a_latency_budget_records_its_steps_and_rebuilds(student_dir, t
                         lambda self, model, pairs=None: measure(model) * (2 if self.form == "fp32" else 1))
     check_by_the_meters(monkeypatch)
     start = measure(load_artifact(student_dir).model)
-    m = prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.5 * start, epochs=2,
+    m = prune(str(student_dir), data=SYN, structured=True, target_latency_ms=0.5 * start, epochs=3,
               teacher=str(teacher_dir), out=tmp_path / "p", device="cpu")
     b = m["latency_budget"]
     assert b["form"] == "int8"  # auto: the faster form of the unpruned model
@@ -138,7 +142,7 @@ def test_prune_to_a_latency_budget_records_its_steps_and_rebuilds(student_dir, t
     assert b["latency_ms"] <= 0.5 * start and b["latency_ms_before"] == pytest.approx(start)
     art = load_artifact(tmp_path / "p")  # model.json's plans replay every cut
     assert measure(art.model) == pytest.approx(b["latency_ms"]) and m["channels_removed"]
-    assert [s["step"] for s in m["history"]] == [1, 2]
+    assert [s["step"] for s in m["history"]] == [1, 2, 2]  # the last third of the epochs held at the budget
 
 
 @pytest.mark.parametrize("allocation", ["latency", "uniform"])

@@ -201,7 +201,9 @@ class PruneConfig(DataFields, Augmentation, TrainConfig, DistillOptions, Output)
                      "cost, first-order Taylor on training batches; comparable between layers, the default there).")
     channels: Optional[str] = option(None, "Select artifact of this model, for --importance discriminability.",
                                      recipe=False)
-    epochs: int = option(1, "Fine-tuning epochs; pruned weights stay exactly zero.", ge=0, alias="finetune_epochs")
+    epochs: int = option(1, "Fine-tuning epochs; pruned weights stay exactly zero. With --target-latency, a pruning "
+                            "step before each epoch but the last third, which fine-tune at the budget.", ge=0,
+                         alias="finetune_epochs")
     lr: float = option(0.01, "Peak fine-tuning learning rate (cosine schedule down to 0).", gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from compressor.deploy.runtimes import cpu_flags, onnx_latency
 from compressor.distill import build_distiller
 from compressor.distill.registry import extra_epochs
 from compressor.latency import (RESOLUTION, TAYLOR_BATCHES, VERIFY_TRIES, Stalled, cut_to_latency, deploy_meter,
-                                export_int8_form, magnitude_share, step_targets, taylor_importance, widths)
+                                export_int8_form, magnitude_share, step_epochs, step_targets, taylor_importance, widths)
 from compressor.models import count_params, remove_channels
 from compressor.sparsity import GradualMasker, default_exclusions, measured_sparsity, plan_structured, prunable_layers
 from compressor.stages.common import load_bundle, test_accuracy, training_sample
@@ -145,7 +145,8 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
         scores = taylor_importance(list(bundle.loader("train", 64, seed=cfg.seed, limit=64 * TAYLOR_BATCHES)),
                                    shape, exclude)
     steps, acc_pruned, result, cost, history = [], None, None, None, []
-    goals = step_targets(start, cfg.target_latency_ms, max(1, cfg.epochs))
+    epochs = step_epochs(cfg.epochs)
+    goals = step_targets(start, cfg.target_latency_ms, len(epochs))
     for k, goal in enumerate(goals, 1):
         cuts = _step_cuts(model, shape, meter, goal, exclude, cfg, scores, k, progress=bool(steps),
                           last=k == len(goals))
@@ -178,7 +179,7 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
         spec.structured_pruning.extend(c.plan for c in cuts)
         acc_cut = test_accuracy(model, bundle, run.device)
         acc_pruned = acc_cut if acc_pruned is None else acc_pruned
-        result, cost = _finetune(run, model, t_art, bundle, shape, None, options, epochs=min(1, cfg.epochs),
+        result, cost = _finetune(run, model, t_art, bundle, shape, None, options, epochs=epochs[k - 1],
                                  loop=f"step{k}")
         history += [{**row, "epoch": len(history) + i + 1, "step": k} for i, row in enumerate(result.history)]
         now, now_form = meter.reading(model)
