@@ -125,12 +125,12 @@ def _step_cuts(model, shape, meter, goal: float, exclude, cfg, scores, k: int, p
 
 
 def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, options: dict):
-    """--target-latency: in max(1, epochs) steps along a geometric path of latencies, remove channels
-    until the network measures at the step's target (compressor.latency; each round's picks and
-    result confirmed by the meter's longer timing, `verify`; uniform's result checked by it), then
-    fine-tune one epoch;
-    every cut is appended to model.json's plan. Returns the metrics, the accuracy after the first cut,
-    and the last fine-tuning's result and cost."""
+    """--target-latency: in steps along a geometric path of latencies (`step_epochs`: one per epoch but
+    the last third), remove channels until the network measures at the step's target
+    (compressor.latency; each round's picks and result confirmed by the meter's longer timing,
+    `verify`; uniform's result checked by it), then fine-tune one epoch (the last step: the epochs
+    left); every cut is appended to model.json's plan. Returns the metrics, the accuracy after the
+    first cut, and the last fine-tuning's result and cost."""
     cfg = run.cfg
     meter, int8_form = budget_meter(cfg, bundle, model, shape)
     forms = list(meter.meters)
