@@ -27,7 +27,7 @@ import tempfile
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -242,7 +242,7 @@ def _weights_digest(model: nn.Module) -> str:
 def export_int8_form(model: nn.Module, input_shape: list[int], runtime: str,
                      calibration: list[tuple[np.ndarray, np.ndarray]], batch: int = 64, threads: int | None = None,
                      cache: Path | None = None,
-                     test: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[Int8Form | None, str]:
+                     test: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[Int8Form | None, str]:
     """The int8 form the export would ship for `model` on `runtime`, chosen as the export chooses it
     (`choose_int8_form` with its defaults: every form open, timed at `batch`, the fastest within the
     accuracy budget on the labelled `calibration` images), and why. None where the export would ship
@@ -291,10 +291,11 @@ def export_int8_form(model: nn.Module, input_shape: list[int], runtime: str,
     return form, why
 
 
-def int8_drop(fp32: Path, int8: Path, runtime: str, test: list[tuple[torch.Tensor, torch.Tensor]],
+def int8_drop(fp32: Path, int8: Path, runtime: str, test: Iterable[tuple[torch.Tensor, torch.Tensor]],
               threads: int | None = None) -> float:
-    """The accuracy points the `int8` file loses against the `fp32` file on `test` on `runtime`, as
-    the export measures them (its float32 file in float32)."""
+    """The accuracy points the `int8` file loses against the `fp32` file on `test` (a loader: read
+    once per file, never held whole) on `runtime`, as the export measures them (its float32 file in
+    float32)."""
     accuracy = []
     for path in (fp32, int8):
         logits, labels = predict_batches(session(path, threads, runtime), test, f"prune: test split, {path.stem}")

@@ -217,7 +217,7 @@ def budget_meter(cfg: PruneConfig, bundle, model, shape):
     if cfg.form in ("auto", "int8"):
         calibration = training_sample(bundle, cfg.seed, ExportConfig.model_fields["calibration_batches"].default)
         int8_form, why = export_int8_form(model, shape, cfg.runtime, calibration, cfg.latency_batch, cache=cache,
-                                          test=list(bundle.loader("test", 256)))
+                                          test=bundle.loader("test", 256))
         log(f"prune: int8 on {cfg.runtime}: {why}" + ("" if int8_form else "; not measured"))
     return deploy_meter(model, shape, cfg.runtime, cfg.form, cfg.latency_batch, cache, int8_form), int8_form
 
