@@ -37,7 +37,7 @@ from compressor import CompressorError
 from compressor.artifacts import atomic_write_json, json_digest, read_json
 from compressor.console import log, progress
 from compressor.deploy import qat
-from compressor.deploy.choice import SLOW, allowed_drop, choose_int8_form
+from compressor.deploy.choice import SLOW, allowed_drop, choose_int8_form, deploy_pick
 from compressor.deploy.graph import export_onnx
 from compressor.deploy.int8 import Int8Form, preprocess, quantize_nncf, quantize_preprocessed
 from compressor.deploy.runtimes import (OPENVINO_PRECISION, cpu_flags, fast_ms, pass_times, predict_batches,
@@ -305,17 +305,19 @@ def int8_drop(fp32: Path, int8: Path, runtime: str, test: Iterable[tuple[torch.T
 
 @dataclass
 class DeployMeter:
-    """The latency the export would ship: the fastest of the forms' meters on each network (a narrower
+    """The latency the export would ship: on each network, that of the form the export would name
+    (`deploy_pick` of the forms' meters: the fastest, or the first listed within TIE of it; a narrower
     network may run fastest in another form than the unpruned one)."""
 
     meters: dict[str, LatencyMeter]
     _checked: dict = field(default_factory=dict)  # widths -> (ms, form) as `check` read them
 
     def measure(self, model: nn.Module) -> float:
-        return min(m.measure(model) for m in self.meters.values())
+        return self.meters[self.fastest(model)].measure(model)
 
     def fastest(self, model: nn.Module) -> str:
-        return min(self.meters, key=lambda f: self.meters[f].measure(model))
+        """The form the export would ship `model` in, by the meters."""
+        return deploy_pick({f: m.measure(model) for f, m in self.meters.items()})
 
     def verify(self, model: nn.Module) -> float:
         """The fastest form's `LatencyMeter.verify`; the latency now measured (another form may now be the fastest)."""
@@ -346,9 +348,10 @@ class DeployMeter:
                                                                    for m in meters]
             medians = _in_turn([lambda m=m, path=path: m._median_ms(path) for m, path in files], rounds,
                                "prune: timing the network and the unpruned one in turn")
-        fastest = int(np.argmin(medians[len(meters):]))
+        pick = lambda ms: [m.form for m in meters].index(deploy_pick({m.form: t for m, t in zip(meters, ms)}))  # noqa: E731
+        shipped, reference = pick(medians[len(meters):]), pick(medians[:len(meters)])
         unpruned = self.measure(meters[0]._reference)
-        return unpruned * medians[len(meters) + fastest] / min(medians[:len(meters)]), meters[fastest].form
+        return unpruned * medians[len(meters) + shipped] / medians[reference], meters[shipped].form
 
     def reading(self, model: nn.Module) -> tuple[float, str]:
         """`model`'s latency and fastest form: `check`'s where it was checked, else the meters'."""

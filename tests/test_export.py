@@ -557,6 +557,20 @@ def test_int8_slower_than_fp32_prints_one_warning_line(student_dir, tmp_path, mo
     assert _metrics(tmp_path / "slow")["deploy_form"] == "fp32"
 
 
+def test_forms_that_time_within_a_tie_ship_the_more_precise_one(student_dir, tmp_path, monkeypatch):
+    """int8 times 2 % faster than fp32 at batch 64, closer than the timings can order them: the export
+    names fp32, the first listed, so one model names the same deploy form from one export to the next."""
+    from compressor.deploy.choice import deploy_pick
+
+    assert deploy_pick({"fp32": 1.0, "bf16": 0.99, "int8": 0.5}) == "int8"
+    assert deploy_pick({"fp32": 1.0, "bf16": 0.99, "int8": 0.975}) == "fp32"
+    assert deploy_pick({"fp32": 1.0, "bf16": 0.9, "int8": 0.88}) == "bf16"
+    _report_latencies(monkeypatch, lambda name: 2.94 if "int8" in name else 3.0)
+    m = export(student_dir, data=SYN, out=tmp_path / "e", int8=True, runtime="onnxruntime", calibration_batches=2,
+               device="cpu", max_drop=100.0)
+    assert m["latency_ms_int8"] < m["latency_ms_fp32"] and m["deploy_form"] == "fp32"
+
+
 def test_the_forms_are_timed_in_turn_so_a_burst_does_not_choose_the_deploy_form(student_dir, tmp_path, monkeypatch):
     """A neighbour's burst slows the machine while one form is timed. Timed once each, one after the
     other, int8 (twice as fast as float32 here) would read slower and lose; timed in turn over rounds,

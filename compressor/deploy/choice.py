@@ -22,6 +22,15 @@ SLOW = 1.5  # a form over 1.5x the fastest's first-round latency on a runtime is
 AUTO_DROP_POINTS = 1.0  # the accuracy a candidate form may lose on the calibration images when --max-drop is unset
 
 
+def deploy_pick(latency_ms: dict[str, float]) -> str:
+    """The form to ship of `latency_ms` (each form's latency, in the order the forms are listed: fp32 first,
+    then the reduced floats, int8 last): the first listed within TIE of the fastest. Closer than that the
+    timings cannot order them, so the more precise form ships, and the same model names the same form
+    from one export to the next."""
+    fastest = min(latency_ms.values())
+    return next(form for form, ms in latency_ms.items() if ms <= fastest * (1 + TIE))
+
+
 def allowed_drop(max_drop: float | None) -> float:
     """The points of calibration accuracy an int8 form may lose: --max-drop, else AUTO_DROP_POINTS."""
     return AUTO_DROP_POINTS if max_drop is None else max_drop
