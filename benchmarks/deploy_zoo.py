@@ -20,7 +20,8 @@ model's float self; cached), then the export of that:
     compress export WORK/MODEL/quantize --data fashion-mnist --image-size 32 --runtime all --out WORK/MODEL/quantize-export
 
 Its int8 rows (`int8` column `quantize`) give the accuracy drop against the taught model's float32 and
-the latency against the float32 file of the same network timed in turn in that export. --no-escalate leaves the post-training rows alone.
+the latency against the float32 file of the same network timed in turn in that export. --no-escalate
+leaves the post-training rows alone.
 
 With --target the export also writes and runs the phone files (ExecuTorch .pte, LiteRT .tflite; their
 extras installed), measured at batch 1 only, as a phone runs them. The table gives, per runtime and form, the test accuracy, the latency at batch 1 and 64 (medians,
@@ -90,7 +91,7 @@ def rows_of(model: str, m: dict, rc: int) -> list[dict]:
         for form in r.get("forms", ["fp32", "int8"]):
             if f"accuracy_{form}" not in r:
                 continue
-            rows.append({"model": model, "runtime": rt, "form": form, "int8": "post-training" * (form == "int8"),
+            rows.append({"model": model, "runtime": rt, "form": form, "int8": "post-training" if form == "int8" else "",
                          "precision": r.get(f"precision_{form}", form),
                          "accuracy": r[f"accuracy_{form}"], "drop_points": round(100 * (fp32 - r[f"accuracy_{form}"]), 2),
                          "ms_batch1": r[f"latency_ms_{form}_batch1"], "ms_batch64": r[f"latency_ms_{form}"],
@@ -167,7 +168,7 @@ def main() -> None:
     print(f"\nFashion-MNIST, {a.train_size} training images, {a.epochs} epochs, {a.image_size} px; test split "
           f"(10,000 images); latency median ms, {m['threads']} threads\n")
     print("| model | runtime | form | accuracy (drop, points) | ms at batch 1 | ms at batch 64 | × fp32 | deploy |")
-    print("|---|---|---|---|---|---|---|---|")  # int8 by compress quantize: "int8 (quantize)"
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:  # × fp32 at batch 64; phone files at batch 1
         b64, ratio = ((f"{r['ms_batch64']:.2f}", f"{r['vs_fp32_batch64']:.2f}") if r["ms_batch64"] != "" else
                       ("—", f"{r['vs_fp32_batch1']:.2f} (batch 1)"))

@@ -37,7 +37,7 @@ from compressor import CompressorError
 from compressor.artifacts import atomic_write_json, json_digest, read_json
 from compressor.console import log, progress
 from compressor.deploy import qat
-from compressor.deploy.choice import SLOW, allowed_drop, choose_int8_form, deploy_pick
+from compressor.deploy.choice import SLOW, allowed_drop, choose_int8_form, first_within_tie
 from compressor.deploy.graph import export_onnx
 from compressor.deploy.int8 import Int8Form, preprocess, quantize_nncf, quantize_preprocessed
 from compressor.deploy.runtimes import (OPENVINO_PRECISION, cpu_flags, fast_ms, pass_times, predict_batches,
@@ -306,7 +306,7 @@ def int8_drop(fp32: Path, int8: Path, runtime: str, test: Iterable[tuple[torch.T
 @dataclass
 class DeployMeter:
     """The latency the export would ship: on each network, that of the form the export would name
-    (`deploy_pick` of the forms' meters: the fastest, or the first listed within TIE of it; a narrower
+    (`first_within_tie` of the forms' meters: the fastest, or the first listed within TIE of it; a narrower
     network may run fastest in another form than the unpruned one)."""
 
     meters: dict[str, LatencyMeter]
@@ -317,7 +317,7 @@ class DeployMeter:
 
     def fastest(self, model: nn.Module) -> str:
         """The form the export would ship `model` in, by the meters."""
-        return deploy_pick({f: m.measure(model) for f, m in self.meters.items()})
+        return first_within_tie({f: m.measure(model) for f, m in self.meters.items()})
 
     def verify(self, model: nn.Module) -> float:
         """The fastest form's `LatencyMeter.verify`; the latency now measured (another form may now be the fastest)."""
@@ -348,8 +348,9 @@ class DeployMeter:
                                                                    for m in meters]
             medians = _in_turn([lambda m=m, path=path: m._median_ms(path) for m, path in files], rounds,
                                "prune: timing the network and the unpruned one in turn")
-        pick = lambda ms: [m.form for m in meters].index(deploy_pick({m.form: t for m, t in zip(meters, ms)}))  # noqa: E731
-        shipped, reference = pick(medians[len(meters):]), pick(medians[:len(meters)])
+        # the form each would ship in: the meters are listed in the export's order of preference
+        shipped = first_within_tie(dict(enumerate(medians[len(meters):])))
+        reference = first_within_tie(dict(enumerate(medians[:len(meters)])))
         unpruned = self.measure(meters[0]._reference)
         return unpruned * medians[len(meters) + shipped] / medians[reference], meters[shipped].form
 

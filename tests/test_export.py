@@ -560,11 +560,11 @@ def test_int8_slower_than_fp32_prints_one_warning_line(student_dir, tmp_path, mo
 def test_forms_that_time_within_a_tie_ship_the_more_precise_one(student_dir, tmp_path, monkeypatch):
     """int8 times 2 % faster than fp32 at batch 64, closer than the timings can order them: the export
     names fp32, the first listed, so one model names the same deploy form from one export to the next."""
-    from compressor.deploy.choice import deploy_pick
+    from compressor.deploy.choice import first_within_tie
 
-    assert deploy_pick({"fp32": 1.0, "bf16": 0.99, "int8": 0.5}) == "int8"
-    assert deploy_pick({"fp32": 1.0, "bf16": 0.99, "int8": 0.975}) == "fp32"
-    assert deploy_pick({"fp32": 1.0, "bf16": 0.9, "int8": 0.88}) == "bf16"
+    assert first_within_tie({"fp32": 1.0, "bf16": 0.99, "int8": 0.5}) == "int8"
+    assert first_within_tie({"fp32": 1.0, "bf16": 0.99, "int8": 0.975}) == "fp32"
+    assert first_within_tie({"fp32": 1.0, "bf16": 0.9, "int8": 0.88}) == "bf16"
     _report_latencies(monkeypatch, lambda name: 2.94 if "int8" in name else 3.0)
     m = export(student_dir, data=SYN, out=tmp_path / "e", int8=True, runtime="onnxruntime", calibration_batches=2,
                device="cpu", max_drop=100.0)

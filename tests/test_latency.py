@@ -213,7 +213,7 @@ def test_the_check_times_the_network_and_the_unpruned_one_in_turn_by_their_media
 
 def test_the_meter_counts_the_form_the_export_would_ship_where_forms_time_within_a_tie(monkeypatch):
     """int8 reads 2 % faster than fp32: closer than the timings order them (TIE), so the export would ship
-    fp32 (`deploy_pick`), and the prune counts the network at fp32's latency; at 10 % faster, int8's."""
+    fp32 (`first_within_tie`), and the prune counts the network at fp32's latency; at 10 % faster, int8's."""
     for int8_factor, shipped in ((0.98, "fp32"), (0.9, "int8")):
         monkeypatch.setattr(LatencyMeter, "measure", lambda self, model, f=int8_factor:
                             sum(widths(model).values()) * (f if self.form == "int8" else 1.0))

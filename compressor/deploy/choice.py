@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -19,14 +20,15 @@ from compressor.deploy.runtimes import fast_ms, pass_times, session
 
 TIE = 0.03  # latencies within 3 % of the fastest count as equal: the first form listed of those wins
 SLOW = 1.5  # a form over 1.5x the fastest's first-round latency on a runtime is timed once there, not every round
+K = TypeVar("K")
 AUTO_DROP_POINTS = 1.0  # the accuracy a candidate form may lose on the calibration images when --max-drop is unset
 
 
-def deploy_pick(latency_ms: dict[str, float]) -> str:
-    """The form to ship of `latency_ms` (each form's latency, in the order the forms are listed: fp32 first,
-    then the reduced floats, int8 last): the first listed within TIE of the fastest. Closer than that the
-    timings cannot order them, so the more precise form ships, and the same model names the same form
-    from one export to the next."""
+def first_within_tie(latency_ms: dict[K, float]) -> K:
+    """Of forms and their latencies, listed in the order of preference (deploy forms: fp32 first, then the
+    reduced floats, int8 last), the first within TIE of the fastest. Closer than that the timings cannot
+    order them, so noise does not flip the choice and the same model names the same form from one run to
+    the next."""
     fastest = min(latency_ms.values())
     return next(form for form, ms in latency_ms.items() if ms <= fastest * (1 + TIE))
 
@@ -212,7 +214,7 @@ def choose_int8_form(fp32_path: Path, outputs: dict[str, Path], calibration: lis
                     choices[rt] = Int8Choice(None, None, [], [row for row in rows if row], error=rows[0]["error"])
                     continue
                 if fastest is not None:  # among forms within TIE of the fastest, the first listed (this close is noise)
-                    best = next(i for i in ran if rows[i]["within_drop"] and rows[i]["latency_ms"] <= fastest * (1 + TIE))
+                    best = first_within_tie({i: rows[i]["latency_ms"] for i in ran if rows[i]["within_drop"]})
                 else:  # none within: every form that runs was scored; the most accurate
                     best = max(ran, key=lambda i: rows[i]["calibration_accuracy"])
                 rows[best]["chosen"] = True

@@ -14,7 +14,7 @@ from compressor.artifacts import MODEL_FILE, SPEC_FILE, load_artifact, zipped_si
 from compressor.config import POST_TRAINING_INT8, ExportConfig
 from compressor.console import log, warn
 from compressor.deploy import qat
-from compressor.deploy.choice import Int8Choice, allowed_drop, choose_int8_form, deploy_pick
+from compressor.deploy.choice import Int8Choice, allowed_drop, choose_int8_form, first_within_tie
 from compressor.deploy.graph import (convert_fp16, convs_wrapped_in_qdq, error_line, export_onnx, export_qdq,
                                      float_convs, model_files, op_counts)
 from compressor.deploy.int8 import LEARNED_FORM
@@ -200,9 +200,9 @@ def _fall_back(runtime: str, choice: Int8Choice, r: dict, limit: float, verify, 
 def _deploy_form(runtime: str, r: dict, files: dict, limit: float, batch: int) -> None:
     """Name the form to ship on `runtime`: the fastest at `batch` of those measured whose test accuracy
     is within `limit` points of fp32's (fp32 itself always is), the first listed of those within TIE of it
-    (`deploy_pick`); warn where int8 is slower than fp32 or loses more than `limit`."""
+    (`first_within_tie`); warn where int8 is slower than fp32 or loses more than `limit`."""
     fp32_acc = r["accuracy_fp32"]
-    best = deploy_pick({k: r[f"latency_ms_{k}"] for k in r["forms"]
+    best = first_within_tie({k: r[f"latency_ms_{k}"] for k in r["forms"]
                         if 100 * (fp32_acc - r[f"accuracy_{k}"]) <= limit})
     ov_hint = runtime == "openvino" and best in OPENVINO_PRECISION and best != "fp32"  # the fp32 IR, run so
     hint = f" with INFERENCE_PRECISION_HINT {OPENVINO_PRECISION[best]}" if ov_hint else ""
@@ -497,7 +497,7 @@ def _phone(target: str, model, shape, writer, threads: int, test, labels, torch_
         if learned:  # the int8 file against the fake-quantized PyTorch model it was written from
             torch_accuracy = float((torch_preds["int8"] == labels).mean())
             r["int8_vs_torch_points"] = round(100 * (r["accuracy_int8"] - torch_accuracy), 4)
-    best = deploy_pick({k: r[f"latency_ms_{k}_batch1"] for k in r["forms"] if within_budget(r[f"accuracy_{k}"])})
+    best = first_within_tie({k: r[f"latency_ms_{k}_batch1"] for k in r["forms"] if within_budget(r[f"accuracy_{k}"])})
     r.update({"deploy_form": best, "deploy_file": files[best].name,
               "deploy_speedup": round(r["latency_ms_fp32_batch1"] / r[f"latency_ms_{best}_batch1"], 3)})
     log(f"export: deploy form on {target}: {best}: {files[best].name} ({r[f'latency_ms_{best}_batch1']:.3f} ms at "

@@ -138,9 +138,8 @@ def _to_budget(run: StageRun, model, t_art, bundle, shape, exclude, spec, option
     fp32_ort_before = onnx_latency(model, shape, run.writer.dir)
     start, form = meter.measure(model), meter.fastest(model)
     log(f"prune: {start:.3f} ms at batch {cfg.latency_batch} on {cfg.runtime} ({form}"
-        f"{'' if len(forms) == 1 else ', the form the export would ship of ' + ', '.join(forms)}; {cfg.allocation} "
-        f"allocation); "
-        f"target {cfg.target_latency_ms:g} ms")
+        f"{'' if len(forms) == 1 else ' of ' + ', '.join(forms) + ', as the export would ship it'}; "
+        f"{cfg.allocation} allocation); target {cfg.target_latency_ms:g} ms")
     scores = magnitude_share
     if cfg.importance == "taylor":  # a fixed sample of the training split (every class), the same each round
         scores = taylor_importance(list(bundle.loader("train", 64, seed=cfg.seed, limit=64 * TAYLOR_BATCHES)),
